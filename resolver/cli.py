@@ -1,0 +1,90 @@
+"""Command line: argv, logging, signals, uvloop, exit codes.
+
+Exit codes: 0 clean stop; 1 could not start (e.g. address in use); 2 bad
+configuration or usage (one line on stderr naming the key and the problem).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+
+from .app import App, version
+from .config import Config, load_config
+from .errors import ConfigError
+
+log = logging.getLogger("resolver")
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        doc = {"ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"), "level": record.levelname.lower(),
+               "logger": record.name, "msg": record.getMessage()}
+        if record.exc_info:
+            doc["exc"] = self.formatException(record.exc_info)
+        return json.dumps(doc)
+
+
+def setup_logging(config: Config) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if config.logging.format == "json":
+        handler.setFormatter(_JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(config.logging.level.upper())
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="resolver", description="A resilient caching DNS forwarder (RFC 8767 serve-stale).")
+    p.add_argument("--config", "-c", metavar="FILE", help="YAML configuration file (default: embedded defaults)")
+    p.add_argument("--resolv-conf", metavar="PATH",
+                   help="take upstreams from this resolv.conf when the config lists none (default /etc/resolv.conf)")
+    p.add_argument("--check-config", action="store_true", help="validate the configuration and exit")
+    p.add_argument("--version", action="version", version=f"resolver {version()}")
+    return p.parse_args(argv)
+
+
+async def serve(config: Config, stop_event: asyncio.Event | None = None) -> int:
+    """Run until SIGTERM/SIGINT (or ``stop_event``), then stop cleanly."""
+    app = App(config)
+    try:
+        await app.start()
+    except OSError as e:
+        log.error("cannot start: %s", e)
+        await app.stop(0)
+        return 1
+    stop = stop_event or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("stopping: finishing in-flight queries (grace %.1fs)", config.server.shutdown_grace)
+    await app.stop()
+    log.info("stopped")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        config = load_config(args.config, resolv_conf=args.resolv_conf)
+    except ConfigError as e:
+        print(f"resolver: configuration error: {e}", file=sys.stderr)
+        return 2
+    if args.check_config:
+        print("configuration ok")
+        return 0
+    setup_logging(config)
+    try:
+        import uvloop
+        loop_factory = uvloop.new_event_loop
+    except ImportError:  # pragma: no cover - uvloop is a dependency; keep running without it
+        loop_factory = None
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        return runner.run(serve(config))

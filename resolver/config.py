@@ -1,0 +1,415 @@
+"""Configuration: a strict YAML schema turned into frozen dataclasses.
+
+Every default lives in exactly one place, the dataclass field defaults below;
+``config/resolver.yaml`` restates them for people and a unit test keeps the two
+in step.  Parsing is strict on purpose: an unknown key, a wrong type or an
+out-of-range value stops the process at start-up with the full key path
+(``cache.max_entrys: unknown key ...``), because a typo that silently falls back
+to a default is otherwise discovered during the outage it was meant to soften.
+"""
+
+import ipaddress
+import math
+import re
+from dataclasses import dataclass, fields, is_dataclass, replace
+
+import yaml
+
+from resolver.errors import ConfigError
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    """An IP literal and port that this process binds (DNS listener or metrics).
+
+    Hostnames are refused: resolving them would need the very service we provide.
+    """
+
+    host: str  # "127.0.0.1" or "::1", never bracketed
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamAddress:
+    """A recursive resolver we forward to.
+
+    ``transport`` is ``"udp"`` (UDP, retried over TCP when the answer comes back
+    truncated) or ``"tcp"`` (TCP only, for paths that drop large UDP answers).
+    """
+
+    host: str
+    port: int = 53
+    transport: str = "udp"
+
+    @property
+    def label(self) -> str:
+        """Unique, stable text such as ``udp://192.0.2.53:53``; used as a metric label."""
+        return f"{self.transport}://{Address(self.host, self.port)}"
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamOptions:
+    """How hard to try upstreams before giving up or falling back to stale data."""
+
+    attempt_timeout: float = 1.0  # one try at one upstream
+    total_timeout: float = 4.0  # whole resolution; past it a never-cached name gets SERVFAIL
+    max_failures: int = 3  # consecutive failures before an upstream is marked down
+    backoff: float = 1.0  # first down period; doubles after each failed probe ...
+    backoff_max: float = 30.0  # ... up to this, so a dead upstream costs little
+    edns_buffer_size: int = 1232  # DNS flag day 2020: avoids IP fragmentation
+
+
+@dataclass(frozen=True, slots=True)
+class CacheConfig:
+    """Bounds on what is cached and for how long (RFC 2308 for negative answers)."""
+
+    max_entries: int = 100_000  # bounds memory; least recently used entries go first
+    min_ttl: int = 0  # 0 = respect upstream TTLs; raising it trades freshness for load
+    max_ttl: int = 86_400  # caps absurd TTLs so fixed records are re-fetched daily
+    max_negative_ttl: int = 3_600  # cap on NXDOMAIN/NODATA caching (RFC 2308 §5)
+    servfail_ttl: int = 1  # SERVFAIL memory for never-cached names (RFC 9520 §3.2); 0 = off
+
+
+@dataclass(frozen=True, slots=True)
+class StaleConfig:
+    """Serve-stale (RFC 8767): answer from expired data while upstreams are failing."""
+
+    enabled: bool = True
+    max_age: float = 86_400.0  # max stale timer: how long past expiry data may be served
+    answer_ttl: int = 30  # TTL written on stale records (RFC 8767 §4 recommends 30)
+    client_timeout: float = 1.8  # client response timer: answer stale after this long
+    recheck: float = 30.0  # failure recheck timer: after a failure, serve stale this long
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    """Limits that keep one busy or hostile client from starving the rest."""
+
+    tcp_idle_timeout: float = 10.0  # RFC 7766 §6.2.3: close idle TCP connections
+    tcp_max_connections: int = 256
+    max_inflight: int = 4096  # cache misses resolved at once; more are dropped (clients retry)
+    shutdown_grace: float = 2.0  # time to finish in-flight queries on SIGTERM
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    """Prometheus endpoint; loopback by default so it is not exposed by accident."""
+
+    enabled: bool = True
+    listen: Address = Address("127.0.0.1", 9153)
+
+
+@dataclass(frozen=True, slots=True)
+class LoggingConfig:
+    level: str = "info"  # debug | info | warning | error
+    format: str = "text"  # text | json
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """The whole configuration.  ``parse_config`` always fills ``upstreams``."""
+
+    listen: tuple[Address, ...] = (Address("127.0.0.1", 5353),)
+    upstreams: tuple[UpstreamAddress, ...] = ()  # empty in the file = use resolv_conf
+    resolv_conf: str = "/etc/resolv.conf"
+    upstream: UpstreamOptions = UpstreamOptions()
+    cache: CacheConfig = CacheConfig()
+    stale: StaleConfig = StaleConfig()
+    server: ServerConfig = ServerConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    logging: LoggingConfig = LoggingConfig()
+
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("text", "json")
+TRANSPORTS = ("udp", "tcp")
+_SECTIONS = {f.name: f.type for f in fields(Config) if is_dataclass(f.type)}
+_TTL_FIELDS = frozenset({"min_ttl", "max_ttl", "max_negative_ttl", "answer_ttl", "servfail_ttl"})
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_DURATION = re.compile(r"([-+]?(?:\d+(?:\.\d*)?|\.\d+))\s*(ms|s|m|h|d)?", re.ASCII)
+_BRACKETED = re.compile(r"\[([^\]]*)\](?::(.*))?")
+
+
+def _show(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _expect(ok: object, value: object, key: str, what: str):
+    """``value`` if ``ok``, else the standard "expected <what>, got <value>" error."""
+    if not ok:
+        raise ConfigError(key, f"expected {what}, got {_show(value)}")
+    return value
+
+
+def parse_duration(value: object, key: str) -> float:
+    """Seconds from a number (seconds) or a string: "500ms", "30s", "5m", "2h", "1d", "30"."""
+    seconds = None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = float(value) if abs(value) < 1e300 else math.inf  # inf, nan, 10**400
+    elif isinstance(value, str) and (match := _DURATION.fullmatch(value.strip())):
+        seconds = float(match.group(1)) * _UNITS[match.group(2) or "s"]
+    _expect(seconds is not None, value, key, "a duration (seconds, or e.g. 500ms, 30s, 5m, 2h, 1d)")
+    if seconds < 0 or math.isinf(seconds):
+        what = "finite" if seconds > 0 else "non-negative"
+        raise ConfigError(key, f"must be {what}, got {_show(value)}")
+    return seconds
+
+
+def _ttl(value: object, key: str) -> int:
+    """A TTL: any duration that is a whole number of seconds (DNS TTLs are integers)."""
+    seconds = parse_duration(value, key)
+    _expect(seconds.is_integer(), value, key, "a whole number of seconds")
+    return int(seconds)
+
+
+def _str(value: object, key: str) -> str:
+    return _expect(isinstance(value, str) and value, value, key, "a non-empty string")
+
+
+def _ip(host: str, key: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        raise ConfigError(key, f"expected an IP address (not a hostname), got {host!r}") from None
+
+
+def parse_address(text: object, key: str, default_port: int | None = None) -> Address:
+    """"127.0.0.1:5353" or "[::1]:5353"; the port may be omitted if ``default_port`` is given.
+
+    A bare IPv6 address is accepted only without a port ("2001:db8::1"): in
+    "::1:53" the port cannot be told apart from the last group of the address.
+    """
+    _expect(isinstance(text, str), text, key, "an address such as 127.0.0.1:5353")
+    text = text.strip()
+    if match := _BRACKETED.fullmatch(text):
+        host, port_text = match.group(1), match.group(2)
+        if _ip(host, key).version != 6:
+            raise ConfigError(key, f"brackets are only for IPv6 addresses, got {text!r}")
+    elif text.count(":") > 1:
+        if default_port is None:
+            raise ConfigError(key, f"IPv6 needs brackets and a port, e.g. [::1]:5353, got {text!r}")
+        host, port_text = text, None
+    elif ":" in text:
+        host, port_text = text.split(":")
+    else:
+        host, port_text = text, None
+    ip = _ip(host, key)
+    if port_text is None:
+        if default_port is None:
+            raise ConfigError(key, f"missing port (as in 127.0.0.1:53 or [::1]:53), got {text!r}")
+        return Address(str(ip), default_port)
+    if not (port_text.isascii() and port_text.isdigit() and 1 <= int(port_text) <= 65535):
+        raise ConfigError(key, f"port must be a number from 1 to 65535, got {port_text!r}")
+    return Address(str(ip), int(port_text))
+
+
+def parse_upstream(text: object, key: str) -> UpstreamAddress:
+    """"192.0.2.53", "192.0.2.53:53", "[2001:db8::1]:53", each optionally with udp:// or tcp://."""
+    transport = "udp"
+    if isinstance(text, str) and "://" in text:
+        scheme, _, text = text.strip().partition("://")
+        transport = scheme.lower()
+        if transport not in TRANSPORTS:
+            raise ConfigError(key, f"unsupported scheme {scheme!r} (expected udp:// or tcp://)")
+    address = parse_address(text, key, default_port=53)
+    return UpstreamAddress(address.host, address.port, transport)
+
+
+def read_resolv_conf(path: str) -> list[str]:
+    """The ``nameserver`` addresses of a resolv.conf file, in file order, without duplicates.
+
+    Entries that are not IP literals are skipped (as the C library does), and so
+    are link-local addresses with a scope id such as ``fe80::1%eth0``: reaching
+    them would need a socket bound to that interface.
+    """
+    try:
+        with open(path, encoding="utf-8", errors="replace") as file:
+            lines = file.read().splitlines()
+    except OSError as exc:
+        raise ConfigError("resolv_conf", f"cannot read {path}: {exc.strerror or exc}") from None
+    servers: list[str] = []
+    for line in lines:
+        words = re.split(r"[;#]", line, maxsplit=1)[0].split()
+        if len(words) < 2 or words[0] != "nameserver":
+            continue
+        try:
+            ip = ipaddress.ip_address(words[1])
+        except ValueError:
+            continue
+        if getattr(ip, "scope_id", None) is None and str(ip) not in servers:
+            servers.append(str(ip))
+    return servers
+
+
+def _mapping(data: object, key: str, names: list[str]) -> dict:
+    """``data`` as a dict (an empty YAML section is None), refusing unknown keys."""
+    if data is None:
+        return {}
+    _expect(isinstance(data, dict), data, key, "a mapping of keys")
+    for name in data:
+        if name not in names:
+            path = f"{key}.{name}" if key else str(name)
+            raise ConfigError(path, f"unknown key (expected one of: {', '.join(names)})")
+    return data
+
+
+def _strings(value: object, key: str) -> list[tuple[str, object]]:
+    """A list (or one string) as (key path, element) pairs, the paths like ``upstreams[1]``."""
+    if value is None:
+        value = []
+    elif isinstance(value, str):
+        value = [value]
+    _expect(isinstance(value, list), value, key, "a list of strings")
+    return [(f"{key}[{i}]", item) for i, item in enumerate(value)]
+
+
+def _section(cls: type, data: object, key: str):
+    types = {f.name: f.type for f in fields(cls)}
+    values = {}
+    for name, raw in _mapping(data, key, list(types)).items():
+        path, kind = f"{key}.{name}", types[name]
+        if kind is bool:
+            values[name] = _expect(isinstance(raw, bool), raw, path, "true or false")
+        elif kind is int and name in _TTL_FIELDS:
+            values[name] = _ttl(raw, path)
+        elif kind is int:
+            ok = isinstance(raw, int) and not isinstance(raw, bool)
+            values[name] = _expect(ok, raw, path, "an integer")
+        elif kind is float:
+            values[name] = parse_duration(raw, path)
+        elif kind is Address:
+            values[name] = parse_address(raw, path)
+        else:
+            values[name] = _str(raw, path)
+    return cls(**values)
+
+
+def _unique(items: list, key: str) -> None:
+    for i, item in enumerate(items):
+        if item in items[:i]:
+            raise ConfigError(f"{key}[{i}]", f"duplicate of {key}[{items.index(item)}] ({item})")
+
+
+def _check_ranges(c: Config) -> None:
+    u, cache, srv = c.upstream, c.cache, c.server
+    levels, formats = ", ".join(LOG_LEVELS), ", ".join(LOG_FORMATS)
+    rules = [
+        ("upstream.attempt_timeout", u.attempt_timeout > 0, "must be greater than 0"),
+        ("upstream.total_timeout", u.total_timeout >= u.attempt_timeout,
+         f"must be at least upstream.attempt_timeout ({u.attempt_timeout:g})"),
+        ("upstream.max_failures", u.max_failures >= 1, "must be at least 1"),
+        ("upstream.backoff", u.backoff > 0, "must be greater than 0"),
+        ("upstream.backoff_max", u.backoff_max >= u.backoff,
+         f"must be at least upstream.backoff ({u.backoff:g})"),
+        ("upstream.edns_buffer_size", 512 <= u.edns_buffer_size <= 4096, "must be 512 to 4096"),
+        ("cache.max_entries", cache.max_entries >= 1, "must be at least 1"),
+        ("cache.min_ttl", cache.min_ttl <= cache.max_ttl,
+         f"must not exceed cache.max_ttl ({cache.max_ttl})"),
+        ("cache.servfail_ttl", cache.servfail_ttl <= 300, "must be at most 300 (RFC 9520 §3.2)"),
+        ("stale.answer_ttl", c.stale.answer_ttl >= 1, "must be at least 1"),
+        ("server.tcp_max_connections", srv.tcp_max_connections >= 1, "must be at least 1"),
+        ("server.max_inflight", srv.max_inflight >= 1, "must be at least 1"),
+        ("logging.level", c.logging.level in LOG_LEVELS, f"must be one of: {levels}"),
+        ("logging.format", c.logging.format in LOG_FORMATS, f"must be one of: {formats}"),
+    ]
+    for key, ok, problem in rules:
+        if not ok:
+            section, name = key.split(".")
+            raise ConfigError(key, f"{problem}, got {_show(getattr(getattr(c, section), name))}")
+    if c.metrics.enabled and c.metrics.listen in c.listen:
+        raise ConfigError("metrics.listen", f"is also a DNS listen address ({c.metrics.listen})")
+
+
+def _is_self(upstream: UpstreamAddress, listen: tuple[Address, ...]) -> bool:
+    """Would forwarding to ``upstream`` reach this very process (a query loop)?
+
+    Only what the addresses alone reveal: an exact match, or a loopback or
+    wildcard upstream on the port of a wildcard listener.
+    """
+    ip = ipaddress.ip_address(upstream.host)
+    for address in listen:
+        if address.port == upstream.port and (
+            address.host == upstream.host
+            or (ipaddress.ip_address(address.host).is_unspecified
+                and (ip.is_loopback or ip.is_unspecified))
+        ):
+            return True
+    return False
+
+
+def _choose_upstreams(explicit: list[UpstreamAddress], listen: tuple[Address, ...], path: str):
+    """The configured upstreams, else resolv.conf's nameservers; never ourselves."""
+    found = explicit or [UpstreamAddress(ip) for ip in read_resolv_conf(path)]
+    kept = tuple(u for u in found if not _is_self(u, listen))
+    if not kept and explicit:
+        raise ConfigError("upstreams[0]",
+                          f"points at this forwarder's own listen address ({explicit[0].label})")
+    if not kept:
+        raise ConfigError("upstreams", f"no usable upstream: none configured and {path} lists "
+                          "none (besides this forwarder itself)")
+    return kept
+
+
+def parse_config(data: object, resolv_conf: str | None = None) -> Config:
+    """Build a Config from ``yaml.safe_load`` output (None or {} means all defaults).
+
+    ``resolv_conf`` (the --resolv-conf flag) overrides the ``resolv_conf`` key; the
+    file is read only when no upstreams are configured.
+    """
+    top = _mapping(data, "", [f.name for f in fields(Config)])
+    default = Config()
+    listen = default.listen
+    if "listen" in top:
+        listen = tuple(parse_address(text, key) for key, text in _strings(top["listen"], "listen"))
+        if not listen:
+            raise ConfigError("listen", "must list at least one address")
+        _unique(list(listen), "listen")
+    upstreams = _strings(top.get("upstreams"), "upstreams")
+    explicit = [parse_upstream(text, key) for key, text in upstreams]
+    _unique([u.label for u in explicit], "upstreams")
+    path = _str(top.get("resolv_conf", default.resolv_conf), "resolv_conf")
+    sections = {name: _section(cls, top.get(name), name) for name, cls in _SECTIONS.items()}
+    config = Config(listen=listen, resolv_conf=resolv_conf or path, **sections)
+    _check_ranges(config)
+    return replace(config, upstreams=_choose_upstreams(explicit, listen, config.resolv_conf))
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """``yaml.safe_load``, except that a key repeated within one mapping is an error:
+    plain YAML lets the last one win silently, hiding an edit made in the wrong place."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            if isinstance(key_node, yaml.ScalarNode) and key_node.value != "<<":
+                if key_node.value in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {key_node.value!r}", key_node.start_mark)
+                seen.add(key_node.value)
+        return super().construct_mapping(node, deep)
+
+
+def load_config(path: str | None, resolv_conf: str | None = None) -> Config:
+    """Read and parse a YAML file; ``path`` None means the built-in defaults.
+
+    File and syntax problems become a one-line ConfigError keyed by the file name.
+    """
+    if path is None:
+        return parse_config(None, resolv_conf)
+    try:
+        with open(path, encoding="utf-8") as file:
+            text = file.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(path, f"cannot read: {getattr(exc, 'strerror', None) or exc}") from None
+    try:
+        data = yaml.load(text, Loader=_StrictLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(path, " ".join(f"invalid YAML{where}: {problem}".split())) from None
+    return parse_config(data, resolv_conf)

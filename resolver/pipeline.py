@@ -1,0 +1,293 @@
+"""From query bytes to reply bytes: the caching stage and the forwarding stage.
+
+The order of the stages, and why:
+
+1. **Hit path** (``answer_fast``): a plain query (one question, class IN, RD=1, at
+   most an OPT record) whose answer is cached and fresh — or stale while the
+   failure recheck timer runs — is answered right here, synchronously, from the
+   datagram callback: no parse, no task, no coroutine.  This is most traffic.
+2. **Parse** (``resolve``): everything else is validated strictly; malformed
+   queries get FORMERR/NOTIMP/BADVERS or are dropped, before any cache or upstream
+   work is spent on them.
+3. **Caching stage**: the cache reports fresh/stale/miss, ``stale.decide`` picks
+   what to do, and this stage carries it out: one upstream fetch per key
+   (coalescing), the RFC 8767 client-timeout race, the failure recheck timer.
+4. **Forwarding stage** (``_refresh``): the upstream pool with one absolute
+   deadline; the reply is validated, prepared and stored.  It runs as its own
+   task, so a client that got a stale answer after client_timeout does not stop
+   the refresh that will repair the cache.
+
+Every reply carries its provenance (``Source``): it drives the metrics and the
+Extended DNS Error codes (RFC 8914) we attach.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from . import stale as stale_policy
+from . import wire
+from .cache import Cache, Entry
+from .clock import Clock
+from .config import Config
+from .errors import DropQuery, FormatError, UpstreamError
+from .pool import UpstreamPool
+from .stats import Stats
+
+log = logging.getLogger("resolver.pipeline")
+
+
+class Source:
+    """Where a reply came from (fixed set: these are metric label values)."""
+
+    CACHE = "cache"
+    STALE = "stale"
+    UPSTREAM = "upstream"
+    LOCAL = "local"  # generated here: FORMERR, SERVFAIL after upstream failure, …
+
+
+_TCP_LIMIT = 65535
+
+# Suffix bytes appended to the cache key for DO/CD (see wire.cache_key).
+_KEY_SUFFIX = (b"", bytes((wire.KEY_CD,)), bytes((wire.KEY_DO,)), bytes((wire.KEY_DO | wire.KEY_CD,)))
+
+
+class Pipeline:
+    def __init__(self, config: Config, cache: Cache, pool: UpstreamPool, clock: Clock, stats: Stats):
+        self.cache = cache
+        self.pool = pool
+        self.clock = clock
+        self.stats = stats
+        self.inflight: dict[bytes, asyncio.Task] = {}
+        self.configure(config)
+
+    def configure(self, config: Config) -> None:
+        """Apply (new) settings; called at start and on reload.  The cache is kept."""
+        self.config = config
+        self.stale = config.stale
+        self.stale_window = stale_policy.stale_window(config.stale)
+        self.edns_size = config.upstream.edns_buffer_size
+        size = self.edns_size
+        # Pre-built OPT records for the hit path: [DO][kind] where kind 0 = fresh,
+        # 1 = stale positive (EDE 3), 2 = stale NXDOMAIN (EDE 19).
+        self._opt = [
+            [
+                wire.opt_record(size, do),
+                wire.opt_record(size, do, wire.ede_option(wire.EDE_STALE_ANSWER)),
+                wire.opt_record(size, do, wire.ede_option(wire.EDE_STALE_NXDOMAIN)),
+            ]
+            for do in (False, True)
+        ]
+
+    # ------------------------------------------------------------------ hit path
+    def answer_fast(self, data: bytes, tcp: bool) -> bytes | None:
+        """Answer a plain query from the cache, or return None for the slow path.
+
+        Does in place what ``resolve`` + ``wire.render`` would do, for the common
+        case only; anything unusual returns None.  The key lookup validates the
+        question for free: a key is in the cache only if an identical question
+        once passed ``wire.parse_query``.  Tests compare both paths byte for byte.
+        """
+        # Header: QR=0, opcode 0, AA=0, TC=0, RD=1; QDCOUNT=1, ANCOUNT=NSCOUNT=0.
+        if len(data) < 17 or data[2] != 1 or data[4:10] != b"\x00\x01\x00\x00\x00\x00":
+            return None
+        e = data.find(0, 12) + 5
+        t = data[e - 3]
+        # Class IN and a type whose bytes are not ASCII letters (see wire.cache_key).
+        if data[e - 4] or 64 < t < 91 or 96 < t < 123 or data[e - 2 : e] != b"\x00\x01":
+            return None
+        n = len(data)
+        arcount = data[10:12]
+        if arcount == b"\x00\x00":
+            if n != e:
+                return None
+            do = 0
+            opt = None
+            limit = 512
+        elif (
+            arcount == b"\x00\x01" and n >= e + 11 and data[e : e + 3] == b"\x00\x00\x29"
+            and not data[e + 6] and n == e + 11 + (data[e + 9] << 8 | data[e + 10])
+        ):
+            do = data[e + 7] >> 7
+            opt = self._opt[do]
+            limit = data[e + 3] << 8 | data[e + 4]
+            if limit < 512:
+                limit = 512
+        else:
+            return None
+        if tcp:
+            limit = _TCP_LIMIT
+        question = data[12:e]
+        cd = data[3] & 0x10
+        key = question.lower()
+        if do or cd:
+            key += _KEY_SUFFIX[(do << 1) | (cd >> 4)]
+        entry = self.cache.entries.get(key)
+        if entry is None:
+            return None
+        now = self.clock.monotonic()
+        if now < entry.fresh_until:
+            sec = int(now)
+            if entry.aged_sec == sec:
+                body = entry.aged
+            else:
+                body = entry.aged_body(sec)
+                self.cache.entries.move_to_end(key)  # LRU, at one-second granularity
+            if opt is None:
+                reply = b"".join((data[:2], entry.hdr, question, body))
+            else:
+                reply = b"".join((data[:2], entry.hdr_opt, question, body, opt[0]))
+            if len(reply) > limit:
+                return None  # the slow path sends TC=1
+            self.stats.cache_hits += 1
+            return reply
+        # RFC 8767 §4 failure recheck timer: a refresh failed recently, answer stale
+        # at once without asking upstream (same rule as stale.decide → ANSWER_STALE).
+        if now < entry.recheck_until and now < entry.stale_until and self.stale.enabled:
+            body = entry.stale_answer_body(self.stale.answer_ttl)
+            if opt is None:
+                reply = b"".join((data[:2], entry.hdr, question, body))
+            else:
+                nx = entry.rcode == wire.NXDOMAIN
+                reply = b"".join((data[:2], entry.hdr_opt, question, body, opt[2 if nx else 1]))
+            if len(reply) > limit:
+                return None
+            self.stats.stale_answers["recheck"] += 1
+            return reply
+        return None
+
+    # ----------------------------------------------------------------- slow path
+    async def resolve(self, data: bytes, tcp: bool) -> bytes | None:
+        """Answer any query; None means drop it (unreadable or not a query)."""
+        stats = self.stats
+        try:
+            q = wire.parse_query(data)
+        except DropQuery:
+            stats.dropped_malformed += 1
+            return None
+        except FormatError as e:
+            stats.formerr += 1
+            stats.responses_by_source[Source.LOCAL] += 1
+            stats.responses_by_rcode[e.rcode] += 1
+            return wire.error_reply(data, e.rcode, e.question_end, edns=e.rcode == wire.BADVERS,
+                                    udp_size=self.edns_size)
+        limit = _TCP_LIMIT if tcp else q.udp_size
+        now = self.clock.monotonic()
+        _, entry = self.cache.lookup(q.key, now)
+        action = stale_policy.decide(entry, now, self.stale)
+
+        if action == stale_policy.ANSWER_FRESH:
+            stats.cache_hits += 1
+            return self._render(q, entry, self._aged(entry, now), limit, Source.CACHE)
+        if action == stale_policy.ANSWER_STALE:
+            return self._render_stale(q, entry, limit, "recheck")
+
+        stats.cache_misses += 1
+        fetch = self._fetch(q)
+        if action == stale_policy.RESOLVE_OR_STALE:
+            # RFC 8767 §5: wait at most client_timeout, then answer stale while the
+            # fetch goes on in the background and repairs the cache if it succeeds.
+            try:
+                async with asyncio.timeout(self.stale.client_timeout):
+                    fresh = await asyncio.shield(fetch)
+            except TimeoutError:
+                return self._render_stale(q, entry, limit, "timeout")
+            except UpstreamError as e:
+                return self._render_stale(q, entry, limit, e.reason)
+            return self._render(q, fresh, fresh.body, limit, Source.UPSTREAM)
+
+        try:
+            fresh = await asyncio.shield(fetch)  # bounded by the fetch's own deadline
+        except UpstreamError as e:
+            stats.servfail_upstream += 1
+            stats.responses_by_source[Source.LOCAL] += 1
+            stats.responses_by_rcode[wire.SERVFAIL] += 1
+            code = wire.EDE_NETWORK_ERROR if e.reason == "unreachable" else wire.EDE_NO_REACHABLE_AUTHORITY
+            return wire.error_reply(data, wire.SERVFAIL, q.qend, edns=q.edns, udp_size=self.edns_size,
+                                    ede=wire.ede_option(code))
+        return self._render(q, fresh, fresh.body, limit, Source.UPSTREAM)
+
+    def _aged(self, entry: Entry, now: float) -> bytes:
+        sec = int(now)
+        return entry.aged if entry.aged_sec == sec else entry.aged_body(sec)
+
+    def _render(self, q: wire.Query, entry: Entry, body: bytes, limit: int, source: str) -> bytes:
+        self.stats.responses_by_source[source] += 1
+        self.stats.responses_by_rcode[entry.rcode] += 1
+        return wire.render(q, entry.hdr, entry.hdr_opt, body, limit, self.edns_size)
+
+    def _render_stale(self, q: wire.Query, entry: Entry, limit: int, reason: str) -> bytes:
+        self.stats.stale_answers[reason] += 1
+        self.stats.responses_by_source[Source.STALE] += 1
+        self.stats.responses_by_rcode[entry.rcode] += 1
+        code = wire.EDE_STALE_NXDOMAIN if entry.rcode == wire.NXDOMAIN else wire.EDE_STALE_ANSWER
+        body = entry.stale_answer_body(self.stale.answer_ttl)
+        return wire.render(q, entry.hdr, entry.hdr_opt, body, limit, self.edns_size, wire.ede_option(code))
+
+    # ------------------------------------------------------------ forwarding stage
+    def _fetch(self, q: wire.Query) -> asyncio.Task:
+        """The one upstream fetch for this key: joined if already running (coalescing)."""
+        task = self.inflight.get(q.key)
+        if task is not None:
+            self.stats.coalesced += 1
+            return task
+        upstream_question = q.qname.lower() + q.question[-4:]
+        task = asyncio.get_running_loop().create_task(
+            self._refresh(q.key, upstream_question, bool(q.cd), q.do))
+        self.inflight[q.key] = task
+        task.add_done_callback(lambda t, key=q.key: self._fetch_done(key, t))
+        return task
+
+    def _fetch_done(self, key: bytes, task: asyncio.Task) -> None:
+        if self.inflight.get(key) is task:
+            del self.inflight[key]
+        if not task.cancelled():
+            task.exception()  # retrieved: waiters handle it; nobody else must log it
+
+    async def _refresh(self, key: bytes, question: bytes, cd: bool, do: bool) -> Entry:
+        """Ask upstream and store the answer.  Returns the (possibly uncached) entry."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.upstream.total_timeout
+        try:
+            reply, _upstream = await self.pool.exchange(question, cd, do, deadline)
+            cache_cfg = self.config.cache
+            prepared = wire.parse_reply(reply, question, min_ttl=cache_cfg.min_ttl, max_ttl=cache_cfg.max_ttl,
+                                        max_negative_ttl=cache_cfg.max_negative_ttl)
+        except UpstreamError:
+            self._refresh_failed(key)
+            raise
+        except Exception as e:  # a bug must not leave waiters hanging: log, fail as upstream error
+            log.exception("internal error while resolving %r", question)
+            self._refresh_failed(key)
+            raise UpstreamError(f"internal error: {e}") from e
+        now = self.clock.monotonic()
+        if prepared.ttl > 0 and not prepared.tc:
+            return self.cache.put(key, prepared, now, self.stale_window)
+        return Entry(prepared, now, 0.0)  # answered, but not cacheable (TTL 0, no SOA, TC)
+
+    def _refresh_failed(self, key: bytes) -> None:
+        now = self.clock.monotonic()
+        entry = self.cache.get(key)
+        if entry is not None and now < entry.stale_until and entry.kind != wire.FAILURE:
+            # RFC 8767 §4 failure recheck timer: answer this name stale at once for a while.
+            entry.recheck_until = now + self.stale.recheck
+            return
+        servfail_ttl = self.config.cache.servfail_ttl
+        if servfail_ttl > 0 and (entry is None or now >= entry.stale_until):
+            # RFC 9520 §3.2: remember the failure briefly so a retry storm does not
+            # hammer a broken upstream; never stale-served.
+            self.cache.put(key, _servfail_prepared(servfail_ttl), now, 0.0)
+
+    async def cancel_refreshes(self) -> None:
+        tasks = list(self.inflight.values())
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _servfail_prepared(ttl: int) -> wire.Prepared:
+    hdr = bytes((0x81, 0x80 | wire.SERVFAIL)) + b"\x00\x01\x00\x00\x00\x00\x00\x00"
+    hdr_opt = hdr[:-1] + b"\x01"
+    return wire.Prepared(wire.FAILURE, wire.SERVFAIL, ttl, hdr, hdr_opt, b"", (), False)

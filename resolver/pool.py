@@ -1,0 +1,115 @@
+"""The upstream list: order, health and failover until the client's deadline.
+
+Upstreams are tried in configured order.  One that fails ``max_failures`` times in
+a row is marked down and skipped for a back-off period that doubles (up to
+``backoff_max``) each time a retry fails, so a dead upstream costs a few timeouts,
+not one per query.  When the back-off ends, the next query tries it again (the
+probe); one good answer brings it back.  If every upstream is down, the one due
+back soonest is tried anyway: a resolver that refuses to try has no chance of
+noticing recovery, and the client's deadline still bounds the wait.
+
+SERVFAIL and REFUSED count as failures here (unlike CoreDNS): an upstream that
+answers but cannot resolve is as useless to our clients as a silent one, and RFC
+8767 serves stale on both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+
+from . import wire
+from .config import UpstreamOptions
+from .errors import UpstreamError, UpstreamServfail, UpstreamTimeout
+from .upstream import Upstream
+
+log = logging.getLogger("resolver.pool")
+
+_FAILURE_RCODES = {wire.SERVFAIL: "servfail", wire.REFUSED: "refused"}
+
+
+class Health:
+    """Consecutive-failure tracking for one upstream (loop-time based)."""
+
+    __slots__ = ("failures", "down_until", "backoff", "up")
+
+    def __init__(self):
+        self.failures = 0
+        self.down_until = 0.0
+        self.backoff = 0.0
+        self.up = True
+
+
+class UpstreamPool:
+    def __init__(self, upstreams: list[Upstream], options: UpstreamOptions):
+        self.upstreams = upstreams
+        self.options = options
+        self.health = {u.label: Health() for u in upstreams}
+        self.requests: Counter = Counter()       # label -> exchanges started
+        self.errors: Counter = Counter()         # (label, reason) -> failures
+        self.inflight = 0
+
+    def _order(self, now: float) -> list[Upstream]:
+        usable = [u for u in self.upstreams if self.health[u.label].down_until <= now]
+        if usable:
+            return usable
+        # All down: try the one due back soonest rather than nothing.
+        return [min(self.upstreams, key=lambda u: self.health[u.label].down_until)]
+
+    async def exchange(self, question: bytes, cd: bool, do: bool, deadline: float) -> tuple[bytes, Upstream]:
+        """Resolve through the first upstream that gives a usable reply.
+
+        Returns (reply, upstream).  A reply with SERVFAIL/REFUSED from every tried
+        upstream raises UpstreamServfail; silence raises UpstreamTimeout; etc.
+        """
+        loop = asyncio.get_running_loop()
+        last_error: UpstreamError | None = None
+        for upstream in self._order(loop.time()):
+            now = loop.time()
+            if now >= deadline:
+                break
+            attempt_deadline = min(deadline, now + self.options.attempt_timeout)
+            self.requests[upstream.label] += 1
+            self.inflight += 1
+            try:
+                reply = await upstream.exchange(question, cd, do, attempt_deadline)
+            except UpstreamError as e:
+                self._failed(upstream, e.reason, loop.time())
+                last_error = e
+                continue
+            finally:
+                self.inflight -= 1
+            rcode = reply[3] & 0x0F
+            if rcode in _FAILURE_RCODES or rcode not in (wire.NOERROR, wire.NXDOMAIN):
+                reason = _FAILURE_RCODES.get(rcode, "rcode")
+                self._failed(upstream, reason, loop.time())
+                last_error = UpstreamServfail(reason, f"{upstream.label} answered rcode {rcode}")
+                continue
+            self._succeeded(upstream)
+            return reply, upstream
+        raise last_error or UpstreamTimeout("no time left to ask any upstream")
+
+    def _failed(self, upstream: Upstream, reason: str, now: float) -> None:
+        self.errors[(upstream.label, reason)] += 1
+        h = self.health[upstream.label]
+        h.failures += 1
+        if h.failures >= self.options.max_failures:
+            h.backoff = min(self.options.backoff_max, h.backoff * 2 if h.backoff else self.options.backoff)
+            h.down_until = now + h.backoff
+            if h.up:
+                h.up = False
+                log.warning("upstream %s marked down after %d consecutive failures (last: %s); retry in %.1fs",
+                            upstream.label, h.failures, reason, h.backoff)
+
+    def _succeeded(self, upstream: Upstream) -> None:
+        h = self.health[upstream.label]
+        if not h.up:
+            log.warning("upstream %s is back up", upstream.label)
+        h.failures = 0
+        h.backoff = 0.0
+        h.down_until = 0.0
+        h.up = True
+
+    def all_down(self, now: float) -> bool:
+        return all(self.health[u.label].down_until > now for u in self.upstreams)

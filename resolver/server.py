@@ -1,0 +1,177 @@
+"""UDP and TCP listeners: bytes in, bytes out.
+
+The UDP callback answers cache hits synchronously (``Pipeline.answer_fast``) and
+hands everything else to a task, bounded by ``max_inflight``: past it, queries are
+dropped and counted (the client retries), so a flood cannot grow memory without
+limit.  TCP follows RFC 7766: length-prefixed messages, several queries pipelined
+on one connection and answered as they complete, an idle timeout, and a cap on
+open connections.
+
+This is the only place with a broad ``except`` per query: a bug becomes SERVFAIL
+plus a log line with the traceback, never a dead listener.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import struct
+
+from . import wire
+from .config import Address, ServerConfig
+from .pipeline import Pipeline
+from .stats import Stats
+
+log = logging.getLogger("resolver.server")
+
+
+def _internal_error_reply(data: bytes) -> bytes | None:
+    if len(data) < 12 or data[2] & 0x80:
+        return None
+    return wire.error_reply(data, wire.SERVFAIL)
+
+
+class Listeners:
+    """All listening sockets plus the tasks answering on them."""
+
+    def __init__(self, pipeline: Pipeline, config: ServerConfig, stats: Stats):
+        self.pipeline = pipeline
+        self.config = config
+        self.stats = stats
+        self.udp_transports: list[asyncio.DatagramTransport] = []
+        self.tcp_servers: list[asyncio.base_events.Server] = []
+        self.tasks: set[asyncio.Task] = set()
+        self.tcp_writers: set[asyncio.StreamWriter] = set()
+        self.bound: list[tuple[str, int]] = []  # actual (host, port) per listen address, after binding
+
+    async def start(self, addresses: tuple[Address, ...]) -> None:
+        loop = asyncio.get_running_loop()
+        for addr in addresses:
+            family = socket.AF_INET6 if ":" in addr.host else socket.AF_INET
+            transport, _ = await loop.create_datagram_endpoint(
+                lambda: _UdpProtocol(self), local_addr=(addr.host, addr.port), family=family,
+                reuse_port=True)
+            self.udp_transports.append(transport)
+            port = transport.get_extra_info("sockname")[1]
+            # The TCP listener takes the port UDP got, so "port 0" tests get one port for both.
+            server = await asyncio.start_server(
+                self._tcp_client, host=addr.host, port=port, family=family, reuse_port=True,
+                backlog=1024)
+            self.tcp_servers.append(server)
+            self.bound.append((addr.host, port))
+            log.info("listening on %s port %d (UDP and TCP)", addr.host, port)
+
+    def close(self) -> None:
+        """Stop accepting new queries (listeners closed); in-flight ones go on."""
+        for transport in self.udp_transports:
+            transport.close()
+        for server in self.tcp_servers:
+            server.close()
+
+    async def drain(self, grace: float) -> None:
+        """Wait up to ``grace`` seconds for in-flight queries, then cancel the rest."""
+        if self.tasks:
+            _, pending = await asyncio.wait(set(self.tasks), timeout=grace)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.gather(*pending, return_exceptions=True)
+        for writer in list(self.tcp_writers):
+            writer.transport.abort()
+
+    # ------------------------------------------------------------------- UDP
+    def spawn(self, coro) -> asyncio.Task | None:
+        if len(self.tasks) >= self.config.max_inflight:
+            coro.close()
+            self.stats.dropped_overload += 1
+            return None
+        task = asyncio.get_running_loop().create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        return task
+
+    async def udp_slow(self, transport, data: bytes, addr) -> None:
+        try:
+            reply = await self.pipeline.resolve(data, False)
+        except Exception:
+            self.stats.internal_errors += 1
+            log.exception("internal error answering a UDP query from %s", addr[0])
+            reply = _internal_error_reply(data)
+        if reply is not None and not transport.is_closing():
+            transport.sendto(reply, addr)
+
+    # ------------------------------------------------------------------- TCP
+    async def _tcp_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if len(self.tcp_writers) >= self.config.tcp_max_connections:
+            self.stats.tcp_refused += 1
+            writer.transport.abort()
+            return
+        self.stats.tcp_connections += 1
+        self.tcp_writers.add(writer)
+        pending: set[asyncio.Task] = set()
+        idle = self.config.tcp_idle_timeout
+        try:
+            while True:
+                try:
+                    async with asyncio.timeout(idle):
+                        header = await reader.readexactly(2)
+                        size = struct.unpack(">H", header)[0]
+                        data = await reader.readexactly(size)
+                except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
+                    break  # idle, slow or gone client: RFC 7766 §6.2.3 lets us close
+                self.stats.queries_tcp += 1
+                reply = self.pipeline.answer_fast(data, True)
+                if reply is not None:
+                    writer.write(struct.pack(">H", len(reply)) + reply)
+                    continue
+                # Pipelined queries are answered out of order, as each completes (RFC 7766 §6.2.1.1).
+                task = self.spawn(self._tcp_answer(writer, data))
+                if task is not None:
+                    pending.add(task)
+                    task.add_done_callback(pending.discard)
+            if pending:
+                await asyncio.wait(set(pending), timeout=self.config.shutdown_grace)
+        finally:
+            self.tcp_writers.discard(writer)
+            writer.transport.close()
+
+    async def _tcp_answer(self, writer: asyncio.StreamWriter, data: bytes) -> None:
+        try:
+            reply = await self.pipeline.resolve(data, True)
+        except Exception:
+            self.stats.internal_errors += 1
+            log.exception("internal error answering a TCP query")
+            reply = _internal_error_reply(data)
+        if reply is None:
+            return
+        if not writer.is_closing():
+            writer.write(struct.pack(">H", len(reply)) + reply)
+
+
+class _UdpProtocol(asyncio.DatagramProtocol):
+    def __init__(self, listeners: Listeners):
+        self.listeners = listeners
+        self.fast = listeners.pipeline.answer_fast
+        self.stats = listeners.stats
+        self.transport = None
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr) -> None:
+        self.stats.queries_udp += 1
+        try:
+            reply = self.fast(data, False)
+        except Exception:  # the hit path must never take the listener down
+            self.stats.internal_errors += 1
+            log.exception("internal error in the cache hit path")
+            reply = None
+        if reply is not None:
+            self.transport.sendto(reply, addr)
+            return
+        self.listeners.spawn(self.listeners.udp_slow(self.transport, data, addr))
+
+    def error_received(self, exc: Exception) -> None:
+        # ICMP errors for earlier replies (client went away); nothing to do.
+        log.debug("UDP listener error: %s", exc)

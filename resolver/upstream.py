@@ -1,0 +1,130 @@
+"""One upstream server: ``exchange(question, …, deadline)`` → validated reply bytes.
+
+Knows nothing of the cache or of other upstreams.  Every query gets a fresh random
+ID and a fresh socket (so a fresh random source port: RFC 5452 §9.2), replies are
+accepted only from the queried address (a connected UDP socket lets the kernel
+drop the rest) with the right ID and question; anything else is ignored and
+counted while we keep waiting, as dnspython's ``_matches_destination`` does.
+UDP replies with TC=1 are retried over TCP (RFC 7766 §5); ``tcp://`` upstreams use
+TCP only.  Failures are typed (errors.Upstream*) and carry a fixed metric label.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import socket
+import struct
+
+from . import wire
+from .config import UpstreamAddress
+from .errors import UpstreamBadResponse, UpstreamError, UpstreamTimeout, UpstreamUnreachable
+
+
+class _UdpExchange(asyncio.DatagramProtocol):
+    __slots__ = ("qid", "question", "future", "owner")
+
+    def __init__(self, qid: int, question: bytes, future: asyncio.Future, owner: "Upstream"):
+        self.qid = qid
+        self.question = question
+        self.future = future
+        self.owner = owner
+
+    def datagram_received(self, data: bytes, addr) -> None:
+        try:
+            wire.check_reply_matches(data, self.qid, self.question)
+        except UpstreamBadResponse:
+            self.owner.mismatched += 1
+            return
+        if not self.future.done():
+            self.future.set_result(data)
+
+    def error_received(self, exc: Exception) -> None:
+        # ICMP port/host unreachable on a connected socket: the upstream is not there.
+        if not self.future.done():
+            self.future.set_exception(UpstreamUnreachable(f"{type(exc).__name__}: {exc}"))
+
+    def connection_lost(self, exc) -> None:
+        if exc is not None and not self.future.done():
+            self.future.set_exception(UpstreamUnreachable(str(exc)))
+
+
+class Upstream:
+    """A single upstream resolver address and how to talk to it."""
+
+    def __init__(self, address: UpstreamAddress, udp_size: int = 1232):
+        self.address = address
+        self.label = address.label
+        self.udp_size = udp_size
+        self.family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
+        self.mismatched = 0  # replies dropped for wrong ID/question: spoofing attempts or late replies
+
+    async def exchange(self, question: bytes, cd: bool, do: bool, deadline: float) -> bytes:
+        """Send the question, return the matching reply; raise UpstreamError subclasses.
+
+        ``deadline`` is absolute, in event-loop time: every wait below is bounded by it.
+        """
+        loop = asyncio.get_running_loop()
+        if loop.time() >= deadline:
+            raise UpstreamTimeout("no time left")
+        if self.address.transport == "udp":
+            reply = await self._udp(loop, question, cd, do, deadline)
+            if not reply[2] & 0x02:
+                return reply
+            # TC=1: the answer did not fit; ask again over TCP (RFC 7766 §5).
+        return await self._tcp(loop, question, cd, do, deadline)
+
+    def _query(self, question: bytes, cd: bool, do: bool) -> tuple[int, bytes]:
+        qid = secrets.randbits(16)
+        return qid, wire.build_upstream_query(qid, question, cd, do, self.udp_size)
+
+    async def _udp(self, loop, question, cd, do, deadline) -> bytes:
+        qid, query = self._query(question, cd, do)
+        future = loop.create_future()
+        try:
+            transport, _ = await loop.create_datagram_endpoint(
+                lambda: _UdpExchange(qid, question, future, self),
+                remote_addr=(self.address.host, self.address.port),
+                family=self.family,
+            )
+        except OSError as e:
+            raise UpstreamUnreachable(f"cannot open UDP socket: {e}") from None
+        try:
+            transport.sendto(query)
+            try:
+                async with asyncio.timeout_at(deadline):
+                    return await future
+            except TimeoutError:
+                raise UpstreamTimeout(f"no UDP reply from {self.label}") from None
+        finally:
+            transport.abort()
+
+    async def _tcp(self, loop, question, cd, do, deadline) -> bytes:
+        qid, query = self._query(question, cd, do)
+        writer = None
+        try:
+            async with asyncio.timeout_at(deadline):
+                try:
+                    reader, writer = await asyncio.open_connection(self.address.host, self.address.port)
+                    writer.write(struct.pack(">H", len(query)) + query)
+                    while True:
+                        size = struct.unpack(">H", await reader.readexactly(2))[0]
+                        reply = await reader.readexactly(size)
+                        try:
+                            wire.check_reply_matches(reply, qid, question)
+                        except UpstreamBadResponse:
+                            self.mismatched += 1
+                            continue
+                        return reply
+                except asyncio.IncompleteReadError:
+                    raise UpstreamUnreachable(f"{self.label} closed the TCP connection") from None
+                except OSError as e:
+                    raise UpstreamUnreachable(f"TCP to {self.label}: {e}") from None
+        except TimeoutError:
+            raise UpstreamTimeout(f"no TCP reply from {self.label}") from None
+        finally:
+            if writer is not None:
+                writer.transport.abort()
+
+
+__all__ = ["Upstream", "UpstreamError"]
