@@ -188,8 +188,11 @@ class Pipeline:
         if action == stale_policy.RESOLVE_OR_STALE:
             # RFC 8767 §5: wait at most client_timeout, then answer stale while the
             # fetch goes on in the background and repairs the cache if it succeeds.
+            # The timer runs from the start of the fetch: a client that joins a
+            # fetch which has already outlived client_timeout is answered at once.
+            wait = self.stale.client_timeout - (asyncio.get_running_loop().time() - fetch.started)
             try:
-                async with asyncio.timeout(self.stale.client_timeout):
+                async with asyncio.timeout(max(0.0, wait)):
                     fresh = await asyncio.shield(fetch)
             except TimeoutError:
                 return self._render_stale(q, entry, limit, "timeout")
@@ -233,8 +236,9 @@ class Pipeline:
             self.stats.coalesced += 1
             return task
         upstream_question = q.qname.lower() + q.question[-4:]
-        task = asyncio.get_running_loop().create_task(
-            self._refresh(q.key, upstream_question, bool(q.cd), q.do))
+        loop = asyncio.get_running_loop()
+        task = loop.create_task(self._refresh(q.key, upstream_question, bool(q.cd), q.do))
+        task.started = loop.time()
         self.inflight[q.key] = task
         task.add_done_callback(lambda t, key=q.key: self._fetch_done(key, t))
         return task
