@@ -78,3 +78,22 @@ def fake_upstream():
         yield up
     finally:
         up.stop()
+
+
+@pytest.fixture
+def start_forwarder():
+    """Factory: ``start_forwarder(upstreams, **sections)`` → a RunningForwarder, stopped at teardown."""
+    from tests.servers.forwarder import RunningForwarder, forwarder_config
+
+    running = []
+
+    def start(upstreams, **sections):
+        fwd = RunningForwarder(forwarder_config(list(upstreams), **sections))
+        running.append(fwd)
+        return fwd
+
+    try:
+        yield start
+    finally:
+        for fwd in running:
+            fwd.stop()

@@ -1,0 +1,87 @@
+"""The forwarder under test, running in-process on real sockets with a fake clock.
+
+The App runs on its own uvloop event loop in a background thread, bound to
+127.0.0.1 port 0 (UDP and TCP share the port it gets), with its metrics listener
+on another ephemeral port.  Tests talk to it with dig and dnspython like any
+client would, and move its clock with ``advance()`` instead of sleeping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import threading
+import urllib.request
+
+import uvloop
+
+from resolver.app import App
+from resolver.clock import FakeClock
+from resolver.config import Address, Config, MetricsConfig, parse_upstream
+
+
+def forwarder_config(upstreams: list[str], **sections) -> Config:
+    """A Config on ephemeral loopback ports; ``sections`` override fields per section,
+    e.g. ``stale={"client_timeout": 0.2}``."""
+    base = Config(
+        listen=(Address("127.0.0.1", 0),),
+        upstreams=tuple(parse_upstream(u, f"upstreams[{i}]") for i, u in enumerate(upstreams)),
+        metrics=MetricsConfig(enabled=True, listen=Address("127.0.0.1", 0)),
+    )
+    changes = {}
+    for name, values in sections.items():
+        changes[name] = dataclasses.replace(getattr(base, name), **values)
+    return dataclasses.replace(base, **changes)
+
+
+class RunningForwarder:
+    def __init__(self, config: Config, clock: FakeClock | None = None):
+        self.clock = clock or FakeClock()
+        self.loop = uvloop.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="forwarder", daemon=True)
+        self.thread.start()
+        self.app: App = self.call(self._make(config))
+        self.call(self.app.start())
+
+    async def _make(self, config: Config) -> App:
+        return App(config, self.clock)
+
+    def call(self, coro, timeout: float = 10.0):
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    @property
+    def port(self) -> int:
+        return self.app.dns_port
+
+    @property
+    def metrics_port(self) -> int:
+        return self.app.admin.port
+
+    def advance(self, seconds: float) -> None:
+        self.clock.advance(seconds)
+
+    def http(self, path: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}{path}", timeout=5) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode()
+
+    def metric(self, name: str, **labels) -> float:
+        """The value of one sample from /metrics (0.0 if absent)."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        _, text = self.http("/metrics")
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                    return sample.value
+        return 0.0
+
+    def stop(self, grace: float = 1.0) -> None:
+        try:
+            self.call(self.app.stop(grace))
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(5)
+            self.loop.close()
