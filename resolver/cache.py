@@ -47,6 +47,8 @@ class Entry:
 
     def aged_body(self, sec: int) -> bytes:
         """The body with TTLs aged to second ``sec``; computed once per second."""
+        if sec == self.aged_sec:
+            return self.aged
         self.aged = wire.age_body(self.body, self.ttl_offsets, int(sec - self.stored_at))
         self.aged_sec = sec
         return self.aged

@@ -44,6 +44,7 @@ class Listeners:
         self.tasks: set[asyncio.Task] = set()
         self.tcp_writers: set[asyncio.StreamWriter] = set()
         self.bound: list[tuple[str, int]] = []  # actual (host, port) per listen address, after binding
+        self.draining = False
 
     async def start(self, addresses: tuple[Address, ...]) -> None:
         loop = asyncio.get_running_loop()
@@ -63,9 +64,14 @@ class Listeners:
             log.info("listening on %s port %d (UDP and TCP)", addr.host, port)
 
     def close(self) -> None:
-        """Stop accepting new queries (listeners closed); in-flight ones go on."""
-        for transport in self.udp_transports:
-            transport.close()
+        """Stop taking new work; in-flight queries go on.
+
+        TCP listeners close at once.  UDP sockets stay open until ``drain`` ends,
+        because a reply must leave from the socket the query came in on; while
+        draining they still answer cache hits (cheap, and better for clients than
+        silence) but start no new upstream work.
+        """
+        self.draining = True
         for server in self.tcp_servers:
             server.close()
 
@@ -79,10 +85,12 @@ class Listeners:
                 await asyncio.gather(*pending, return_exceptions=True)
         for writer in list(self.tcp_writers):
             writer.transport.abort()
+        for transport in self.udp_transports:
+            transport.close()
 
     # ------------------------------------------------------------------- UDP
     def spawn(self, coro) -> asyncio.Task | None:
-        if len(self.tasks) >= self.config.max_inflight:
+        if self.draining or len(self.tasks) >= self.config.max_inflight:
             coro.close()
             self.stats.dropped_overload += 1
             return None

@@ -307,7 +307,9 @@ def check_reply_matches(reply: bytes, qid: int, question: bytes) -> None:
     if reply[4:6] != b"\x00\x01":
         raise UpstreamBadResponse("reply does not carry exactly one question")
     qend = 12 + len(question)
-    if reply[12:qend].lower() != question.lower():
+    # The name is compared case-insensitively (RFC 4343), type and class exactly:
+    # bytes.lower() would fold type 65 (HTTPS, b"\x00A") into type 97 (b"\x00a").
+    if reply[12 : qend - 4].lower() != question[:-4].lower() or reply[qend - 4 : qend] != question[-4:]:
         raise UpstreamBadResponse("reply question does not match the query")
 
 
@@ -329,6 +331,7 @@ def parse_reply(reply: bytes, question: bytes, *, min_ttl: int, max_ttl: int,
     ttl_offsets = []
     opt_span = None
     soa_ttl_off = None
+    soa_ttl = None
     soa_min = None
     answer_ttl = None
     try:
@@ -354,6 +357,7 @@ def parse_reply(reply: bytes, question: bytes, *, min_ttl: int, max_ttl: int,
                 answer_ttl = ttl if answer_ttl is None else min(answer_ttl, ttl)
             elif i < an + ns and rtype == TYPE_SOA and soa_ttl_off is None and rdlen >= 20:
                 soa_ttl_off = ttl_off
+                soa_ttl = ttl  # already zeroed if the high bit was set (RFC 2181 §8)
                 soa_min = _U32.unpack_from(reply, off - 4)[0]
     except FormatError as e:
         raise UpstreamBadResponse(f"malformed reply: {e.reason}") from None
@@ -374,7 +378,7 @@ def parse_reply(reply: bytes, question: bytes, *, min_ttl: int, max_ttl: int,
     offsets = []
     neg_ttl = 0
     if kind in (NODATA, NEGATIVE_NXDOMAIN) and soa_ttl_off is not None:
-        neg_ttl = min(_U32.unpack_from(reply, soa_ttl_off)[0], soa_min, max_negative_ttl)
+        neg_ttl = min(soa_ttl, soa_min, max_negative_ttl)
     for ttl_off, ttl in ttl_offsets:
         if kind == POSITIVE:
             ttl = min(max(ttl, min_ttl), max_ttl)
