@@ -57,8 +57,8 @@ _FAST_HEADERS = {
     for ad in (0, 0x20) for cd in (0, 0x10) for ar in (0, 1)
 }
 
-# Suffix bytes appended to the cache key for DO/CD (see wire.cache_key).
-_KEY_SUFFIX = (b"", bytes((wire.KEY_CD,)), bytes((wire.KEY_DO,)), bytes((wire.KEY_DO | wire.KEY_CD,)))
+# Key prefixes for DO/CD, indexed by (DO << 1 | CD) (see wire.question_key).
+_KEY_PREFIX = tuple(wire.key_prefix(flags) for flags in range(4))
 
 
 class Pipeline:
@@ -114,7 +114,7 @@ class Pipeline:
             question = data[12:]
             key = question.lower()
             if mode:
-                key += _KEY_SUFFIX[1]
+                key = _KEY_PREFIX[1] + key
             limit = 512
         else:
             info = self._opt_shapes.get(data[-11:])
@@ -128,9 +128,9 @@ class Pipeline:
                 question = data[12:e]
             limit, do = info
             key = question.lower()
-            sfx = (do << 1) | (mode & 1)
-            if sfx:
-                key += _KEY_SUFFIX[sfx]
+            flags = (do << 1) | (mode & 1)
+            if flags:
+                key = _KEY_PREFIX[flags] + key
         if tcp:
             limit = _TCP_LIMIT
         entry = self._entries_get(key)
@@ -154,8 +154,10 @@ class Pipeline:
             return reply
         # RFC 8767 §4 failure recheck timer: a refresh failed recently, answer stale
         # at once without asking upstream (same rule as stale.decide → ANSWER_STALE).
-        if now < entry.recheck_until and now < entry.stale_until and self.stale.enabled:
-            body = entry.stale_answer_body(self.stale.answer_ttl)
+        stale = self.stale
+        if (now < entry.recheck_until and now < entry.stale_until and stale.enabled
+                and now - entry.fresh_until < stale.max_age):
+            body = entry.stale_answer_body(stale.answer_ttl)
             if mode < 2:
                 reply = b"".join((data[:2], entry.hdr, question, body))
             else:
@@ -206,6 +208,7 @@ class Pipeline:
 
         if action == stale_policy.ANSWER_FRESH:
             stats.cache_hits += 1
+            self.cache.touch(q.key)
             return self._render(q, entry, self._aged(entry, now), limit, Source.CACHE)
         if action == stale_policy.ANSWER_STALE:
             return self._render_stale(q, entry, limit, "recheck")

@@ -129,7 +129,12 @@ class Listeners:
                 except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
                     break  # idle, slow or gone client: RFC 7766 §6.2.3 lets us close
                 self.stats.queries_tcp += 1
-                reply = self.pipeline.answer_fast(data, True)
+                try:
+                    reply = self.pipeline.answer_fast(data, True)
+                except Exception:  # as on UDP: the hit path must not take the connection down
+                    self.stats.internal_errors += 1
+                    log.exception("internal error in the cache hit path (TCP)")
+                    reply = None
                 if reply is not None:
                     writer.write(struct.pack(">H", len(reply)) + reply)
                     continue

@@ -45,6 +45,11 @@ EDE_NETWORK_ERROR = 23
 KEY_DO = 0x02
 KEY_CD = 0x01
 KEY_EXACT_TAIL = 0x10
+# Keys with flags start with a byte >= 0x80.  A plain key starts with a label
+# length (<= 63), so the two kinds can never be equal; and because the flags come
+# first, a key built from "question + trailing junk" can never equal a valid
+# question's key: the hit path relies on this (see Pipeline.answer_fast).
+KEY_FLAGGED = 0x80
 
 _U16 = struct.Struct(">H")
 _U32 = struct.Struct(">I")
@@ -68,30 +73,25 @@ def ede_option(info_code: int, text: bytes = b"") -> bytes:
     return _U16.pack(15) + _U16.pack(2 + len(text)) + _U16.pack(info_code) + text
 
 
-def cache_key(qname_lower_and_tail: bytes, docd: int) -> bytes:
-    """Build the cache key from the lower-cased question bytes.
-
-    The key *is* the question, so a dict hit can never be a hash collision: the
-    whole question is compared.  Keys whose type/class bytes contain ASCII letters
-    (e.g. type 65, HTTPS = b"\\x00A") carry a marker byte, because `bytes.lower()`
-    would otherwise fold type 65 into type 97; the hit path only builds unmarked
-    keys and sends such queries here.
-    """
-    if docd:
-        return qname_lower_and_tail + bytes((docd,))
-    return qname_lower_and_tail
-
-
-def _tail_is_plain(tail: bytes) -> bool:
-    return tail.lower() == tail and tail.upper() == tail
+def key_prefix(flags: int) -> bytes:
+    """The first byte of a key with DO/CD/exact-tail flags (empty for none)."""
+    return bytes((KEY_FLAGGED | flags,)) if flags else b""
 
 
 def question_key(question: bytes, docd: int) -> bytes:
-    """The cache key for a raw question (name + type + class), any case."""
+    """The cache key for a raw question (name + type + class), any case.
+
+    The key *is* the question, lower-cased, so a dict hit can never be a hash
+    collision: the whole question is compared.  Questions whose type/class bytes
+    contain ASCII letters (e.g. type 65, HTTPS = b"\\x00A") keep those bytes as they
+    are and are flagged, because ``bytes.lower()`` would fold type 65 into type
+    97; the hit path lower-cases whole questions, so it never finds a flagged-tail
+    key and sends such queries down the general path.
+    """
     tail = question[-4:]
-    if _tail_is_plain(tail):
-        return cache_key(question.lower(), docd)
-    return question[:-4].lower() + tail + bytes((KEY_EXACT_TAIL | docd,))
+    if tail.lower() == tail and tail.upper() == tail:
+        return key_prefix(docd) + question.lower()
+    return key_prefix(KEY_EXACT_TAIL | docd) + question[:-4].lower() + tail
 
 
 class Query:
@@ -274,7 +274,8 @@ def build_upstream_query(qid: int, question: bytes, cd: bool, do: bool, udp_size
 class Prepared:
     """An upstream reply made ready for serving many times.
 
-    ``body`` is everything after the question with the OPT record removed; the
+    ``body`` is everything after the question up to the OPT record (see
+    `parse_reply`: the OPT and any records after it are left out); the
     TTL fields inside it (at ``ttl_offsets``) already hold capped TTLs, so aging is
     ``stored - age`` per field.  ``hdr`` is bytes 2..12 of the reply (flags and
     counts) without the OPT in ARCOUNT; ``hdr_opt`` counts one OPT record more.
@@ -330,6 +331,7 @@ def parse_reply(reply: bytes, question: bytes, *, min_ttl: int, max_ttl: int,
     off = qend
     ttl_offsets = []
     opt_span = None
+    opt_index = 0
     soa_ttl_off = None
     soa_ttl = None
     soa_min = None
@@ -349,6 +351,7 @@ def parse_reply(reply: bytes, question: bytes, *, min_ttl: int, max_ttl: int,
                 if i < an + ns or opt_span is not None:
                     raise FormatError("misplaced OPT record")
                 opt_span = (start, off)
+                opt_index = i
                 continue
             if ttl & 0x80000000:  # RFC 2181 §8: treat as zero
                 ttl = 0
@@ -373,8 +376,13 @@ def parse_reply(reply: bytes, question: bytes, *, min_ttl: int, max_ttl: int,
 
     body = bytearray(reply[qend:off])
     if opt_span is not None:
-        del body[opt_span[0] - qend : opt_span[1] - qend]
-        ar -= 1
+        # The OPT goes, and so do any records after it: their names may be compressed
+        # against one another, and cutting the OPT's bytes out would shift those
+        # pointer targets ("ns2.other.test" would read "ns2.").  Records after the OPT
+        # are additional data, which a reply may always omit.
+        del body[opt_span[0] - qend :]
+        ttl_offsets = [(o, t) for o, t in ttl_offsets if o < opt_span[0]]
+        ar = opt_index - an - ns
     offsets = []
     neg_ttl = 0
     if kind in (NODATA, NEGATIVE_NXDOMAIN) and soa_ttl_off is not None:
@@ -387,8 +395,6 @@ def parse_reply(reply: bytes, question: bytes, *, min_ttl: int, max_ttl: int,
         else:
             ttl = min(ttl, max_ttl)
         rel = ttl_off - qend
-        if opt_span is not None and ttl_off > opt_span[0]:
-            rel -= opt_span[1] - opt_span[0]
         body[rel : rel + 4] = _U32.pack(ttl)
         offsets.append(rel)
     if kind == POSITIVE:
