@@ -1,0 +1,75 @@
+"""Micro-benchmark of the cache-hit path in-process: ns per datagram, no sockets.
+
+    .venv/bin/python bench/hitpath.py
+
+Drives ``_UdpProtocol.datagram_received`` (the real UDP callback, with the
+pipeline's hit path behind it) with a stub transport, for a query without EDNS,
+with EDNS, and with EDNS+DO.  It measures the Python work per hit, which is what
+code changes move; socket costs are measured by bench/run.py against real peers.
+Run it before and after touching anything on the hit path.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import dns.message  # noqa: E402
+
+from resolver import wire  # noqa: E402
+from resolver.cache import Cache  # noqa: E402
+from resolver.clock import SystemClock  # noqa: E402
+from resolver.config import Config  # noqa: E402
+from resolver.pipeline import Pipeline  # noqa: E402
+from resolver.server import Listeners, _UdpProtocol  # noqa: E402
+from resolver.stats import Stats  # noqa: E402
+
+
+class _NullTransport:
+    def sendto(self, data, addr):
+        pass
+
+
+def _reply_for(data: bytes) -> bytes:
+    q = dns.message.from_wire(data)
+    r = dns.message.make_response(q)
+    r.answer.append(dns.rrset.from_text(q.question[0].name, 300, "IN", "A", "192.0.2.1"))
+    r.flags |= dns.flags.RA
+    return r.to_wire()
+
+
+def main(n: int = 300_000, rounds: int = 5) -> None:
+    config = Config()
+    clock = SystemClock()
+    cache = Cache(1000)
+    stats = Stats()
+    pipeline = Pipeline(config, cache, None, clock, stats)
+    proto = _UdpProtocol(Listeners(pipeline, config.server, stats))
+    proto.transport = _NullTransport()
+    cases = {
+        "no EDNS": dns.message.make_query("www.example.com", "A", use_edns=False),
+        "EDNS": dns.message.make_query("www.example.com", "A", use_edns=0),
+        "EDNS+DO": dns.message.make_query("www.example.com", "A", use_edns=0, want_dnssec=True),
+    }
+    addr = ("127.0.0.1", 40000)
+    for label, msg in cases.items():
+        data = msg.to_wire()
+        q = wire.parse_query(data)
+        cache.put(q.key, wire.parse_reply(_reply_for(data), q.question, min_ttl=0, max_ttl=86400,
+                                          max_negative_ttl=3600), clock.monotonic(), 86400)
+        assert pipeline.answer_fast(data, False) is not None, label
+        per = []
+        for _ in range(rounds):
+            t = time.perf_counter()
+            for _ in range(n):
+                proto.datagram_received(data, addr)
+            per.append((time.perf_counter() - t) / n * 1e9)
+        print(f"{label:8s} {statistics.median(per):7.0f} ns per hit (median of {rounds} x {n})")
+
+
+if __name__ == "__main__":
+    main()
