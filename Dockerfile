@@ -2,10 +2,15 @@
 # resolver: a caching DNS forwarder that keeps answering from its cache when upstreams fail.
 #
 # Build:  docker build -t resolver .
-# Run:    docker run -d --name resolver -p 127.0.0.1:53:53/udp -p 127.0.0.1:53:53/tcp \
-#           -v resolver-state:/var/lib/resolver \
-#           -v "$PWD/my.yaml:/etc/resolver/resolver.yaml:ro" resolver
-# Check:  docker run --rm -v "$PWD/my.yaml:/etc/resolver/resolver.yaml:ro" resolver --check-config
+# Run as a sidecar of an application container (shares its network namespace, so the
+# application reaches the forwarder on 127.0.0.1:53 — the default config listens on loopback only):
+#           docker run -d --name resolver --network container:myapp \
+#             -v resolver-state:/var/lib/resolver \
+#             -v "$PWD/my.yaml:/etc/resolver/resolver.yaml:ro" resolver
+# Check a config:  docker run --rm -v "$PWD/my.yaml:/etc/resolver/resolver.yaml:ro" resolver \
+#                    --config /etc/resolver/resolver.yaml --check-config
+# Published ports (-p 53:53/udp) reach the container's own address, not its loopback: that needs
+# a config listening on 0.0.0.0:53, restricted to your clients.
 #
 # Port 53 without root: the process runs as the unprivileged user "resolver" (uid 10053) and
 # binds port 53 thanks to the network namespace's sysctl net.ipv4.ip_unprivileged_port_start,
@@ -49,6 +54,7 @@ RUN groupadd --system --gid 10053 resolver \
 COPY --from=build /opt/resolver /opt/resolver
 COPY config/container.yaml /etc/resolver/resolver.yaml
 COPY deploy/docker/healthcheck.py /opt/resolver/bin/resolver-healthcheck
+# Numeric, so Kubernetes' runAsNonRoot can verify it without a runAsUser.
 USER 10053:10053
 WORKDIR /var/lib/resolver
 VOLUME ["/var/lib/resolver"]
