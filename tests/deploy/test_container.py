@@ -31,6 +31,7 @@ import yaml
 from resolver.config import load_config, parse_address
 from tests.conftest import free_port, resolv_conf
 from tests.deploy import dockerfile as df
+from tests.servers.fake_upstream import FakeUpstream
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKERFILE = REPO / "Dockerfile"
@@ -166,23 +167,43 @@ def healthcheck_command(config_path: Path) -> list[str]:
     return [sys.executable] + mapped[1:]
 
 
-def derived_config(tmp_path: Path, upstream: str) -> tuple[Path, int, int]:
-    """config/container.yaml with listen and metrics on free loopback ports.  The upstream is
-    set too: the container config takes it from resolv.conf, which can only name port 53."""
+def derived_config(tmp_path: Path, upstream: FakeUpstream) -> tuple[Path, int, int]:
+    """config/container.yaml with listen and metrics moved to free loopback ports, and the
+    upstreams left to a resolv.conf of the test's own — which can only name port 53, so that
+    is where the upstream listens when it can; if 127.0.0.1:53 is taken, ``upstreams`` names
+    the upstream's port instead."""
     data = yaml.safe_load(CONTAINER_CONFIG.read_text())
+    assert not data.get("upstreams"), "the container config takes upstreams from resolv.conf"
     port, mport = free_port(), free_port()
     data["listen"] = [f"127.0.0.1:{port}"]
     data["metrics"]["listen"] = f"127.0.0.1:{mport}"
-    data["upstreams"] = [upstream]
-    data["resolv_conf"] = str(resolv_conf(tmp_path, "192.0.2.53"))  # the test's own, never used
+    data["resolv_conf"] = str(resolv_conf(tmp_path, "127.0.0.1"))
+    if upstream.port != 53:
+        data["upstreams"] = [upstream.address]
     path = tmp_path / "resolver.yaml"
     path.write_text(yaml.safe_dump(data))
     return path, port, mport
 
 
-def test_image_command_serves_with_the_container_config(tmp_path, fake_upstream):
-    fake_upstream.answer("www.test", "A", "192.0.2.1")
-    config, port, mport = derived_config(tmp_path, fake_upstream.address)
+@pytest.fixture
+def upstream_on_53_if_free():
+    """A FakeUpstream on 127.0.0.1:53 when that port is free, else on a free port."""
+    up = FakeUpstream(port=53)
+    try:
+        up.start()
+    except (OSError, RuntimeError):
+        up.stop()
+        up = FakeUpstream().start()
+    try:
+        yield up
+    finally:
+        up.stop()
+
+
+def test_image_command_serves_with_the_container_config(tmp_path, upstream_on_53_if_free):
+    upstream = upstream_on_53_if_free
+    upstream.answer("www.test", "A", "192.0.2.1")
+    config, port, mport = derived_config(tmp_path, upstream)
     check = healthcheck_command(config)
     before = subprocess.run(check, capture_output=True, text=True, env=ENV, timeout=10)
     assert before.returncode == 1 and "unhealthy" in before.stdout  # nothing listens yet
@@ -194,6 +215,7 @@ def test_image_command_serves_with_the_container_config(tmp_path, fake_upstream)
         wait_for_dns(port)
         reply = dns.query.udp(dns.message.make_query("www.test", "A"), "127.0.0.1", port=port, timeout=3)
         assert [rr.to_text() for rr in reply.answer[0]] == ["192.0.2.1"]
+        assert ("udp", "www.test", "A") in upstream.calls
         for path in ("/healthz", "/readyz"):
             with urllib.request.urlopen(f"http://127.0.0.1:{mport}{path}", timeout=3) as r:
                 assert r.status == 200
@@ -210,6 +232,7 @@ def test_image_command_serves_with_the_container_config(tmp_path, fake_upstream)
     assert "Traceback" not in stderr
     records = [json.loads(line) for line in stderr.splitlines() if line.strip()]
     assert records and all({"ts", "level", "msg"} <= r.keys() for r in records)  # format: json
+    assert any(r["msg"] == f"forwarding to udp://{upstream.address}" for r in records), records
 
 
 @pytest.mark.parametrize("listen, url", [
