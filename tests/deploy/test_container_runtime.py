@@ -58,7 +58,7 @@ def run_sandbox(tmp_path: Path, port_start: int) -> dict:
     spec = {
         "port_start": port_start,
         "uid": uid,
-        "resolv_conf": str(rc),
+        "binds": {"/etc/resolv.conf": str(rc)},
         # the config file exactly as the image has it: config/container.yaml, unmodified
         "command": image_command(CONTAINER_CONFIG),
         "healthcheck": healthcheck_command(CONTAINER_CONFIG),
@@ -76,6 +76,7 @@ def test_non_root_without_capabilities_serves_port_53_through_the_sysctl(tmp_pat
     result = run_sandbox(tmp_path, port_start=53)
     assert result.get("answer") == ["192.0.2.1"], result
     assert ["udp", "www.test", "A"] in result["upstream_calls"]  # via resolv.conf's 127.0.0.2:53
+    assert result["healthz"] == 200
     assert result["health"]["rc"] == 0, result["health"]
     assert "127.0.0.1:9153/healthz: 200" in result["health"]["out"]
     assert result["exit"] == 0, result["stderr"]

@@ -8,11 +8,13 @@ sandbox.  A structural test of the directives that matter runs everywhere.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -20,6 +22,7 @@ import yaml
 
 from resolver.config import parse_config
 from tests.conftest import resolv_conf
+from tests.deploy.test_container_runtime import sandbox_or_skip
 
 REPO = Path(__file__).resolve().parents[2]
 UNIT = REPO / "deploy" / "systemd" / "resolver.service"
@@ -148,3 +151,54 @@ def test_systemd_analyze_security_exposure_is_low(tmp_path):
     match = re.search(r"Overall exposure level for resolver\.service: ([0-9.]+)", out.stdout)
     assert match, out.stdout + out.stderr
     assert float(match.group(1)) <= 2.0, out.stdout  # systemd's scale: 0 = locked down, 10 = none
+
+
+# -- the unit's privilege model, run for real ------------------------------------------------
+# No booted systemd here, so the service manager's part is emulated with setpriv in private
+# network and mount namespaces: a DynamicUser-range uid, CAP_NET_BIND_SERVICE as the only
+# (ambient) capability, no_new_privs, the kernel's default unprivileged-port floor (1024).  The
+# command is the unit's ExecStart, the config deploy/systemd/resolver.yaml unmodified, its
+# resolv_conf (/run/systemd/resolve/resolv.conf) the test's own, naming an upstream on 127.0.0.2.
+
+DYNAMIC_UID = 61234  # systemd's DynamicUser= range is 61184-65519
+
+
+def exec_start_command() -> list[str]:
+    start = shlex.split(one(directives(UNIT)["Service"], "ExecStart"))
+    config = start[start.index("--config") + 1]
+    entry = "import sys; from resolver.cli import main; sys.exit(main())"
+    return [sys.executable, "-c", entry] + [str(HOST_CONFIG) if a == config else a for a in start[1:]]
+
+
+def run_service(tmp_path: Path, caps: list[str]) -> dict:
+    sandbox_or_skip(DYNAMIC_UID)
+    resolved_conf = yaml.safe_load(HOST_CONFIG.read_text())["resolv_conf"]
+    rc = resolv_conf(tmp_path, "127.0.0.2")
+    rc.chmod(0o644)
+    spec = {"port_start": 1024, "uid": DYNAMIC_UID, "caps": caps,
+            "tmpfs": [str(Path(resolved_conf).parent.parent)], "binds": {resolved_conf: str(rc)},
+            "command": exec_start_command(), "metrics": "127.0.0.1:9153",
+            "env": {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": str(REPO),
+                    "PYTHONDONTWRITEBYTECODE": "1"}}
+    out = subprocess.run(["unshare", "-m", "-n", "--", sys.executable, "-m", "tests.deploy.container_sandbox",
+                          json.dumps(spec)], capture_output=True, text=True, timeout=60, cwd=REPO,
+                         env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def test_exec_start_with_only_ambient_cap_net_bind_service_serves_port_53(tmp_path):
+    assert one(directives(UNIT)["Service"], "AmbientCapabilities") == "CAP_NET_BIND_SERVICE"
+    result = run_service(tmp_path, ["net_bind_service"])
+    assert result.get("answer") == ["192.0.2.1"], result
+    assert ["udp", "www.test", "A"] in result["upstream_calls"]
+    assert result["healthz"] == 200
+    assert result["exit"] == 0, result["stderr"]  # SIGTERM, as systemctl stop sends (KillSignal=)
+    assert "Traceback" not in result["stderr"]
+
+
+def test_exec_start_without_the_capability_cannot_bind_port_53(tmp_path):
+    result = run_service(tmp_path, [])
+    assert "answer" not in result
+    assert result["exit"] == 1, result
+    assert "cannot start" in result["stderr"]
