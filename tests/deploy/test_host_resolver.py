@@ -3,7 +3,8 @@
 Each client runs in a private mount namespace (``unshare -m``) in which /etc/resolv.conf,
 /etc/nsswitch.conf and /etc/hosts are bind-mounted from files of the test's own, so
 ``getent ahosts`` and Python's ``socket.getaddrinfo`` resolve through the forwarder on port 53
-of a loopback address, as they would on a host whose resolv.conf says ``nameserver 127.0.0.1``.
+of a loopback address, as they would on a host whose resolv.conf says ``nameserver 127.0.0.1``
+(the address is picked at random in 127.0.0.0/8, see CANDIDATES).
 The host's own files are never touched.  The forwarder runs with deploy/systemd/resolver.yaml
 (the host config) with only its upstream and metrics port changed, and forwards to a
 fault-injecting upstream on 127.0.0.1.
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -33,8 +35,14 @@ from tests.conftest import free_port
 REPO = Path(__file__).resolve().parents[2]
 HOST_CONFIG = REPO / "deploy" / "systemd" / "resolver.yaml"
 ENV = {**os.environ, "PYTHONPATH": str(REPO)}
-# glibc always asks port 53; any address of 127.0.0.0/8 is local on Linux without set-up.
-CANDIDATES = ("127.0.0.1", "127.0.0.2", "127.0.0.3", "127.0.0.4")
+# glibc always asks port 53, of any address; every address of 127.0.0.0/8 is local on Linux
+# without set-up.  A random one rather than 127.0.0.1: the forwarder binds with SO_REUSEPORT, so
+# a second forwarder on the same address and port (another test run on this machine at the same
+# time) would silently share the port instead of failing.  127.0.0.53/54 (systemd-resolved)
+# are never picked.
+RNG = random.Random()
+CANDIDATES = tuple(f"127.{RNG.randrange(1, 255)}.{RNG.randrange(0, 256)}.{RNG.randrange(2, 255)}"
+                   for _ in range(8))
 TTL = 1  # seconds: the answers expire during the test
 
 
