@@ -1,5 +1,6 @@
 # Set-up lives in two targets used by everything else:
-#   system-deps        Debian packages for the integration tests (unbound, dig)
+#   system-deps        Debian packages for the tests (unbound, dig; systemd-analyze and
+#                      util-linux's unshare/setpriv and iproute2 for the deploy tests)
 #   .venv/.installed   the virtualenv with the package and its test extras,
 #                      rebuilt when pyproject.toml changes
 SHELL := /bin/bash
@@ -23,15 +24,18 @@ venv: $(VENV)/.installed
 # any service from starting.  One already present (as in Docker images) is kept.
 system-deps:
 	@if { ! command -v unbound >/dev/null 2>&1 && [ ! -x /usr/sbin/unbound ]; } || \
-	    ! command -v dig >/dev/null 2>&1; then \
-		echo "installing unbound and bind9-dnsutils"; \
+	    ! command -v dig >/dev/null 2>&1 || ! command -v systemd-analyze >/dev/null 2>&1 || \
+	    ! command -v unshare >/dev/null 2>&1 || ! command -v setpriv >/dev/null 2>&1 || \
+	    ! command -v getent >/dev/null 2>&1 || ! command -v ip >/dev/null 2>&1; then \
+		echo "installing unbound, bind9-dnsutils, systemd (systemd-analyze only), util-linux, iproute2"; \
 		made_policy=; \
 		if [ ! -e /usr/sbin/policy-rc.d ]; then \
 			printf '#!/bin/sh\nexit 101\n' | $(SUDO) tee /usr/sbin/policy-rc.d >/dev/null && \
 			$(SUDO) chmod +x /usr/sbin/policy-rc.d && made_policy=1; \
 		fi; \
 		$(SUDO) apt-get update -q && \
-		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q unbound bind9-dnsutils; \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+			unbound bind9-dnsutils systemd util-linux libc-bin iproute2; \
 		rc=$$?; \
 		[ -z "$$made_policy" ] || $(SUDO) rm -f /usr/sbin/policy-rc.d; \
 		exit $$rc; \

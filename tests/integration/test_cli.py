@@ -176,4 +176,4 @@ def test_container_default_config_is_valid_and_loopback_only(tmp_path):
     assert [u.label for u in config.upstreams] == ["udp://192.0.2.53:53"]
     dockerfile = (REPO / "Dockerfile").read_text()
     assert "COPY config/container.yaml /etc/resolver/resolver.yaml" in dockerfile
-    assert "USER resolver" in dockerfile
+    assert "USER 10053:10053" in dockerfile  # numeric: Kubernetes runAsNonRoot can verify it
