@@ -43,7 +43,8 @@ class App:
         self.config = config
         self.clock = clock or SystemClock()
         self.stats = Stats()
-        self.cache = Cache(config.cache.max_entries)
+        self.stats.last_reload_ok = self.clock.wall()  # start-up is the first successful load
+        self.cache = Cache(config.cache.max_entries, self.stats.tally)
         self.pool = build_pool(config)
         self.pipeline = Pipeline(config, self.cache, self.pool, self.clock, self.stats)
         self.listeners = Listeners(self.pipeline, config.server, self.stats)
