@@ -51,7 +51,8 @@ class App:
         self.collector = metrics.ResolverCollector(self.stats, self.cache, lambda: self.pool,
                                                    self.clock.monotonic, version())
         self.registry = metrics.build_registry(self.collector)
-        self.admin = AdminServer(lambda: metrics.render(self.registry), lambda: self.ready)
+        self.admin = AdminServer(lambda: metrics.render(self.registry), lambda: self.ready, self.cache,
+                                 self.clock.monotonic, config.metrics.allow_remote_admin)
         self.ready = False
         self._sweeper: asyncio.Task | None = None
 
