@@ -13,6 +13,7 @@ from importlib import metadata
 from . import metrics
 from .admin import AdminServer
 from .cache import Cache
+from .outagelog import StaleEpisodes
 from .clock import Clock, SystemClock
 from .config import Config
 from .pipeline import Pipeline
@@ -53,6 +54,7 @@ class App:
         self.registry = metrics.build_registry(self.collector)
         self.admin = AdminServer(lambda: metrics.render(self.registry), lambda: self.ready, self.cache,
                                  self.clock.monotonic, config.metrics.allow_remote_admin)
+        self.episodes = StaleEpisodes(self.stats, lambda: self.pool, self.clock.monotonic)
         self.ready = False
         self._sweeper: asyncio.Task | None = None
 
@@ -85,5 +87,6 @@ class App:
             await asyncio.sleep(SWEEP_INTERVAL)
             try:
                 self.cache.sweep(self.clock.monotonic())
+                self.episodes.tick()  # "serving stale" start/end log lines
             except Exception:  # background task boundary
                 log.exception("cache sweep failed")
