@@ -1,5 +1,5 @@
 # Set-up lives in two targets used by everything else:
-#   system-deps        Debian packages for the integration tests (unbound, dig)
+#   system-deps        Debian packages for the integration tests (unbound, dig, promtool)
 #   .venv/.installed   the virtualenv with the package and its test extras,
 #                      rebuilt when pyproject.toml changes
 SHELL := /bin/bash
@@ -32,6 +32,21 @@ system-deps:
 		fi; \
 		$(SUDO) apt-get update -q && \
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q unbound bind9-dnsutils; \
+		rc=$$?; \
+		[ -z "$$made_policy" ] || $(SUDO) rm -f /usr/sbin/policy-rc.d; \
+		exit $$rc; \
+	fi
+	@# promtool (checks the /metrics output and deploy/monitoring rules) ships only in
+	@# the prometheus package (~20 MB); the same policy-rc.d keeps its server from starting.
+	@if ! command -v promtool >/dev/null 2>&1; then \
+		echo "installing prometheus (for promtool)"; \
+		made_policy=; \
+		if [ ! -e /usr/sbin/policy-rc.d ]; then \
+			printf '#!/bin/sh\nexit 101\n' | $(SUDO) tee /usr/sbin/policy-rc.d >/dev/null && \
+			$(SUDO) chmod +x /usr/sbin/policy-rc.d && made_policy=1; \
+		fi; \
+		$(SUDO) apt-get update -q && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus; \
 		rc=$$?; \
 		[ -z "$$made_policy" ] || $(SUDO) rm -f /usr/sbin/policy-rc.d; \
 		exit $$rc; \
