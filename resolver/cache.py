@@ -18,7 +18,7 @@ import math
 from collections import OrderedDict
 
 from . import wire
-from .stats import HitTally
+from .stats import Cell, HitTally
 
 FRESH, STALE, MISS = "fresh", "stale", "miss"
 
@@ -46,7 +46,7 @@ class Entry:
         self.aged_sec = -1
         self.aged = prepared.body
         self.stale_body = None
-        self.tally = [0, 0]  # hit counters; Cache.put shares a HitTally cell instead
+        self.tally = Cell()  # hit counters; Cache.put shares a HitTally cell instead
 
     def aged_body(self, sec: int) -> bytes:
         """The body with TTLs aged to second ``sec``; computed once per second."""

@@ -56,7 +56,8 @@ class ResolverCollector:
         for code, count in s.responses_by_rcode.items():
             by_rcode[rcode_label(code)] += count
         fast_fresh = fast_stale = 0
-        for (qtype, rcode), (fresh, stale) in list(s.tally.cells.items()):
+        for (qtype, rcode), cell in list(s.tally.cells.items()):
+            fresh, stale = cell.fresh, cell.stale
             by_type[qtype] += fresh + stale
             by_rcode[rcode] += fresh + stale
             fast_fresh += fresh

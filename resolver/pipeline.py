@@ -169,7 +169,7 @@ class Pipeline:
                 reply = b"".join((data[:2], entry.hdr_opt, question, body, self._opt[do][0]))
             if len(reply) > limit:
                 return None  # the slow path sends TC=1
-            entry.tally[0] += 1  # hit by qtype and rcode, one increment (stats.HitTally)
+            entry.tally.fresh += 1  # hit by qtype and rcode, one increment (stats.HitTally)
             return reply
         # RFC 8767 §4 failure recheck timer: a refresh failed recently, answer stale
         # at once without asking upstream (same rule as stale.decide → ANSWER_STALE).
@@ -184,7 +184,7 @@ class Pipeline:
                 reply = b"".join((data[:2], entry.hdr_opt, question, body, self._opt[do][2 if nx else 1]))
             if len(reply) > limit:
                 return None
-            entry.tally[1] += 1  # stale answer, reason "recheck" (stats.HitTally)
+            entry.tally.stale += 1  # stale answer, reason "recheck" (stats.HitTally)
             return reply
         return None
 

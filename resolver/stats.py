@@ -60,12 +60,23 @@ class Histogram:
         self.sum += value
 
 
+class Cell:
+    """Two counters on a slotted object: ``cell.fresh += 1`` is the same bytecode as
+    the ``stats.cache_hits += 1`` it replaced (measured: a list item increment is slower)."""
+
+    __slots__ = ("fresh", "stale")
+
+    def __init__(self):
+        self.fresh = 0  # fresh answers from the hit path
+        self.stale = 0  # stale answers from the hit path (failure recheck timer)
+
+
 class HitTally:
     """Hit counters shared by cache entries: one cell per (query type, rcode).
 
     ``Cache.put`` gives every entry the cell for its query type and rcode, so the
-    hit path counts a fresh hit with ``entry.tally[0] += 1`` and a stale answer
-    under the failure recheck timer with ``entry.tally[1] += 1`` — no lookup, no
+    hit path counts a fresh hit with ``entry.tally.fresh += 1`` and a stale answer
+    under the failure recheck timer with ``entry.tally.stale += 1`` — no lookup, no
     lock — and the count survives the entry's eviction (the cell is shared, not
     per entry).  The number of cells is bounded by the fixed label sets.
     """
@@ -73,22 +84,22 @@ class HitTally:
     __slots__ = ("cells",)
 
     def __init__(self):
-        self.cells: dict[tuple[str, str], list[int]] = {}
+        self.cells: dict[tuple[str, str], Cell] = {}
 
-    def cell(self, key: bytes, rcode: int) -> list[int]:
+    def cell(self, key: bytes, rcode: int) -> Cell:
         """The cell for a cache key (its last four bytes are qtype and qclass)."""
         qtype = (key[-4] << 8 | key[-3]) if len(key) >= 4 else -1
         label = (qtype_label(qtype), rcode_label(rcode))
         cell = self.cells.get(label)
         if cell is None:
-            cell = self.cells[label] = [0, 0]
+            cell = self.cells[label] = Cell()
         return cell
 
     def fresh_hits(self) -> int:
-        return sum(c[0] for c in self.cells.values())
+        return sum(c.fresh for c in self.cells.values())
 
     def stale_hits(self) -> int:
-        return sum(c[1] for c in self.cells.values())
+        return sum(c.stale for c in self.cells.values())
 
 
 class Stats:

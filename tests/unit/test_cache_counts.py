@@ -82,9 +82,9 @@ def test_hit_tally_cells_are_shared_by_type_and_rcode_and_survive_eviction():
     a2 = cache.put(key("b.test"), prepared("b.test"), NOW, 100)
     nx = cache.put(key("c.test"), negative("c.test"), NOW, 100)  # evicts a.test
     assert a1.tally is a2.tally and nx.tally is not a1.tally
-    a1.tally[0] += 2
-    nx.tally[1] += 1
-    assert tally.cells[("A", "NOERROR")] == [2, 0] and tally.cells[("A", "NXDOMAIN")] == [0, 1]
+    a1.tally.fresh += 2
+    nx.tally.stale += 1
+    assert (tally.cells[("A", "NOERROR")].fresh, tally.cells[("A", "NXDOMAIN")].stale) == (2, 1)
     assert tally.fresh_hits() == 2 and tally.stale_hits() == 1  # a.test's hits outlive it
     assert tally.cell(question("x.test", QTYPE.HTTPS), 0) is tally.cells[("HTTPS", "NOERROR")]
     assert tally.cell(question("x.test", 4242), 99) is tally.cells[("other", "other")]

@@ -33,8 +33,8 @@ def test_fast_and_slow_paths_add_up():
     stats, cache, pool = make()
     www = cache.put(key("www.test"), prepared("www.test"), NOW, 100)
     nx = cache.put(key("nx.test"), negative("nx.test"), NOW, 100)
-    www.tally[0] += 5   # five hit-path answers
-    nx.tally[1] += 2    # two hit-path stale (recheck) answers, NXDOMAIN
+    www.tally.fresh += 5   # five hit-path answers
+    nx.tally.stale += 2    # two hit-path stale (recheck) answers, NXDOMAIN
     stats.cache_hits += 1
     stats.responses_by_source["cache"] += 1
     stats.responses_by_rcode[0] += 1

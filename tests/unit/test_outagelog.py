@@ -33,7 +33,7 @@ def test_episode_start_progress_and_end(caplog):
     assert lines(caplog) == []  # nothing stale: nothing logged
     pool.health["udp://192.0.2.1:53"].up = False
     stats.stale_answers["timeout"] += 3
-    stats.tally.cell(b"\x03www\x04test\x00\x00\x01\x00\x01", 0)[1] += 2  # hit-path recheck answers
+    stats.tally.cell(b"\x03www\x04test\x00\x00\x01\x00\x01", 0).stale += 2  # hit-path recheck answers
     clock.advance(10)
     episodes.tick()
     assert lines(caplog) == ["serving stale answers: upstreams failing (recheck=2, timeout=3); "
