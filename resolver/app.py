@@ -13,9 +13,9 @@ from importlib import metadata
 from . import metrics
 from .admin import AdminServer
 from .cache import Cache
-from .outagelog import StaleEpisodes
 from .clock import Clock, SystemClock
 from .config import Config
+from .outagelog import StaleEpisodes
 from .pipeline import Pipeline
 from .pool import UpstreamPool
 from .server import Listeners
