@@ -87,7 +87,8 @@ class AdminServer:
             return 403, "text/plain", b"cross-origin requests may not flush the cache\n"
         status, body = cacheadmin.flush(self.cache, query)
         if status == 200:
-            log.warning("cache flushed by admin request (%s): %s", query or "everything", body.decode().strip())
+            log.warning("cache flushed by admin request (%s): %s", query or "everything",
+                        " ".join(body.decode().split()), extra={"event": "cache_flushed"})
         return status, _JSON, body
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -39,10 +39,8 @@ class StaleEpisodes:
         counts["recheck"] += self.stats.tally.stale_hits()
         return counts
 
-    def _down(self) -> str:
-        pool = self.pool()
-        down = [label for label, h in pool.health.items() if not h.up]
-        return ", ".join(down) if down else "none marked down"
+    def _down(self) -> list[str]:
+        return [label for label, h in self.pool().health.items() if not h.up]
 
     def tick(self) -> None:
         now = self.now()
@@ -53,19 +51,30 @@ class StaleEpisodes:
         if n and not self.active:
             self.active, self.started, self.last_report, self.total = True, now, now, n
             self.pending = Counter()
+            down = self._down()
             log.warning("serving stale answers: upstreams failing (%s); upstreams down: %s",
-                        _reasons(delta), self._down())
+                        _reasons(delta), _listing(down),
+                        extra={"event": "stale_started", "answers": n, "reasons": dict(delta),
+                               "upstreams_down": down})
         elif n:
             self.total += n
             self.pending += delta
             if now - self.last_report >= self.report_every:
+                down = self._down()
                 log.warning("still serving stale: %d answers in the last %.0fs (%s); upstreams down: %s",
                             sum(self.pending.values()), now - self.last_report, _reasons(self.pending),
-                            self._down())
+                            _listing(down),
+                            extra={"event": "stale_continues", "answers": sum(self.pending.values()),
+                                   "reasons": dict(self.pending), "upstreams_down": down})
                 self.last_report, self.pending = now, Counter()
         elif self.active:
             self.active = False
-            log.warning("stopped serving stale after %.0fs: %d stale answers in all", now - self.started, self.total)
+            log.warning("stopped serving stale after %.0fs: %d stale answers in all", now - self.started, self.total,
+                        extra={"event": "stale_stopped", "answers": self.total, "seconds": now - self.started})
+
+
+def _listing(labels: list[str]) -> str:
+    return ", ".join(labels) if labels else "none marked down"
 
 
 def _reasons(counts: Counter) -> str:

@@ -104,12 +104,14 @@ class UpstreamPool:
             if h.up:
                 h.up = False
                 log.warning("upstream %s marked down after %d consecutive failures (last: %s); retry in %.1fs",
-                            upstream.label, h.failures, reason, h.backoff)
+                            upstream.label, h.failures, reason, h.backoff,
+                            extra={"event": "upstream_down", "upstream": upstream.label, "reason": reason})
 
     def _succeeded(self, upstream: Upstream) -> None:
         h = self.health[upstream.label]
         if not h.up:
-            log.warning("upstream %s is back up", upstream.label)
+            log.warning("upstream %s is back up", upstream.label,
+                        extra={"event": "upstream_up", "upstream": upstream.label})
         h.failures = 0
         h.backoff = 0.0
         h.down_until = 0.0

@@ -28,7 +28,9 @@ class QueryLog:
             return
         name, qtype = _question(data)
         log.info("query %s %s source=%s rcode=%s duration_ms=%.3f",
-                 name, qtype, source, rcode_label(rcode), elapsed * 1000)
+                 name, qtype, source, rcode_label(rcode), elapsed * 1000,
+                 extra={"event": "query", "qname": name, "qtype": qtype, "source": source,
+                        "rcode": rcode_label(rcode), "duration_ms": round(elapsed * 1000, 3)})
 
 
 def _question(data: bytes) -> tuple[str, str]:

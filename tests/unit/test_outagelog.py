@@ -54,3 +54,30 @@ def test_episode_start_progress_and_end(caplog):
     clock.advance(10)
     episodes.tick()
     assert lines(caplog) == []
+
+
+def test_json_log_lines_carry_event_fields():
+    """With logging.format json, the episode lines are filterable by their fields."""
+    import json
+
+    from resolver.cli import _JsonFormatter
+
+    records = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            records.append(record)
+
+    handler = Keep()
+    logging.getLogger("resolver.stale").addHandler(handler)
+    try:
+        episodes, stats, pool, clock = make()
+        pool.health["udp://192.0.2.1:53"].up = False
+        stats.stale_answers["servfail"] += 4
+        episodes.tick()
+    finally:
+        logging.getLogger("resolver.stale").removeHandler(handler)
+    doc = json.loads(_JsonFormatter().format(records[0]))
+    assert doc["event"] == "stale_started" and doc["answers"] == 4 and doc["reasons"] == {"servfail": 4}
+    assert doc["upstreams_down"] == ["udp://192.0.2.1:53"] and doc["level"] == "warning"
+    assert doc["msg"].startswith("serving stale answers")
