@@ -1,6 +1,5 @@
 # Set-up lives in two targets used by everything else:
-#   system-deps        Debian packages for the tests (unbound, dig; systemd-analyze and
-#                      util-linux's unshare/setpriv and iproute2 for the deploy tests)
+#   system-deps        Debian packages the tests use (see SYSTEM_DEPS)
 #   .venv/.installed   the virtualenv with the package and its test extras,
 #                      rebuilt when pyproject.toml changes
 SHELL := /bin/bash
@@ -19,23 +18,30 @@ run: $(VENV)/.installed
 
 venv: $(VENV)/.installed
 
-# Debian's unbound package would start a recursive daemon (and unbound-anchor,
-# which queries the root servers) on install; a policy-rc.d that exits 101 keeps
-# any service from starting.  One already present (as in Docker images) is kept.
+# command:package pairs the test suite needs: Unbound as a real upstream, dig as a
+# real client, promtool for the metrics/alert checks, systemd-analyze, unshare,
+# setpriv, getent and ip for the deployment tests.
+SYSTEM_DEPS := unbound:unbound unbound-control:unbound dig:bind9-dnsutils promtool:prometheus \
+	systemd-analyze:systemd unshare:util-linux setpriv:util-linux getent:libc-bin ip:iproute2
+
+# Debian's unbound and prometheus packages would start their daemons on install
+# (unbound-anchor even queries the root servers); a policy-rc.d that exits 101
+# keeps any service from starting.  One already present (as in Docker images) is kept.
 system-deps:
-	@if { ! command -v unbound >/dev/null 2>&1 && [ ! -x /usr/sbin/unbound ]; } || \
-	    ! command -v dig >/dev/null 2>&1 || ! command -v systemd-analyze >/dev/null 2>&1 || \
-	    ! command -v unshare >/dev/null 2>&1 || ! command -v setpriv >/dev/null 2>&1 || \
-	    ! command -v getent >/dev/null 2>&1 || ! command -v ip >/dev/null 2>&1; then \
-		echo "installing unbound, bind9-dnsutils, systemd (systemd-analyze only), util-linux, iproute2"; \
+	@missing=; \
+	for pair in $(SYSTEM_DEPS); do \
+		cmd=$${pair%%:*}; pkg=$${pair#*:}; \
+		command -v $$cmd >/dev/null 2>&1 || [ -x /usr/sbin/$$cmd ] || missing="$$missing $$pkg"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
 		made_policy=; \
 		if [ ! -e /usr/sbin/policy-rc.d ]; then \
 			printf '#!/bin/sh\nexit 101\n' | $(SUDO) tee /usr/sbin/policy-rc.d >/dev/null && \
 			$(SUDO) chmod +x /usr/sbin/policy-rc.d && made_policy=1; \
 		fi; \
 		$(SUDO) apt-get update -q && \
-		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
-			unbound bind9-dnsutils systemd util-linux libc-bin iproute2; \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
 		rc=$$?; \
 		[ -z "$$made_policy" ] || $(SUDO) rm -f /usr/sbin/policy-rc.d; \
 		exit $$rc; \

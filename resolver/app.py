@@ -15,6 +15,7 @@ from .admin import AdminServer
 from .cache import Cache
 from .clock import Clock, SystemClock
 from .config import Config
+from .outagelog import StaleEpisodes
 from .pipeline import Pipeline
 from .pool import UpstreamPool
 from .server import Listeners
@@ -43,14 +44,17 @@ class App:
         self.config = config
         self.clock = clock or SystemClock()
         self.stats = Stats()
-        self.cache = Cache(config.cache.max_entries)
+        self.stats.last_reload_ok = self.clock.wall()  # start-up is the first successful load
+        self.cache = Cache(config.cache.max_entries, self.stats.tally)
         self.pool = build_pool(config)
         self.pipeline = Pipeline(config, self.cache, self.pool, self.clock, self.stats)
         self.listeners = Listeners(self.pipeline, config.server, self.stats)
         self.collector = metrics.ResolverCollector(self.stats, self.cache, lambda: self.pool,
                                                    self.clock.monotonic, version())
         self.registry = metrics.build_registry(self.collector)
-        self.admin = AdminServer(lambda: metrics.render(self.registry), lambda: self.ready)
+        self.admin = AdminServer(lambda: metrics.render(self.registry), lambda: self.ready, self.cache,
+                                 self.clock.monotonic, config.metrics.allow_remote_admin)
+        self.episodes = StaleEpisodes(self.stats, lambda: self.pool, self.clock.monotonic)
         self.ready = False
         self._sweeper: asyncio.Task | None = None
 
@@ -83,5 +87,6 @@ class App:
             await asyncio.sleep(SWEEP_INTERVAL)
             try:
                 self.cache.sweep(self.clock.monotonic())
+                self.episodes.tick()  # "serving stale" start/end log lines
             except Exception:  # background task boundary
                 log.exception("cache sweep failed")

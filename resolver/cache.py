@@ -14,9 +14,11 @@ keeps the per-hit cost to a dict lookup.  Eviction takes the oldest entries firs
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 
 from . import wire
+from .stats import Cell, HitTally
 
 FRESH, STALE, MISS = "fresh", "stale", "miss"
 
@@ -27,7 +29,7 @@ class Entry:
     __slots__ = (
         "kind", "rcode", "hdr", "hdr_opt", "body", "ttl_offsets",
         "stored_at", "fresh_until", "stale_until", "recheck_until",
-        "aged_sec", "aged", "stale_body",
+        "aged_sec", "aged", "stale_body", "tally",
     )
 
     def __init__(self, prepared: wire.Prepared, now: float, max_stale: float):
@@ -44,6 +46,7 @@ class Entry:
         self.aged_sec = -1
         self.aged = prepared.body
         self.stale_body = None
+        self.tally = Cell()  # hit counters; Cache.put shares a HitTally cell instead
 
     def aged_body(self, sec: int) -> bytes:
         """The body with TTLs aged to second ``sec``; computed once per second."""
@@ -71,10 +74,15 @@ class Cache:
     else goes through methods.
     """
 
-    def __init__(self, max_entries: int):
+    def __init__(self, max_entries: int, tally: HitTally | None = None):
         self.max_entries = max_entries
         self.entries: OrderedDict[bytes, Entry] = OrderedDict()
         self.evictions = 0
+        self.tally = tally if tally is not None else HitTally()
+        # Entries per whole second of expiry (ceil(fresh_until)), kept in step with
+        # ``entries`` by every method below, so ``counts`` costs O(distinct expiry
+        # seconds), not O(entries): a scrape of a million-entry cache stays cheap.
+        self._expiry: dict[int, int] = {}
         # Identical header/offset tuples are shared between entries: most A/AAAA
         # answers have the same 10 header bytes, which saves ~100 bytes per entry.
         self._interned: dict = {}
@@ -95,6 +103,7 @@ class Cache:
         if now < entry.stale_until:
             return STALE, entry
         del self.entries[key]
+        self._forget(entry)
         return MISS, None
 
     def touch(self, key: bytes) -> None:
@@ -111,24 +120,34 @@ class Cache:
         prepared.hdr_opt = intern.setdefault(prepared.hdr_opt, prepared.hdr_opt)
         prepared.ttl_offsets = intern.setdefault(prepared.ttl_offsets, prepared.ttl_offsets)
         entry = Entry(prepared, now, max_stale)
+        entry.tally = self.tally.cell(key, prepared.rcode)
         entries = self.entries
+        old = entries.get(key)
+        if old is not None:
+            self._forget(old)
         entries[key] = entry
         entries.move_to_end(key)
+        self._remember(entry)
         while len(entries) > self.max_entries:
-            entries.popitem(last=False)
+            self._forget(entries.popitem(last=False)[1])
             self.evictions += 1
         return entry
 
     def remove(self, key: bytes) -> bool:
-        return self.entries.pop(key, None) is not None
+        entry = self.entries.pop(key, None)
+        if entry is None:
+            return False
+        self._forget(entry)
+        return True
 
     def clear(self) -> None:
         self.entries.clear()
+        self._expiry.clear()
 
     def resize(self, max_entries: int) -> None:
         self.max_entries = max_entries
         while len(self.entries) > max_entries:
-            self.entries.popitem(last=False)
+            self._forget(self.entries.popitem(last=False)[1])
             self.evictions += 1
 
     def sweep(self, now: float, budget: int = 10_000) -> int:
@@ -144,13 +163,27 @@ class Cache:
             if now >= entry.stale_until:
                 dead.append(key)
         for key in dead:
-            del self.entries[key]
+            self._forget(self.entries.pop(key))
         return len(dead)
 
     def counts(self, now: float) -> tuple[int, int]:
-        """(fresh, stale) entry counts; O(n), for scrapes only."""
-        fresh = 0
-        for entry in self.entries.values():
-            if now < entry.fresh_until:
-                fresh += 1
-        return fresh, len(self.entries) - fresh
+        """(fresh, stale) entry counts, to the second; O(distinct expiry seconds), for scrapes."""
+        stale = 0
+        for second, n in self._expiry.items():
+            if second <= now:
+                stale += n
+        total = len(self.entries)
+        stale = min(stale, total)
+        return total - stale, stale
+
+    def _remember(self, entry: Entry) -> None:
+        second = math.ceil(entry.fresh_until)
+        self._expiry[second] = self._expiry.get(second, 0) + 1
+
+    def _forget(self, entry: Entry) -> None:
+        second = math.ceil(entry.fresh_until)
+        n = self._expiry.get(second, 0) - 1
+        if n > 0:
+            self._expiry[second] = n
+        else:
+            self._expiry.pop(second, None)

@@ -20,13 +20,23 @@ from .errors import ConfigError
 log = logging.getLogger("resolver")
 
 
+# Attributes every LogRecord has; anything else was passed as ``extra=`` (event fields).
+_RECORD_FIELDS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
+
+
 class _JsonFormatter(logging.Formatter):
+    """One JSON object per line; fields given with ``extra=`` (e.g. ``event``,
+    ``upstream``) become keys, so log pipelines can filter on them."""
+
     def format(self, record: logging.LogRecord) -> str:
         doc = {"ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"), "level": record.levelname.lower(),
                "logger": record.name, "msg": record.getMessage()}
+        for key, value in record.__dict__.items():
+            if key not in _RECORD_FIELDS and key not in doc:
+                doc[key] = value
         if record.exc_info:
             doc["exc"] = self.formatException(record.exc_info)
-        return json.dumps(doc)
+        return json.dumps(doc, default=str)
 
 
 def setup_logging(config: Config) -> None:

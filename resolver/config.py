@@ -100,12 +100,17 @@ class MetricsConfig:
 
     enabled: bool = True
     listen: Address = Address("127.0.0.1", 9153)
+    # /cache (inspect, flush) on a non-loopback listen address: off, because anyone
+    # who can reach it could flush the cache during an outage.
+    allow_remote_admin: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class LoggingConfig:
     level: str = "info"  # debug | info | warning | error
     format: str = "text"  # text | json
+    queries: bool = False  # query log (debugging): turns the cache-hit fast path off
+    query_sample: float = 1.0  # fraction of queries logged while ``queries`` is on
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +132,7 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
 TRANSPORTS = ("udp", "tcp")
 _SECTIONS = {f.name: f.type for f in fields(Config) if is_dataclass(f.type)}
+_RATIO_FIELDS = frozenset({"query_sample"})
 _TTL_FIELDS = frozenset({"min_ttl", "max_ttl", "max_negative_ttl", "answer_ttl", "servfail_ttl"})
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _DURATION = re.compile(r"([-+]?(?:\d+(?:\.\d*)?|\.\d+))\s*(ms|s|m|h|d)?", re.ASCII)
@@ -279,6 +285,9 @@ def _section(cls: type, data: object, key: str):
         elif kind is int:
             ok = isinstance(raw, int) and not isinstance(raw, bool)
             values[name] = _expect(ok, raw, path, "an integer")
+        elif kind is float and name in _RATIO_FIELDS:
+            ok = isinstance(raw, (int, float)) and not isinstance(raw, bool) and 0.0 <= raw <= 1.0
+            values[name] = float(_expect(ok, raw, path, "a number from 0 to 1"))
         elif kind is float:
             values[name] = parse_duration(raw, path)
         elif kind is Address:

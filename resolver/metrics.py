@@ -8,16 +8,26 @@ when /metrics is fetched.
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Callable
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
+from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily,
+                                    InfoMetricFamily)
+from prometheus_client.utils import floatToGoString
 
 from .cache import Cache
 from .pool import UpstreamPool
-from .stats import SOURCES, STALE_REASONS, Stats
+from .stats import QTYPES, RCODES, SOURCES, STALE_REASONS, Histogram, Stats, rcode_label
 
-_RCODE_NAMES = {0: "NOERROR", 1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NOTIMP", 5: "REFUSED", 16: "BADVERS"}
+
+def _buckets(h: Histogram, extra_fast: int = 0) -> tuple[list[tuple[str, float]], float]:
+    """Cumulative (le, count) pairs; ``extra_fast`` observations go to the first bucket."""
+    out, total = [], extra_fast
+    for bound, count in zip((*h.bounds, float("inf")), h.counts):
+        total += count
+        out.append((floatToGoString(bound), total))
+    return out, h.sum
 
 
 class ResolverCollector:
@@ -40,15 +50,47 @@ class ResolverCollector:
         q.add_metric(["tcp"], s.queries_tcp)
         yield q
 
+        # The hit path counts into HitTally cells (qtype, rcode) -> [fresh, stale];
+        # the slow path into Stats counters.  Each figure below is their sum.
+        by_type, by_rcode = Counter(s.queries_by_type), Counter()
+        for code, count in s.responses_by_rcode.items():
+            by_rcode[rcode_label(code)] += count
+        fast_fresh = fast_stale = 0
+        for (qtype, rcode), cell in list(s.tally.cells.items()):
+            fresh, stale = cell.fresh, cell.stale
+            by_type[qtype] += fresh + stale
+            by_rcode[rcode] += fresh + stale
+            fast_fresh += fresh
+            fast_stale += stale
+        qt = CounterMetricFamily("resolver_queries_by_type", "DNS queries with a readable question, by query type "
+                                 "(common types by name, the rest as other).", labels=["type"])
+        for name in QTYPES:
+            qt.add_metric([name], by_type.get(name, 0))
+        yield qt
+        rc = CounterMetricFamily("resolver_responses", "Responses sent, by rcode.", labels=["rcode"])
+        for name in RCODES:
+            rc.add_metric([name], by_rcode.get(name, 0))
+        yield rc
+        hist = HistogramMetricFamily(
+            "resolver_request_duration_seconds",
+            "Time from query to reply, by source. Answers on the cache-hit fast path are made within "
+            "one datagram callback and are counted in the first bucket without being timed (they add 0 "
+            "to the sum).", labels=["source"])
+        for source in SOURCES:
+            fast = fast_fresh if source == "cache" else fast_stale if source == "stale" else 0
+            buckets, total = _buckets(s.durations[source], fast)
+            hist.add_metric([source], buckets, total)
+        yield hist
+
         yield CounterMetricFamily("resolver_cache_hits", "Queries answered from fresh cache entries.",
-                                  value=s.cache_hits)
+                                  value=s.cache_hits + fast_fresh)
         yield CounterMetricFamily("resolver_cache_misses", "Queries that needed an upstream fetch.",
                                   value=s.cache_misses)
         st = CounterMetricFamily("resolver_stale_answers",
                                  "Answers served from expired cache entries (RFC 8767), by why upstream was not used.",
                                  labels=["reason"])
         for reason in STALE_REASONS:
-            st.add_metric([reason], s.stale_answers.get(reason, 0))
+            st.add_metric([reason], s.stale_answers.get(reason, 0) + (fast_stale if reason == "recheck" else 0))
         yield st
 
         src = CounterMetricFamily("resolver_responses_by_source", "Responses sent, by where the answer came from.",
@@ -56,8 +98,8 @@ class ResolverCollector:
         by_source = dict(s.responses_by_source)
         # The hit path counts only hits and stale answers (one increment per query);
         # those two counters are the complete figures for their sources.
-        by_source["cache"] = s.cache_hits
-        by_source["stale"] = sum(s.stale_answers.values())
+        by_source["cache"] = s.cache_hits + fast_fresh
+        by_source["stale"] = sum(s.stale_answers.values()) + fast_stale
         for source in SOURCES:
             src.add_metric([source], by_source.get(source, 0))
         yield src
@@ -99,8 +141,15 @@ class ResolverCollector:
         mism = CounterMetricFamily("resolver_upstream_mismatched_replies",
                                    "Upstream replies ignored for a wrong ID or question (spoofing or late replies).",
                                    labels=["upstream"])
+        latency = HistogramMetricFamily("resolver_upstream_request_duration_seconds",
+                                        "Time from sending a query to an upstream to its reply (any rcode; "
+                                        "timeouts and errors are in resolver_upstream_errors_total).",
+                                        labels=["upstream"])
         for u in pool.upstreams:
             req.add_metric([u.label], pool.requests.get(u.label, 0))
+            if u.label in pool.latency:
+                buckets, total = _buckets(pool.latency[u.label])
+                latency.add_metric([u.label], buckets, total)
             up.add_metric([u.label], 1 if pool.health[u.label].up else 0)
             mism.add_metric([u.label], u.mismatched)
         for (label, reason), count in sorted(pool.errors.items()):
@@ -109,7 +158,17 @@ class ResolverCollector:
         yield err
         yield up
         yield mism
+        yield latency
         yield GaugeMetricFamily("resolver_upstream_inflight", "Upstream exchanges in progress.", value=pool.inflight)
+
+        reloads = CounterMetricFamily("resolver_config_reloads", "Configuration reloads, by result.",
+                                      labels=["result"])
+        reloads.add_metric(["success"], s.reloads_ok)
+        reloads.add_metric(["failure"], s.reloads_failed)
+        yield reloads
+        yield GaugeMetricFamily("resolver_config_last_reload_success_timestamp_seconds",
+                                "Unix time the configuration was last loaded successfully (start-up counts).",
+                                value=s.last_reload_ok)
 
 
 def build_registry(collector: ResolverCollector) -> CollectorRegistry:

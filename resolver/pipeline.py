@@ -24,6 +24,7 @@ Extended DNS Error codes (RFC 8914) we attach.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 
 from . import stale as stale_policy
@@ -33,9 +34,14 @@ from .clock import Clock
 from .config import Config
 from .errors import DropQuery, FormatError, UpstreamError
 from .pool import UpstreamPool
-from .stats import Stats
+from .querylog import QueryLog
+from .stats import Stats, qtype_label
 
 log = logging.getLogger("resolver.pipeline")
+
+# (source, rcode) of the reply ``_answer`` produced, read back by ``resolve`` in the
+# same task: a context variable because many queries are answered concurrently.
+_SENT: contextvars.ContextVar[tuple[str, int] | None] = contextvars.ContextVar("sent", default=None)
 
 
 class Source:
@@ -73,6 +79,7 @@ class Pipeline:
         self._touch = cache.entries.move_to_end
         self._now = clock.monotonic
         self._opt_shapes: dict[bytes, tuple[int, int]] = {}
+        self.query_log: QueryLog | None = None
         self.configure(config)
 
     def configure(self, config: Config) -> None:
@@ -81,6 +88,7 @@ class Pipeline:
         self.stale = config.stale
         self.stale_window = stale_policy.stale_window(config.stale)
         self.edns_size = config.upstream.edns_buffer_size
+        self._configure_query_log(config)
         size = self.edns_size
         # Pre-built OPT records for the hit path: [DO][kind] where kind 0 = fresh,
         # 1 = stale positive (EDE 3), 2 = stale NXDOMAIN (EDE 19).
@@ -92,6 +100,17 @@ class Pipeline:
             ]
             for do in (False, True)
         ]
+
+    def _configure_query_log(self, config: Config) -> None:
+        """The optional query log sees every query only if the hit path is off:
+        with ``logging.queries`` on, this instance's ``answer_fast`` answers nothing,
+        so all queries take the (timed, logged) slow path.  Off, it costs nothing."""
+        if config.logging.queries:
+            self.query_log = QueryLog(config.logging.query_sample)
+            self.answer_fast = _no_fast_path
+        else:
+            self.query_log = None
+            self.__dict__.pop("answer_fast", None)
 
     # ------------------------------------------------------------------ hit path
     def answer_fast(self, data: bytes, tcp: bool) -> bytes | None:
@@ -150,7 +169,7 @@ class Pipeline:
                 reply = b"".join((data[:2], entry.hdr_opt, question, body, self._opt[do][0]))
             if len(reply) > limit:
                 return None  # the slow path sends TC=1
-            self.stats.cache_hits += 1
+            entry.tally.fresh += 1  # hit by qtype and rcode, one increment (stats.HitTally)
             return reply
         # RFC 8767 §4 failure recheck timer: a refresh failed recently, answer stale
         # at once without asking upstream (same rule as stale.decide → ANSWER_STALE).
@@ -165,7 +184,7 @@ class Pipeline:
                 reply = b"".join((data[:2], entry.hdr_opt, question, body, self._opt[do][2 if nx else 1]))
             if len(reply) > limit:
                 return None
-            self.stats.stale_answers["recheck"] += 1
+            entry.tally.stale += 1  # stale answer, reason "recheck" (stats.HitTally)
             return reply
         return None
 
@@ -188,7 +207,33 @@ class Pipeline:
 
     # ----------------------------------------------------------------- slow path
     async def resolve(self, data: bytes, tcp: bool) -> bytes | None:
-        """Answer any query; None means drop it (unreadable or not a query)."""
+        """Answer any query; None means drop it (unreadable or not a query).
+
+        Times the answer for the request-duration histogram, by the source that
+        ``_answer`` reported (``_sent``), and feeds the sampled query log.
+        """
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        token = _SENT.set(None)
+        try:
+            reply = await self._answer(data, tcp)
+            sent = _SENT.get()
+        finally:
+            _SENT.reset(token)
+        if sent is not None:
+            elapsed = loop.time() - started
+            self.stats.durations[sent[0]].observe(elapsed)
+            if self.query_log is not None:
+                self.query_log.log(data, sent[0], sent[1], elapsed)
+        return reply
+
+    def _sent(self, source: str, rcode: int) -> None:
+        """Count a slow-path reply by provenance and rcode, and note it for ``resolve``."""
+        self.stats.responses_by_source[source] += 1
+        self.stats.responses_by_rcode[rcode] += 1
+        _SENT.set((source, rcode))
+
+    async def _answer(self, data: bytes, tcp: bool) -> bytes | None:
         stats = self.stats
         try:
             q = wire.parse_query(data)
@@ -197,10 +242,10 @@ class Pipeline:
             return None
         except FormatError as e:
             stats.formerr += 1
-            stats.responses_by_source[Source.LOCAL] += 1
-            stats.responses_by_rcode[e.rcode] += 1
+            self._sent(Source.LOCAL, e.rcode)
             return wire.error_reply(data, e.rcode, e.question_end, edns=e.rcode == wire.BADVERS,
                                     udp_size=self.edns_size)
+        stats.queries_by_type[qtype_label(q.qtype)] += 1
         limit = _TCP_LIMIT if tcp else q.udp_size
         now = self.clock.monotonic()
         _, entry = self.cache.lookup(q.key, now)
@@ -234,8 +279,7 @@ class Pipeline:
             fresh = await asyncio.shield(fetch)  # bounded by the fetch's own deadline
         except UpstreamError as e:
             stats.servfail_upstream += 1
-            stats.responses_by_source[Source.LOCAL] += 1
-            stats.responses_by_rcode[wire.SERVFAIL] += 1
+            self._sent(Source.LOCAL, wire.SERVFAIL)
             code = wire.EDE_NETWORK_ERROR if e.reason == "unreachable" else wire.EDE_NO_REACHABLE_AUTHORITY
             return wire.error_reply(data, wire.SERVFAIL, q.qend, edns=q.edns, udp_size=self.edns_size,
                                     ede=wire.ede_option(code))
@@ -246,14 +290,12 @@ class Pipeline:
         return entry.aged if entry.aged_sec == sec else entry.aged_body(sec)
 
     def _render(self, q: wire.Query, entry: Entry, body: bytes, limit: int, source: str) -> bytes:
-        self.stats.responses_by_source[source] += 1
-        self.stats.responses_by_rcode[entry.rcode] += 1
+        self._sent(source, entry.rcode)
         return wire.render(q, entry.hdr, entry.hdr_opt, body, limit, self.edns_size)
 
     def _render_stale(self, q: wire.Query, entry: Entry, limit: int, reason: str) -> bytes:
         self.stats.stale_answers[reason] += 1
-        self.stats.responses_by_source[Source.STALE] += 1
-        self.stats.responses_by_rcode[entry.rcode] += 1
+        self._sent(Source.STALE, entry.rcode)
         code = wire.EDE_STALE_NXDOMAIN if entry.rcode == wire.NXDOMAIN else wire.EDE_STALE_ANSWER
         body = entry.stale_answer_body(self.stale.answer_ttl)
         return wire.render(q, entry.hdr, entry.hdr_opt, body, limit, self.edns_size, wire.ede_option(code))
@@ -325,3 +367,8 @@ def _servfail_prepared(ttl: int) -> wire.Prepared:
     hdr = bytes((0x81, 0x80 | wire.SERVFAIL)) + b"\x00\x01\x00\x00\x00\x00\x00\x00"
     hdr_opt = hdr[:-1] + b"\x01"
     return wire.Prepared(wire.FAILURE, wire.SERVFAIL, ttl, hdr, hdr_opt, b"", (), False)
+
+
+def _no_fast_path(data: bytes, tcp: bool) -> None:
+    """Stands in for ``Pipeline.answer_fast`` while the query log is on."""
+    return None

@@ -22,6 +22,7 @@ from collections import Counter
 from . import wire
 from .config import UpstreamOptions
 from .errors import UpstreamError, UpstreamServfail, UpstreamTimeout
+from .stats import UPSTREAM_BUCKETS, Histogram
 from .upstream import Upstream
 
 log = logging.getLogger("resolver.pool")
@@ -49,6 +50,8 @@ class UpstreamPool:
         self.requests: Counter = Counter()       # label -> exchanges started
         self.errors: Counter = Counter()         # (label, reason) -> failures
         self.inflight = 0
+        # Time to a reply (any rcode) per upstream; timeouts and errors are in ``errors``.
+        self.latency = {u.label: Histogram(UPSTREAM_BUCKETS) for u in upstreams}
 
     def _order(self, now: float) -> list[Upstream]:
         usable = [u for u in self.upstreams if self.health[u.label].down_until <= now]
@@ -80,6 +83,7 @@ class UpstreamPool:
                 continue
             finally:
                 self.inflight -= 1
+            self.latency[upstream.label].observe(loop.time() - now)
             rcode = reply[3] & 0x0F
             if rcode in _FAILURE_RCODES or rcode not in (wire.NOERROR, wire.NXDOMAIN):
                 reason = _FAILURE_RCODES.get(rcode, "rcode")
@@ -100,12 +104,14 @@ class UpstreamPool:
             if h.up:
                 h.up = False
                 log.warning("upstream %s marked down after %d consecutive failures (last: %s); retry in %.1fs",
-                            upstream.label, h.failures, reason, h.backoff)
+                            upstream.label, h.failures, reason, h.backoff,
+                            extra={"event": "upstream_down", "upstream": upstream.label, "reason": reason})
 
     def _succeeded(self, upstream: Upstream) -> None:
         h = self.health[upstream.label]
         if not h.up:
-            log.warning("upstream %s is back up", upstream.label)
+            log.warning("upstream %s is back up", upstream.label,
+                        extra={"event": "upstream_up", "upstream": upstream.label})
         h.failures = 0
         h.backoff = 0.0
         h.down_until = 0.0

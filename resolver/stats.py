@@ -4,16 +4,102 @@ An attribute increment on a slotted object costs tens of nanoseconds and takes n
 lock; prometheus_client's own Counter.inc() takes a lock per call.  So the query
 path only touches this object, and ``metrics.py`` turns it into Prometheus
 families when Prometheus asks.  Label values come from fixed sets (below).
+
+The cache-hit path does not even touch this object: it bumps one cell of a
+``HitTally`` that the cache entry points at (see ``HitTally``), so a hit is
+counted by query type, rcode and source with a single list increment.
 """
 
 from __future__ import annotations
 
+import bisect
 from collections import Counter
 
 # Fixed label sets, so a hostile client cannot create unbounded series.
 STALE_REASONS = ("timeout", "servfail", "refused", "rcode", "unreachable", "bad_response", "recheck", "error")
 SOURCES = ("cache", "stale", "upstream", "local")
 TRANSPORTS = ("udp", "tcp")
+# Query types by name: the common ones; every other type is counted as "other".
+QTYPE_NAMES = {1: "A", 2: "NS", 5: "CNAME", 6: "SOA", 12: "PTR", 15: "MX", 16: "TXT", 28: "AAAA",
+               33: "SRV", 43: "DS", 48: "DNSKEY", 64: "SVCB", 65: "HTTPS", 255: "ANY", 257: "CAA"}
+QTYPES = (*QTYPE_NAMES.values(), "other")
+RCODE_NAMES = {0: "NOERROR", 1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NOTIMP", 5: "REFUSED", 16: "BADVERS"}
+RCODES = (*RCODE_NAMES.values(), "other")
+
+# Request duration buckets (seconds): from "answered within the datagram callback"
+# up to past upstream.total_timeout's default (4 s).
+DURATION_BUCKETS = (0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
+# Upstream exchange latency buckets (seconds).
+UPSTREAM_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0)
+
+
+def qtype_label(qtype: int) -> str:
+    return QTYPE_NAMES.get(qtype, "other")
+
+
+def rcode_label(rcode: int) -> str:
+    return RCODE_NAMES.get(rcode, "other")
+
+
+class Histogram:
+    """A lock-free histogram (one event loop thread): counts per bucket plus a sum.
+
+    ``counts[i]`` counts observations <= ``bounds[i]`` and above the previous
+    bound; the last slot is +Inf.  The collector makes them cumulative.
+    """
+
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]):
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.sum += value
+
+
+class Cell:
+    """Two counters on a slotted object: ``cell.fresh += 1`` is the same bytecode as
+    the ``stats.cache_hits += 1`` it replaced (measured: a list item increment is slower)."""
+
+    __slots__ = ("fresh", "stale")
+
+    def __init__(self):
+        self.fresh = 0  # fresh answers from the hit path
+        self.stale = 0  # stale answers from the hit path (failure recheck timer)
+
+
+class HitTally:
+    """Hit counters shared by cache entries: one cell per (query type, rcode).
+
+    ``Cache.put`` gives every entry the cell for its query type and rcode, so the
+    hit path counts a fresh hit with ``entry.tally.fresh += 1`` and a stale answer
+    under the failure recheck timer with ``entry.tally.stale += 1`` — no lookup, no
+    lock — and the count survives the entry's eviction (the cell is shared, not
+    per entry).  The number of cells is bounded by the fixed label sets.
+    """
+
+    __slots__ = ("cells",)
+
+    def __init__(self):
+        self.cells: dict[tuple[str, str], Cell] = {}
+
+    def cell(self, key: bytes, rcode: int) -> Cell:
+        """The cell for a cache key (its last four bytes are qtype and qclass)."""
+        qtype = (key[-4] << 8 | key[-3]) if len(key) >= 4 else -1
+        label = (qtype_label(qtype), rcode_label(rcode))
+        cell = self.cells.get(label)
+        if cell is None:
+            cell = self.cells[label] = Cell()
+        return cell
+
+    def fresh_hits(self) -> int:
+        return sum(c.fresh for c in self.cells.values())
+
+    def stale_hits(self) -> int:
+        return sum(c.stale for c in self.cells.values())
 
 
 class Stats:
@@ -23,21 +109,43 @@ class Stats:
         "coalesced", "dropped_overload", "dropped_malformed", "formerr",
         "responses_by_rcode", "responses_by_source", "servfail_upstream",
         "tcp_connections", "tcp_refused", "internal_errors",
+        "queries_by_type", "tally", "durations",
+        "reloads_ok", "reloads_failed", "last_reload_ok",
     )
 
     def __init__(self):
         self.queries_udp = 0
         self.queries_tcp = 0
-        self.cache_hits = 0          # fresh answers from cache (fast and slow path)
+        self.cache_hits = 0          # fresh answers from cache on the slow path (hit path: ``tally``)
         self.cache_misses = 0        # queries that needed an upstream fetch (incl. coalesced)
-        self.stale_answers: Counter = Counter()   # reason -> count
+        self.stale_answers: Counter = Counter()   # reason -> count (slow path; recheck hits also in ``tally``)
         self.coalesced = 0           # misses that joined an upstream query already in flight
         self.dropped_overload = 0    # misses dropped because max_inflight was reached
         self.dropped_malformed = 0   # datagrams without a readable header, or QR=1
         self.formerr = 0             # FORMERR / NOTIMP / BADVERS answers to bad queries
-        self.responses_by_rcode: Counter = Counter()   # rcode int -> count (slow path; fast path folded in at scrape)
+        self.responses_by_rcode: Counter = Counter()   # rcode int -> count (slow path; hit path in ``tally``)
         self.responses_by_source: Counter = Counter()  # source -> count
         self.servfail_upstream = 0   # SERVFAIL sent because no upstream answered and nothing stale was cached
         self.tcp_connections = 0
         self.tcp_refused = 0         # connections closed at once: over tcp_max_connections
         self.internal_errors = 0     # bugs caught at the listener boundary (→ SERVFAIL)
+        self.queries_by_type: Counter = Counter()      # qtype label -> parsed queries (slow path)
+        self.tally = HitTally()      # hit-path answers by (qtype, rcode): shared with the cache
+        # Slow-path request durations by source; hit-path answers are added at scrape.
+        self.durations = {source: Histogram(DURATION_BUCKETS) for source in SOURCES}
+        # Config reloads (bumped by whoever reloads; last_reload_ok is a wall-clock time).
+        self.reloads_ok = 0
+        self.reloads_failed = 0
+        self.last_reload_ok = 0.0
+
+    def hits(self) -> int:
+        """All fresh cache answers: slow path plus hit path."""
+        return self.cache_hits + self.tally.fresh_hits()
+
+    def stale(self, reason: str) -> int:
+        """Stale answers for one reason, both paths (the hit path only answers "recheck")."""
+        return self.stale_answers.get(reason, 0) + (self.tally.stale_hits() if reason == "recheck" else 0)
+
+    def stale_total(self) -> int:
+        """All stale answers, every reason, both paths."""
+        return sum(self.stale_answers.values()) + self.tally.stale_hits()

@@ -513,3 +513,29 @@ def test_config_is_frozen(resolv):
     with pytest.raises(dataclasses.FrozenInstanceError):
         config.cache.max_entries = 5  # type: ignore[misc]
     assert hash(config)  # usable as a dict key / in sets
+
+
+# -- observability keys (issue 6) ------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    "data, key, problem",
+    [({"metrics": {"allow_remote_admin": "yes"}}, "metrics.allow_remote_admin", "expected true or false"),
+     ({"metrics": {"allow_remote_admin": 1}}, "metrics.allow_remote_admin", "expected true or false"),
+     ({"logging": {"queries": "on"}}, "logging.queries", "expected true or false"),
+     ({"logging": {"query_sample": 1.5}}, "logging.query_sample", "expected a number from 0 to 1"),
+     ({"logging": {"query_sample": -0.1}}, "logging.query_sample", "expected a number from 0 to 1"),
+     ({"logging": {"query_sample": "10%"}}, "logging.query_sample", "expected a number from 0 to 1"),
+     ({"logging": {"query_sample": True}}, "logging.query_sample", "expected a number from 0 to 1"),
+     ({"logging": {"query_sample": float("nan")}}, "logging.query_sample", "expected a number from 0 to 1"),
+     ({"logging": {"query_samples": 0.5}}, "logging.query_samples", "unknown key")],
+)
+def test_observability_keys_rejected(data, key, problem, resolv):
+    e = error(data, resolv)
+    assert e.key == key and problem in e.problem
+
+
+def test_observability_keys_accepted(resolv):
+    config = parse({"metrics": {"allow_remote_admin": True}, "logging": {"queries": True, "query_sample": 0}},
+                   resolv)
+    assert config.metrics.allow_remote_admin and config.logging.queries
+    assert config.logging.query_sample == 0.0 and isinstance(config.logging.query_sample, float)

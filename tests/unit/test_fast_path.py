@@ -47,8 +47,9 @@ def client_query(name="www.example.com", qtype=QTYPE.A, *, qid=0x4242, edns=None
 
 def make_pipeline(config: Config | None = None, max_entries: int = 1000):
     clock = FakeClock(START)
-    cache = Cache(max_entries)
-    pipeline = Pipeline(config or Config(), cache, NoPool(), clock, Stats())
+    stats = Stats()
+    cache = Cache(max_entries, stats.tally)
+    pipeline = Pipeline(config or Config(), cache, NoPool(), clock, stats)
     return pipeline, cache, clock
 
 
@@ -203,7 +204,7 @@ def test_fast_path_counts_hits_and_reuses_aged_body(env):
     data = client_query("www.example.com")
     entry = entries["www", False, False]
     clock.advance(5.2)
-    before = pipeline.stats.cache_hits
+    before = pipeline.stats.hits()
     r1 = pipeline.answer_fast(data, False)
     aged = entry.aged
     clock.advance(0.5)  # same second
@@ -213,7 +214,7 @@ def test_fast_path_counts_hits_and_reuses_aged_body(env):
     r3 = pipeline.answer_fast(data, False)
     assert r3 != r2 and entry.aged is not aged
     assert DNSRecord.parse(r3).rr[0].ttl == 300 - 6
-    assert pipeline.stats.cache_hits == before + 3
+    assert pipeline.stats.hits() == before + 3
 
 
 def test_fast_path_moves_entry_to_lru_end_once_per_second(env):
@@ -313,13 +314,13 @@ def test_expired_entry_with_recheck_timer_is_served_stale(env, key, name, qtype,
     assert pipeline.answer_fast(data, False) is None  # no recheck timer: slow path (refresh or stale)
 
     entry.recheck_until = clock.monotonic() + 30
-    before = pipeline.stats.stale_answers["recheck"]
+    before = pipeline.stats.stale("recheck")
     reply = pipeline.answer_fast(data, False)
     assert reply is not None
     assert reply == stale_path(pipeline, data, entry)
     assert stale_policy.decide(entry, clock.monotonic(), pipeline.stale) == stale_policy.ANSWER_STALE
     assert slow(pipeline, data) == reply
-    assert pipeline.stats.stale_answers["recheck"] == before + 2  # fast + slow
+    assert pipeline.stats.stale("recheck") == before + 2  # fast + slow
 
     rec = DNSRecord.parse(reply)
     assert rrs(rec) and all(rr.ttl == pipeline.stale.answer_ttl == 30 for rr in rrs(rec))

@@ -1,0 +1,53 @@
+"""The optional sampled query log, and that turning it on routes every query through the slow path."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import pytest
+from dnslib import DNSHeader, DNSQuestion, DNSRecord
+
+from resolver.cache import Cache
+from resolver.clock import FakeClock
+from resolver.config import Config, LoggingConfig
+from resolver.pipeline import Pipeline
+from resolver.querylog import QueryLog, _question
+from resolver.stats import Stats
+
+
+def query(name="www.test", qtype=28) -> bytes:
+    return bytes(DNSRecord(DNSHeader(id=7, rd=1), q=DNSQuestion(name, qtype)).pack())
+
+
+def test_logs_question_source_rcode_and_duration(caplog):
+    caplog.set_level(logging.INFO, "resolver.queries")
+    QueryLog(1.0).log(query(), "cache", 0, 0.0015)
+    assert [r.getMessage() for r in caplog.records] == [
+        "query www.test. AAAA source=cache rcode=NOERROR duration_ms=1.500"]
+
+
+def test_sampling_uses_the_injected_random(caplog):
+    caplog.set_level(logging.INFO, "resolver.queries")
+    draws = iter([0.5, 0.05, 0.2])
+    qlog = QueryLog(0.1, rand=lambda: next(draws))
+    for _ in range(3):
+        qlog.log(query(), "upstream", 3, 0.01)
+    assert len(caplog.records) == 1 and "rcode=NXDOMAIN" in caplog.records[0].getMessage()
+
+
+@pytest.mark.parametrize("data", [b"", b"\x00" * 11, b"\x00" * 12, b"\x00" * 12 + b"\x05ab", b"\xff" * 40,
+                                  b"\x00" * 12 + b"\xc0\x0c\x00\x01\x00\x01", query()[:-3]])
+def test_garbage_never_raises(data):
+    name, qtype = _question(data)
+    assert isinstance(name, str) and isinstance(qtype, str)
+    QueryLog(1.0).log(data, "local", 1, 0.0)
+
+
+def test_query_log_turns_the_hit_path_off():
+    on = Config(logging=dataclasses.replace(LoggingConfig(), queries=True, query_sample=0.5))
+    pipeline = Pipeline(on, Cache(10), None, FakeClock(), Stats())
+    assert pipeline.answer_fast(query(), False) is None and pipeline.query_log.sample == 0.5
+    pipeline.configure(Config())  # off again (a reload)
+    assert pipeline.query_log is None
+    assert pipeline.answer_fast.__func__ is Pipeline.answer_fast
