@@ -15,8 +15,11 @@ from .admin import AdminServer
 from .cache import Cache
 from .clock import Clock, SystemClock
 from .config import Config
+from .hosts import HostsFile
+from .local import LocalAnswers, purge
 from .pipeline import Pipeline
 from .pool import UpstreamPool
+from .routing import build_router
 from .server import Listeners
 from .stats import Stats
 from .upstream import Upstream
@@ -44,20 +47,28 @@ class App:
         self.clock = clock or SystemClock()
         self.stats = Stats()
         self.cache = Cache(config.cache.max_entries)
-        self.pool = build_pool(config)
-        self.pipeline = Pipeline(config, self.cache, self.pool, self.clock, self.stats)
+        self.router = build_router(config)  # one upstream pool per forward group
+        self.pool = self.router.default
+        self.local = LocalAnswers(config)  # localhost, local_records, hosts file, block_zones
+        self.hosts = HostsFile(config.hosts_file, self._hosts_changed) if config.hosts_file.enabled else None
+        self.pipeline = Pipeline(config, self.cache, self.router, self.clock, self.stats, self.local)
         self.listeners = Listeners(self.pipeline, config.server, self.stats)
-        self.collector = metrics.ResolverCollector(self.stats, self.cache, lambda: self.pool,
-                                                   self.clock.monotonic, version())
+        self.collector = metrics.ResolverCollector(self.stats, self.cache, lambda: self.router.pools,
+                                                   self.clock.monotonic, version(), self.local, self.hosts)
         self.registry = metrics.build_registry(self.collector)
         self.admin = AdminServer(lambda: metrics.render(self.registry), lambda: self.ready)
         self.ready = False
         self._sweeper: asyncio.Task | None = None
+        self._hosts_watch: asyncio.Task | None = None
 
     async def start(self) -> None:
         """Bind everything; raises OSError if an address cannot be bound."""
         if self.config.metrics.enabled:
             await self.admin.start(self.config.metrics.listen.host, self.config.metrics.listen.port)
+        if self.hosts is not None:
+            self.hosts.check()
+            self._hosts_watch = asyncio.get_running_loop().create_task(self.hosts.watch())
+        purge(self.cache, self.local.owns)  # a name now local must not be answered from cache
         await self.listeners.start(self.config.listen)
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep_forever())
         self.ready = True
@@ -72,11 +83,18 @@ class App:
         await self.pipeline.cancel_refreshes()
         if self._sweeper is not None:
             self._sweeper.cancel()
+        if self._hosts_watch is not None:
+            self._hosts_watch.cancel()
         self.admin.close()
 
     @property
     def dns_port(self) -> int:
         return self.listeners.bound[0][1]
+
+    def _hosts_changed(self, records) -> None:
+        added = self.local.set_hosts(records)
+        if added:  # cached upstream answers for these would shadow them on the hit path
+            purge(self.cache, added.__contains__)
 
     async def _sweep_forever(self) -> None:
         while True:

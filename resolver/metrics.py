@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
 
 from .cache import Cache
+from .local import KINDS as LOCAL_KINDS
 from .pool import UpstreamPool
 from .stats import SOURCES, STALE_REASONS, Stats
 
@@ -21,13 +22,15 @@ _RCODE_NAMES = {0: "NOERROR", 1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NO
 
 
 class ResolverCollector:
-    def __init__(self, stats: Stats, cache: Cache, pool: Callable[[], UpstreamPool],
-                 now: Callable[[], float], version: str):
+    def __init__(self, stats: Stats, cache: Cache, pools: Callable[[], list[UpstreamPool]],
+                 now: Callable[[], float], version: str, local=None, hosts=None):
         self.stats = stats
         self.cache = cache
-        self.pool = pool  # a getter: a reload may replace the pool
+        self.pools = pools  # a getter: a reload may replace them; one pool per forward group
         self.now = now
         self.version = version
+        self.local = local  # local.LocalAnswers, hosts.HostsFile (optional)
+        self.hosts = hosts
 
     def collect(self):
         s = self.stats
@@ -91,7 +94,7 @@ class ResolverCollector:
         yield CounterMetricFamily("resolver_cache_evictions", "Entries evicted to stay within max_entries.",
                                   value=self.cache.evictions)
 
-        pool = self.pool()
+        pools = self.pools()
         req = CounterMetricFamily("resolver_upstream_requests", "Queries sent to each upstream.", labels=["upstream"])
         err = CounterMetricFamily("resolver_upstream_errors", "Failed upstream exchanges, by upstream and reason.",
                                   labels=["upstream", "reason"])
@@ -99,17 +102,36 @@ class ResolverCollector:
         mism = CounterMetricFamily("resolver_upstream_mismatched_replies",
                                    "Upstream replies ignored for a wrong ID or question (spoofing or late replies).",
                                    labels=["upstream"])
-        for u in pool.upstreams:
-            req.add_metric([u.label], pool.requests.get(u.label, 0))
-            up.add_metric([u.label], 1 if pool.health[u.label].up else 0)
-            mism.add_metric([u.label], u.mismatched)
-        for (label, reason), count in sorted(pool.errors.items()):
-            err.add_metric([label, reason], count)
+        for pool in pools:  # config.py keeps each upstream label in one pool only
+            for u in pool.upstreams:
+                req.add_metric([u.label], pool.requests.get(u.label, 0))
+                up.add_metric([u.label], 1 if pool.health[u.label].up else 0)
+                mism.add_metric([u.label], u.mismatched)
+            for (label, reason), count in sorted(pool.errors.items()):
+                err.add_metric([label, reason], count)
         yield req
         yield err
         yield up
         yield mism
-        yield GaugeMetricFamily("resolver_upstream_inflight", "Upstream exchanges in progress.", value=pool.inflight)
+        yield GaugeMetricFamily("resolver_upstream_inflight", "Upstream exchanges in progress.",
+                                value=sum(p.inflight for p in pools))
+
+        if self.local is not None:
+            loc = CounterMetricFamily("resolver_local_answers", "Queries answered locally, never sent upstream, "
+                                      "by kind: records, hosts, localhost, blocked.", labels=["kind"])
+            for kind in LOCAL_KINDS:
+                loc.add_metric([kind], self.local.answers.get(kind, 0))
+            yield loc
+        if self.hosts is not None:
+            h = self.hosts
+            yield CounterMetricFamily("resolver_hosts_file_reloads", "Times the hosts file was (re)read.",
+                                      value=h.reloads)
+            yield CounterMetricFamily("resolver_hosts_file_read_errors", "Hosts file reads that failed.",
+                                      value=h.errors)
+            yield GaugeMetricFamily("resolver_hosts_file_records", "Records from the last hosts file read.",
+                                    value=h.entries)
+            yield GaugeMetricFamily("resolver_hosts_file_bad_lines", "Lines skipped in the last hosts file read.",
+                                    value=h.bad_lines)
 
 
 def build_registry(collector: ResolverCollector) -> CollectorRegistry:

@@ -9,6 +9,9 @@ The order of the stages, and why:
 2. **Parse** (``resolve``): everything else is validated strictly; malformed
    queries get FORMERR/NOTIMP/BADVERS or are dropped, before any cache or upstream
    work is spent on them.
+2b. **Local answers** (``local.py``): localhost, local_records, the hosts file and
+   block_zones, answered here and never cached, so they are never stale and no
+   upstream answer can shadow them.
 3. **Caching stage**: the cache reports fresh/stale/miss, ``stale.decide`` picks
    what to do, and this stage carries it out: one upstream fetch per key
    (coalescing), the RFC 8767 client-timeout race, the failure recheck timer.
@@ -32,6 +35,7 @@ from .cache import Cache, Entry
 from .clock import Clock
 from .config import Config
 from .errors import DropQuery, FormatError, UpstreamError
+from .local import LocalAnswers
 from .pool import UpstreamPool
 from .stats import Stats
 
@@ -62,9 +66,11 @@ _KEY_PREFIX = tuple(wire.key_prefix(flags) for flags in range(4))
 
 
 class Pipeline:
-    def __init__(self, config: Config, cache: Cache, pool: UpstreamPool, clock: Clock, stats: Stats):
+    def __init__(self, config: Config, cache: Cache, pool: UpstreamPool, clock: Clock, stats: Stats,
+                 local: LocalAnswers | None = None):
         self.cache = cache
-        self.pool = pool
+        self.pool = pool  # an UpstreamPool, or a routing.Router (one pool per forward zone)
+        self.local = local
         self.clock = clock
         self.stats = stats
         self.inflight: dict[bytes, asyncio.Task] = {}
@@ -202,6 +208,14 @@ class Pipeline:
             return wire.error_reply(data, e.rcode, e.question_end, edns=e.rcode == wire.BADVERS,
                                     udp_size=self.edns_size)
         limit = _TCP_LIMIT if tcp else q.udp_size
+        # Local answers (localhost, local_records, hosts file, block_zones) come before
+        # the cache: they never expire and must win over anything cached (see local.py).
+        if self.local is not None:
+            reply = self.local.answer(q, limit, self.edns_size)
+            if reply is not None:
+                stats.responses_by_source[Source.LOCAL] += 1
+                stats.responses_by_rcode[reply[3] & 0x0F] += 1
+                return reply
         now = self.clock.monotonic()
         _, entry = self.cache.lookup(q.key, now)
         action = stale_policy.decide(entry, now, self.stale)

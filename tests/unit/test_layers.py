@@ -11,7 +11,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[2] / "resolver"
 
-SANS_IO = {"wire", "cache", "stale", "config", "errors", "stats"}
+SANS_IO = {"wire", "cache", "stale", "config", "errors", "stats", "records", "local"}
 FORBIDDEN_IN_CORE = {"asyncio", "socket", "time", "uvloop", "selectors", "threading"}
 
 # Who may import whom inside the package (the architecture's module map).
@@ -20,16 +20,21 @@ ALLOWED = {
     "clock": set(),
     "stats": set(),
     "wire": {"errors"},
-    "config": {"errors"},
+    "config": {"errors", "records"},
+    "records": {"wire"},
+    "local": {"wire", "records", "config", "cache"},
+    "hosts": {"records", "config"},
+    "routing": {"config", "pool", "upstream"},
     "cache": {"wire"},
     "stale": {"cache", "config"},
     "upstream": {"wire", "errors", "config"},
     "pool": {"upstream", "wire", "errors", "config"},
-    "pipeline": {"wire", "cache", "stale", "pool", "clock", "config", "errors", "stats"},
+    "pipeline": {"wire", "cache", "stale", "pool", "clock", "config", "errors", "stats", "local"},
     "server": {"wire", "pipeline", "config", "stats"},
-    "metrics": {"cache", "pool", "stats"},
+    "metrics": {"cache", "pool", "stats", "local"},
     "admin": set(),
-    "app": {"metrics", "admin", "cache", "clock", "config", "pipeline", "pool", "server", "stats", "upstream"},
+    "app": {"metrics", "admin", "cache", "clock", "config", "pipeline", "pool", "server", "stats", "upstream",
+            "routing", "local", "hosts"},
     "cli": {"app", "config", "errors"},
     "__main__": {"cli"},
     "__init__": set(),

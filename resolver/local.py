@@ -1,0 +1,184 @@
+"""Local answers: names answered here, never sent upstream and never stale.
+
+In order of precedence, for a query's (lower-case) name:
+
+1. **Local data** — ``local_records`` from the config, then the hosts file (a name
+   in both is answered from the config alone).  The name is owned locally: a
+   type it has is answered, a CNAME is followed through local data (RFC 1034
+   §4.3.2 step 3a; a target outside local data ends the chain, the client's
+   resolver goes on from there), and any other type gets NODATA with an SOA so
+   it can be cached negatively (RFC 2308 §3), with the name's own TTL as minimum.
+2. **localhost** and every name under it (RFC 6761 §6.3: a caching server SHOULD
+   answer these itself): A 127.0.0.1, AAAA ::1, NODATA for other types.
+3. **block_zones** — every name at or under such a zone gets NXDOMAIN, with the
+   zone's SOA (TTL and minimum ``BLOCK_TTL``) so the denial is cached (RFC 2308 §3)
+   instead of re-asked by every client retry.  Local data inside a blocked zone
+   still answers (point 1 comes first), so a zone can be blocked with exceptions.
+
+Why before the cache, on the slow path, rather than pre-rendered into the cache:
+a local answer never expires, must not be evicted, swept, snapshotted, flushed
+or served stale, and must win over anything an upstream said about the same name
+— the cache has rules for all of those that local data must escape.  The cost is
+the general path (parse + render, measured in bench/local.py) for local names
+only; cache hits for other names are untouched.  Names that become local at run
+time (a hosts-file change) are purged from the cache (``purge``), so a cached
+upstream answer cannot shadow them on the hit path.
+
+AA is set: this server is the source of these answers.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections import Counter
+
+from . import wire
+from .cache import Cache
+from .config import Config
+from .records import TYPE_NS, TYPE_SOA, TYPES, Record
+
+LOCALHOST = wire.name_to_wire("localhost")
+LOCALHOST_TTL = 3600  # the data never changes (RFC 6761 §6.3)
+BLOCK_TTL = 60  # short, so lifting a block reaches clients within a minute
+KINDS = ("records", "hosts", "localhost", "blocked")  # metric label values
+_CLASS_IN = 1
+_TYPE_ANY = 255
+_CNAME = TYPES["CNAME"]
+_MAX_CHAIN = 8  # CNAME hops followed in local data; more is a loop or a mistake
+_SOA_NAMES = wire.name_to_wire("localhost") + wire.name_to_wire("nobody.invalid")
+_LOCALHOST_DATA = {
+    TYPES["A"]: [Record(LOCALHOST, TYPES["A"], LOCALHOST_TTL, bytes((127, 0, 0, 1)))],
+    TYPES["AAAA"]: [Record(LOCALHOST, TYPES["AAAA"], LOCALHOST_TTL, bytes(15) + b"\x01")],
+}
+
+
+def index(records) -> dict[bytes, dict[int, list[Record]]]:
+    """name → type → records, in the order given."""
+    out: dict[bytes, dict[int, list[Record]]] = {}
+    for r in records:
+        out.setdefault(r.name, {}).setdefault(r.rtype, []).append(r)
+    return out
+
+
+def _soa(zone: bytes, ttl: int) -> bytes:
+    """A synthetic SOA record for negative answers: TTL = MINIMUM = ``ttl`` (RFC 2308 §5)."""
+    rdata = _SOA_NAMES + struct.pack(">IIIII", 1, 3600, 1200, 604800, ttl)
+    return zone + struct.pack(">HHIH", TYPE_SOA, _CLASS_IN, ttl, len(rdata)) + rdata
+
+
+def _rr(record: Record, qname: bytes, ttl: int | None = None) -> bytes:
+    # The owner is the question's name in most answers: point at it (RFC 1035 §4.1.4).
+    owner = b"\xc0\x0c" if record.name == qname else record.name
+    return owner + struct.pack(">HHIH", record.rtype, _CLASS_IN, record.ttl if ttl is None else ttl,
+                               len(record.rdata)) + record.rdata
+
+
+def _under(name: bytes, zone: bytes) -> bool:
+    """Is ``name`` at or below ``zone`` (both lower-case wire names)?"""
+    if not name.endswith(zone):
+        return False
+    off = 0
+    while off < len(name) - len(zone):  # zone must start on a label boundary
+        off += 1 + name[off]
+    return off == len(name) - len(zone)
+
+
+class LocalAnswers:
+    """The local data and the rules above; ``answer`` is called before the cache."""
+
+    def __init__(self, config: Config):
+        self.static = index(config.local_records)
+        self.hosts: dict[bytes, dict[int, list[Record]]] = {}
+        self.hosts_ttl = config.hosts_file.ttl
+        self.blocks = tuple(config.block_zones)
+        self.answers: Counter = Counter()  # kind (KINDS) → local answers sent
+
+    def set_hosts(self, records: list[Record]) -> set[bytes]:
+        """Replace the hosts-file data; returns the names that were not local before."""
+        new = index(records)
+        added = {name for name in new if name not in self.hosts and name not in self.static}
+        self.hosts = new
+        return added
+
+    def _data(self, name: bytes):
+        data = self.static.get(name)
+        if data is not None:
+            return data, "records"
+        data = self.hosts.get(name)
+        if data is not None:
+            return data, "hosts"
+        return None, None
+
+    def owns(self, name: bytes) -> bool:
+        """Is ``name`` (lower-case wire) answered here rather than upstream?"""
+        return (self._data(name)[0] is not None or _under(name, LOCALHOST)
+                or any(_under(name, zone) for zone in self.blocks))
+
+    def answer(self, q: wire.Query, limit: int, edns_size: int) -> bytes | None:
+        """The reply for ``q`` if its name is local, else None (go on to the cache)."""
+        qname = q.qname.lower()
+        if q.qclass == _CLASS_IN:
+            data, kind = self._data(qname)
+            if data is not None:
+                return self._from_data(q, qname, data, kind, limit, edns_size)
+            if _under(qname, LOCALHOST):
+                return self._localhost(q, qname, limit, edns_size)
+        for zone in self.blocks:
+            if _under(qname, zone):
+                self.answers["blocked"] += 1
+                return self._reply(q, wire.NXDOMAIN, [], [_soa(zone, BLOCK_TTL)], limit, edns_size)
+        return None
+
+    def _from_data(self, q, qname, data, kind, limit, edns_size) -> bytes:
+        self.answers[kind] += 1
+        answer: list[bytes] = []
+        name, seen = qname, set()
+        while data is not None and len(seen) < _MAX_CHAIN and name not in seen:
+            seen.add(name)
+            if q.qtype == _TYPE_ANY:
+                wanted = [r for rs in data.values() for r in rs]
+            else:
+                wanted = data.get(q.qtype) or data.get(_CNAME) or []
+            answer += [_rr(r, qname) for r in wanted]
+            if len(wanted) != 1 or wanted[0].rtype != _CNAME or q.qtype in (_CNAME, _TYPE_ANY):
+                break
+            name = wanted[0].rdata  # RFC 1034 §4.3.2: restart at the CNAME's target
+            data = self._data(name)[0]
+        if answer:
+            return self._reply(q, wire.NOERROR, answer, [], limit, edns_size)
+        ttl = min(r.ttl for rs in data.values() for r in rs)
+        return self._reply(q, wire.NOERROR, [], [_soa(qname, ttl)], limit, edns_size)
+
+    def _localhost(self, q, qname, limit, edns_size) -> bytes:
+        self.answers["localhost"] += 1
+        records = _LOCALHOST_DATA.get(q.qtype, [])
+        answer = [_rr(Record(qname, r.rtype, r.ttl, r.rdata), qname) for r in records]
+        if qname == LOCALHOST and q.qtype == TYPE_SOA:
+            answer = [_soa(b"\xc0\x0c", LOCALHOST_TTL)]
+        elif qname == LOCALHOST and q.qtype == TYPE_NS:
+            answer = [b"\xc0\x0c" + struct.pack(">HHIH", TYPE_NS, _CLASS_IN, LOCALHOST_TTL, 2) + b"\xc0\x0c"]
+        if answer:
+            return self._reply(q, wire.NOERROR, answer, [], limit, edns_size)
+        return self._reply(q, wire.NOERROR, [], [_soa(LOCALHOST, LOCALHOST_TTL)], limit, edns_size)
+
+    def _reply(self, q, rcode, answer, authority, limit, edns_size) -> bytes:
+        # QR, AA, RD (cleared by render if the client did not set it); RA, the client's CD.
+        flags = bytes((0x85, 0x80 | (0x10 if q.cd else 0) | rcode))
+        hdr = flags + struct.pack(">HHHH", 1, len(answer), len(authority), 0)
+        hdr_opt = flags + struct.pack(">HHHH", 1, len(answer), len(authority), 1)
+        return wire.render(q, hdr, hdr_opt, b"".join(answer + authority), limit, edns_size)
+
+
+def purge(cache: Cache, owns) -> int:
+    """Drop cached answers for names that ``owns(name)`` says are now answered locally.
+
+    O(cache size); run at start and when the hosts file changes, never per query.
+    """
+    dead = []
+    for key in cache.entries:
+        body = key[1:] if key[0] & wire.KEY_FLAGGED else key  # skip the DO/CD flag byte
+        if owns(body[:-4]):
+            dead.append(key)
+    for key in dead:
+        cache.remove(key)
+    return len(dead)
