@@ -429,7 +429,7 @@ def _parse_local(top: dict) -> dict:
             raise ConfigError(f"{key}.upstreams", "must list at least one upstream")
         _unique([u.label for u in ups], f"{key}.upstreams")
         forward.append(ForwardZone(zone, ups))
-    _unique([f.zone for f in forward], "forward")
+    _unique([wire_text(f.zone) for f in forward], "forward")
     local = tuple(_from_text(records.parse_record, t, k)
                   for k, t in _strings(top.get("local_records"), "local_records"))
     for i, rec in enumerate(local):
@@ -438,7 +438,7 @@ def _parse_local(top: dict) -> dict:
             raise ConfigError(f"local_records[{i}]", f"{wire_text(rec.name)} has a CNAME and other "
                               "records (RFC 2181 §10.1: a CNAME stands alone)")
     blocks = [_from_text(records.parse_zone, t, k) for k, t in _strings(top.get("block_zones"), "block_zones")]
-    _unique(blocks, "block_zones")
+    _unique([wire_text(z) for z in blocks], "block_zones")
     return {"forward": tuple(forward), "local_records": local, "block_zones": tuple(blocks)}
 
 
