@@ -73,14 +73,17 @@ def _rr(record: Record, qname: bytes, ttl: int | None = None) -> bytes:
                                len(record.rdata)) + record.rdata
 
 
-def _under(name: bytes, zone: bytes) -> bool:
-    """Is ``name`` at or below ``zone`` (both lower-case wire names)?"""
-    if not name.endswith(zone):
-        return False
-    off = 0
-    while off < len(name) - len(zone):  # zone must start on a label boundary
+def _zone_of(name: bytes, zones: dict) -> bytes | None:
+    """The longest of ``zones`` that ``name`` is at or below (lower-case wire names), or None.
+
+    One dict lookup per label of the name, however many zones there are.
+    """
+    off, end = 0, len(name)
+    while off < end and name[off]:
+        if name[off:] in zones:
+            return name[off:]
         off += 1 + name[off]
-    return off == len(name) - len(zone)
+    return None
 
 
 class LocalAnswers:
@@ -90,7 +93,9 @@ class LocalAnswers:
         self.static = index(config.local_records)
         self.hosts: dict[bytes, dict[int, list[Record]]] = {}
         self.hosts_ttl = config.hosts_file.ttl
-        self.blocks = tuple(config.block_zones)
+        # Zone apex → kind, for one suffix walk per query: RFC 6761 localhost and block_zones.
+        self.zones = {LOCALHOST: "localhost"}
+        self.zones.update((zone, "blocked") for zone in config.block_zones)
         self.answers: Counter = Counter()  # kind (KINDS) → local answers sent
 
     def set_hosts(self, records: list[Record]) -> set[bytes]:
@@ -111,8 +116,7 @@ class LocalAnswers:
 
     def owns(self, name: bytes) -> bool:
         """Is ``name`` (lower-case wire) answered here rather than upstream?"""
-        return (self._data(name)[0] is not None or _under(name, LOCALHOST)
-                or any(_under(name, zone) for zone in self.blocks))
+        return self._data(name)[0] is not None or _zone_of(name, self.zones) is not None
 
     def answer(self, q: wire.Query, limit: int, edns_size: int) -> bytes | None:
         """The reply for ``q`` if its name is local, else None (go on to the cache)."""
@@ -121,12 +125,14 @@ class LocalAnswers:
             data, kind = self._data(qname)
             if data is not None:
                 return self._from_data(q, qname, data, kind, limit, edns_size)
-            if _under(qname, LOCALHOST):
-                return self._localhost(q, qname, limit, edns_size)
-        for zone in self.blocks:
-            if _under(qname, zone):
-                self.answers["blocked"] += 1
-                return self._reply(q, wire.NXDOMAIN, [], [_soa(zone, BLOCK_TTL)], limit, edns_size)
+        zone = _zone_of(qname, self.zones)
+        if zone is None:
+            return None
+        if self.zones[zone] == "blocked":  # any class: a blocked name never leaves the host
+            self.answers["blocked"] += 1
+            return self._reply(q, wire.NXDOMAIN, [], [_soa(zone, BLOCK_TTL)], limit, edns_size)
+        if q.qclass == _CLASS_IN:
+            return self._localhost(q, qname, limit, edns_size)
         return None
 
     def _from_data(self, q, qname, data, kind, limit, edns_size) -> bytes:
