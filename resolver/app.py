@@ -10,7 +10,7 @@ import asyncio
 import logging
 from importlib import metadata
 
-from . import metrics
+from . import metrics, wire
 from .admin import AdminServer
 from .cache import Cache
 from .clock import Clock, SystemClock
@@ -73,6 +73,8 @@ class App:
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep_forever())
         self.ready = True
         log.info("forwarding to %s", ", ".join(u.label for u in self.config.upstreams))
+        for f in self.config.forward:
+            log.info("forwarding %s to %s", wire.name_to_text(f.zone), ", ".join(u.label for u in f.upstreams))
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop accepting, finish in-flight queries within ``grace``, then cancel the rest."""

@@ -34,7 +34,7 @@ ALLOWED = {
     "metrics": {"cache", "pool", "stats", "local"},
     "admin": set(),
     "app": {"metrics", "admin", "cache", "clock", "config", "pipeline", "pool", "server", "stats", "upstream",
-            "routing", "local", "hosts"},
+            "routing", "local", "hosts", "wire"},
     "cli": {"app", "config", "errors"},
     "__main__": {"cli"},
     "__init__": set(),

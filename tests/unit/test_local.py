@@ -189,3 +189,31 @@ def test_purge_drops_cached_answers_for_local_names_only():
         keys.append(key)
     assert purge(cache, make().owns) == 3
     assert list(cache.entries) == [keys[2]]
+
+
+# -- garbage: any parsable query, any name, type and class, never raises ------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_LABELS = st.sampled_from([b"lan", b"printer", b"localhost", b"home", b"arpa", b"alias", b"LocalHost",
+                           b"\x00", b"\xff\xfe", b".", b"a" * 63, b"*", b"loop1"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(labels=st.lists(st.one_of(_LABELS, st.binary(min_size=1, max_size=63)), max_size=6),
+       qtype=st.integers(0, 65535), qclass=st.integers(0, 65535), edns=st.booleans())
+def test_any_query_is_answered_or_passed_on_never_raises(labels, qtype, qclass, edns):
+    local = make()
+    name = b"".join(bytes((len(label),)) + label for label in labels) + b"\x00"
+    if len(name) > 255:
+        return
+    data = b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00" + (b"\x01" if edns else b"\x00") + name + \
+        qtype.to_bytes(2, "big") + qclass.to_bytes(2, "big")
+    if edns:
+        data += b"\x00\x00\x29\x04\xd0\x00\x00\x00\x00\x00\x00"
+    q = wire.parse_query(data)
+    reply = local.answer(q, q.udp_size, 1232)
+    if reply is not None:
+        assert reply[:2] == b"\x12\x34" and reply[12:12 + len(name) + 4] == data[12:12 + len(name) + 4]
+        dns.message.from_wire(reply)  # well-formed
