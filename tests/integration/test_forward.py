@@ -9,17 +9,13 @@ addresses for ``www.test``, so a misrouted query shows in the answer itself.
 
 from __future__ import annotations
 
-import dataclasses
-
 import dns.edns
 import dns.message
 import dns.query
 import dns.rcode
 import pytest
 
-from resolver.config import parse_config
 from tests.conftest import HAVE_UNBOUND, free_port
-from tests.servers.forwarder import RunningForwarder, forwarder_config
 from tests.servers.unbound import UnboundServer
 
 pytestmark = pytest.mark.skipif(not HAVE_UNBOUND, reason="the unbound binary is not installed")
@@ -43,23 +39,9 @@ def two_unbounds(tmp_path):
 
 
 @pytest.fixture
-def routed():
-    """Factory: ``routed(upstreams, forward=[{zone, upstreams}], **sections)`` → RunningForwarder."""
-    running = []
-
-    def start(upstreams, forward, **sections):
-        parsed = parse_config({"upstreams": upstreams, "forward": forward,
-                               "listen": ["127.0.0.1:1"]})  # a listen address the upstreams are not
-        config = dataclasses.replace(forwarder_config(upstreams, **sections), forward=parsed.forward)
-        fwd = RunningForwarder(config)
-        running.append(fwd)
-        return fwd
-
-    try:
-        yield start
-    finally:
-        for fwd in running:
-            fwd.stop()
+def routed(start_forwarder):
+    """``routed(upstreams, forward=[{zone, upstreams}], **sections)`` → a running forwarder."""
+    return lambda upstreams, forward, **sections: start_forwarder(upstreams, forward=forward, **sections)
 
 
 def ask(port: int, name: str, rtype: str = "A") -> dns.message.Message:

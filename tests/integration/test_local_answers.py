@@ -3,12 +3,10 @@ re-read when it changes; bad local data refused with a clear message."""
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import dns.message
@@ -16,32 +14,9 @@ import dns.query
 import dns.rcode
 import pytest
 
-from resolver.config import HostsFileConfig, parse_config
-from tests.servers.forwarder import RunningForwarder, forwarder_config
+from tests.integration.test_outage import eventually
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-def local_forwarder():
-    """Factory: ``local_forwarder(upstreams, local_records=…, block_zones=…, hosts_file=…)``."""
-    running = []
-
-    def start(upstreams, local_records=(), block_zones=(), hosts_file=None, **sections):
-        parsed = parse_config({"upstreams": upstreams, "local_records": list(local_records),
-                               "block_zones": list(block_zones)})
-        config = dataclasses.replace(forwarder_config(upstreams, **sections), local_records=parsed.local_records,
-                                     block_zones=parsed.block_zones,
-                                     hosts_file=hosts_file or HostsFileConfig())
-        fwd = RunningForwarder(config)
-        running.append(fwd)
-        return fwd
-
-    try:
-        yield start
-    finally:
-        for fwd in running:
-            fwd.stop()
 
 
 def ask(port: int, name: str, rtype: str = "A", tcp: bool = False) -> dns.message.Message:
@@ -55,18 +30,9 @@ def values(msg: dns.message.Message) -> list[str]:
     return sorted(rr.to_text() for rrset in msg.answer for rr in rrset)
 
 
-def eventually(check, timeout: float = 10.0) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if check():
-            return True
-        time.sleep(0.05)
-    return check()
-
-
-def test_local_names_never_reach_the_upstream_and_never_go_stale(fake_upstream, local_forwarder):
+def test_local_names_never_reach_the_upstream_and_never_go_stale(fake_upstream, start_forwarder):
     fake_upstream.answer("www.test", "A", "192.0.2.1")
-    fwd = local_forwarder([fake_upstream.address],
+    fwd = start_forwarder([fake_upstream.address],
                           local_records=["printer.lan. 300 IN A 192.0.2.20", "alias.lan. 60 CNAME printer.lan."],
                           block_zones=["home.arpa"])
     for _ in range(2):
@@ -88,12 +54,12 @@ def test_local_names_never_reach_the_upstream_and_never_go_stale(fake_upstream, 
     assert fwd.metric("resolver_upstream_requests_total") == 0
 
 
-def test_hosts_file_answers_reloads_and_purges_the_cache(tmp_path, fake_upstream, local_forwarder, caplog):
+def test_hosts_file_answers_reloads_and_purges_the_cache(tmp_path, fake_upstream, start_forwarder, caplog):
     hosts = tmp_path / "hosts"
     hosts.write_text("192.0.2.7 nas.lan nas\n")
     fake_upstream.answer("new.lan", "A", "203.0.113.1")
-    fwd = local_forwarder([fake_upstream.address],
-                          hosts_file=HostsFileConfig(enabled=True, path=str(hosts), ttl=30, check_interval=0.05))
+    fwd = start_forwarder([fake_upstream.address],
+                          hosts_file={"enabled": True, "path": str(hosts), "ttl": 30, "check_interval": 0.05})
     r = ask(fwd.port, "nas.lan")
     assert values(r) == ["192.0.2.7"] and r.answer[0].ttl == 30
     assert values(ask(fwd.port, "7.2.0.192.in-addr.arpa", "PTR")) == ["nas.lan."]
