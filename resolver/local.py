@@ -5,8 +5,8 @@ In order of precedence, for a query's (lower-case) name:
 1. **Local data** — ``local_records`` from the config, then the hosts file (a name
    in both is answered from the config alone).  The name is owned locally: a
    type it has is answered, a CNAME is followed through local data (RFC 1034
-   §4.3.2 step 3a; a target outside local data ends the chain, the client's
-   resolver goes on from there), and any other type gets NODATA with an SOA so
+   §4.3.2 step 3a; a target outside local data is resolved like any other name
+   and its answer appended, see `Chase`), and any other type gets NODATA with an SOA so
    it can be cached negatively (RFC 2308 §3), with the name's own TTL as minimum.
 2. **localhost** and every name under it (RFC 6761 §6.3: a caching server SHOULD
    answer these itself): A 127.0.0.1, AAAA ::1, NODATA for other types.
@@ -31,6 +31,8 @@ from __future__ import annotations
 
 import struct
 from collections import Counter
+
+import dnslib
 
 from . import wire
 from .cache import Cache
@@ -150,6 +152,8 @@ class LocalAnswers:
                 break
             name = wanted[0].rdata  # RFC 1034 §4.3.2: restart at the CNAME's target
             data = self._data(name)[0]
+        if data is None:  # the chain left local data: the target is resolved as usual
+            return Chase(answer, name)
         if answer:
             return self._reply(q, wire.NOERROR, answer, [], limit, edns_size)
         ttl = min(r.ttl for rs in data.values() for r in rs)
@@ -173,6 +177,59 @@ class LocalAnswers:
         hdr = flags + struct.pack(">HHHH", 1, len(answer), len(authority), 0)
         hdr_opt = flags + struct.pack(">HHHH", 1, len(answer), len(authority), 1)
         return wire.render(q, hdr, hdr_opt, b"".join(answer + authority), limit, edns_size)
+
+
+class Chase:
+    """A local CNAME chain whose last target is not local data (e.g. a local alias for
+    a cloud load balancer).  Stub resolvers do not follow CNAMEs themselves, so the
+    target is resolved here like any other name (cache, upstream, serve-stale) and
+    its answer appended to the local CNAMEs (RFC 1034 §4.3.2 step 3a); the RCODE is
+    the target's (RFC 6604 §2).  The pipeline drives it: ``subquery`` → resolve →
+    ``merge``.
+    """
+
+    __slots__ = ("records", "target")
+
+    def __init__(self, records: list[bytes], target: bytes):
+        self.records = records  # our CNAME RRs, wire form (owner may point at offset 12)
+        self.target = target
+
+    def subquery(self, q: wire.Query) -> bytes:
+        """The query for the target: the client's type, class, CD, DO and EDNS size."""
+        opt = wire.opt_record(q.udp_size, q.do) if q.edns else b""
+        return (q.id + bytes((0x01, 0x10 if q.cd else 0)) + struct.pack(">HHHH", 1, 0, 0, 1 if opt else 0)
+                + self.target + q.question[-4:] + opt)
+
+    def merge(self, q: wire.Query, sub: bytes, limit: int, edns_size: int) -> bytes:
+        """The client's reply: its question, our CNAMEs, then the target's records."""
+        if sub is None:  # cannot happen for our own well-formed subquery; never crash on it
+            return wire.error_reply(q.data, wire.SERVFAIL, q.qend, edns=q.edns, udp_size=edns_size)
+        rec = dnslib.DNSRecord.parse(sub)
+        # Re-encoded without compression: their pointers were offsets into ``sub``.
+        body = b"".join(_uncompressed(rr) for rr in rec.rr + rec.auth)
+        options = b"".join(struct.pack(">HH", o.code, len(o.data)) + o.data
+                           for rr in rec.ar if rr.rtype == wire.TYPE_OPT for o in rr.rdata)
+        flags = bytes((0x81, 0x80 | (sub[3] & 0x10) | (sub[3] & 0x0F)))
+        an, ns = len(self.records) + len(rec.rr), len(rec.auth)
+        hdr = flags + struct.pack(">HHHH", 1, an, ns, 0)
+        hdr_opt = flags + struct.pack(">HHHH", 1, an, ns, 1)
+        return wire.render(q, hdr, hdr_opt, b"".join(self.records) + body, limit, edns_size,
+                           options if q.edns else b"")
+
+
+def _uncompressed(rr: dnslib.RR) -> bytes:
+    """One record as wire bytes with no compression pointers (stands anywhere in a message)."""
+    buf = dnslib.DNSBuffer()
+    buf.names = _NoCompression()
+    rr.pack(buf)
+    return bytes(buf.data)
+
+
+class _NoCompression(dict):
+    """A dnslib name table that never remembers a name, so nothing is compressed."""
+
+    def __setitem__(self, key, value):
+        pass
 
 
 def purge(cache: Cache, owns) -> int:

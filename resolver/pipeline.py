@@ -213,6 +213,9 @@ class Pipeline:
         if self.local is not None:
             reply = self.local.answer(q, limit, self.edns_size)
             if reply is not None:
+                if type(reply) is not bytes:  # a local CNAME to an outside name: resolve the target
+                    sub = await self.resolve(reply.subquery(q), True)
+                    reply = reply.merge(q, sub, limit, self.edns_size)
                 stats.responses_by_source[Source.LOCAL] += 1
                 stats.responses_by_rcode[reply[3] & 0x0F] += 1
                 return reply

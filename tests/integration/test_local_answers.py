@@ -99,3 +99,16 @@ def test_bad_local_config_is_one_line_naming_the_key_exit_2(tmp_path, yaml_text,
     assert out.returncode == 2
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"resolver: configuration error: {key}: "), out.stderr
+
+
+def test_local_cname_to_a_name_in_a_forward_zone(unbound, fake_upstream, start_forwarder):
+    """A local alias for a name elsewhere: the target is resolved through its own group."""
+    fake_upstream.answer("lb.corp.example", "A", "198.51.100.7")
+    fwd = start_forwarder([unbound.address], local_records=["api.lan. 60 IN CNAME lb.corp.example."],
+                          forward=[{"zone": "corp.example", "upstreams": [fake_upstream.address]}])
+    r = ask(fwd.port, "api.lan")
+    assert [rrset.to_text() for rrset in r.answer] == ["api.lan. 60 IN CNAME lb.corp.example.",
+                                                      "lb.corp.example. 300 IN A 198.51.100.7"]
+    r = ask(fwd.port, "api.lan", tcp=True)
+    assert values(r) == ["198.51.100.7", "lb.corp.example."]
+    assert [c[1] for c in fake_upstream.calls] == ["lb.corp.example"]  # once: then from the cache

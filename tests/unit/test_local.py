@@ -16,7 +16,7 @@ from resolver import wire
 from resolver.cache import Cache
 from resolver.config import parse_config
 from resolver.hosts import parse_hosts
-from resolver.local import BLOCK_TTL, LocalAnswers, purge
+from resolver.local import BLOCK_TTL, Chase, LocalAnswers, purge
 
 RECORDS = [
     "printer.lan. 300 IN A 192.0.2.20",
@@ -89,9 +89,13 @@ def test_cname_is_followed_through_local_data():
                              "printer.lan. 300 IN A 192.0.2.20", "printer.lan. 300 IN A 192.0.2.21"]
 
 
-def test_cname_to_an_outside_name_ends_the_chain():
-    r = ask(make(), "ext.lan")
-    assert rrs(r.answer) == ["ext.lan. 60 IN CNAME www.example.com."]
+def test_cname_to_an_outside_name_asks_for_the_target():
+    local = make()
+    q = wire.parse_query(dns.message.make_query("EXT.lan", "AAAA", want_dnssec=True).to_wire())
+    chase = local.answer(q, 1232, 1232)
+    assert isinstance(chase, Chase) and chase.target == wire.name_to_wire("www.example.com")
+    sub = wire.parse_query(chase.subquery(q))  # a valid query: same ID, type, DO and EDNS size
+    assert (sub.qname, sub.qtype, sub.do, sub.udp_size, sub.id) == (chase.target, 28, True, q.udp_size, q.id)
 
 
 def test_cname_loop_terminates():
@@ -214,6 +218,8 @@ def test_any_query_is_answered_or_passed_on_never_raises(labels, qtype, qclass, 
         data += b"\x00\x00\x29\x04\xd0\x00\x00\x00\x00\x00\x00"
     q = wire.parse_query(data)
     reply = local.answer(q, q.udp_size, 1232)
-    if reply is not None:
+    if isinstance(reply, Chase):
+        wire.parse_query(reply.subquery(q))
+    elif reply is not None:
         assert reply[:2] == b"\x12\x34" and reply[12:12 + len(name) + 4] == data[12:12 + len(name) + 4]
         dns.message.from_wire(reply)  # well-formed
