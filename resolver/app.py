@@ -93,8 +93,8 @@ class App:
     def dns_port(self) -> int:
         return self.listeners.bound[0][1]
 
-    def _hosts_changed(self, records) -> None:
-        added = self.local.set_hosts(records)
+    def _hosts_changed(self, data: dict) -> None:
+        added = self.local.set_hosts(data)
         if added:  # cached upstream answers for these would shadow them on the hit path
             purge(self.cache, added.__contains__)
 

@@ -25,7 +25,7 @@ import os
 from typing import Callable
 
 from .config import HostsFileConfig
-from .records import TYPES, Record, parse_name, reverse_name
+from .records import TYPES, Record, index, parse_name, reverse_name
 
 log = logging.getLogger("resolver.hosts")
 
@@ -37,7 +37,8 @@ def parse_hosts(text: str, path: str, ttl: int) -> tuple[list[Record], list[str]
     records: list[Record] = []
     warnings: list[str] = []
     seen: set[tuple[bytes, int, bytes]] = set()
-    ptr_done: set[bytes] = set()
+    addresses: dict[str, ipaddress.IPv4Address | ipaddress.IPv6Address] = {}  # parsed once each
+    ptr_done: set[ipaddress.IPv4Address | ipaddress.IPv6Address] = set()
     for number, line in enumerate(text.splitlines(), 1):
         words = line.split("#", 1)[0].split()
         if not words:
@@ -47,10 +48,12 @@ def parse_hosts(text: str, path: str, ttl: int) -> tuple[list[Record], list[str]
                 raise ValueError(f"address {words[0]!r} has no name")
             if "%" in words[0]:
                 raise ValueError(f"scoped address {words[0]!r} cannot be served over DNS")
-            try:
-                ip = ipaddress.ip_address(words[0])
-            except ValueError:
-                raise ValueError(f"expected an IP address, got {words[0]!r}") from None
+            ip = addresses.get(words[0])
+            if ip is None:
+                try:
+                    ip = addresses[words[0]] = ipaddress.ip_address(words[0])
+                except ValueError:
+                    raise ValueError(f"expected an IP address, got {words[0]!r}") from None
             names = [parse_name(word, "host name") for word in words[1:]]
         except ValueError as e:
             warnings.append(f"{path}:{number}: {e}; line skipped")
@@ -60,17 +63,21 @@ def parse_hosts(text: str, path: str, ttl: int) -> tuple[list[Record], list[str]
             if (name, rtype, ip.packed) not in seen:
                 seen.add((name, rtype, ip.packed))
                 records.append(Record(name, rtype, ttl, ip.packed))
-        ptr = reverse_name(ip)
-        if ptr not in ptr_done:
-            ptr_done.add(ptr)
-            records.append(Record(ptr, TYPES["PTR"], ttl, names[0]))
+        if ip not in ptr_done:
+            ptr_done.add(ip)
+            records.append(Record(reverse_name(ip), TYPES["PTR"], ttl, names[0]))
     return records, warnings
 
 
 class HostsFile:
-    """Reads the file when its (mtime, size, inode) changes; hands records to ``on_change``."""
+    """Reads the file when its (mtime, size, inode) changes; hands the new data to ``on_change``.
 
-    def __init__(self, config: HostsFileConfig, on_change: Callable[[list[Record]], None]):
+    ``on_change`` gets the records indexed by name (``records.index``).  Reading,
+    parsing and indexing run in a worker thread when called from ``watch``: a
+    100 000-line block list takes seconds, which must not stall the event loop.
+    """
+
+    def __init__(self, config: HostsFileConfig, on_change: Callable[[dict], None]):
         self.config = config
         self.on_change = on_change
         self.signature: tuple | None = None
@@ -81,6 +88,10 @@ class HostsFile:
 
     def check(self) -> bool:
         """Re-read the file if it changed since the last look; True if it was read."""
+        return self._apply(self._read())
+
+    def _read(self):
+        """None if unchanged, else (records by name, record count, warnings, read error)."""
         path = self.config.path
         try:
             st = os.stat(path)
@@ -88,25 +99,33 @@ class HostsFile:
         except OSError as e:
             signature = ("missing", e.errno)
         if signature == self.signature:
-            return False
+            return None
         self.signature = signature
+        problem = None
         try:
             with open(path, encoding="utf-8", errors="replace") as file:
                 text = file.read()
         except OSError as e:
-            self.errors += 1
-            log.warning("hosts file %s: cannot read (%s); serving no hosts-file names", path,
-                        e.strerror or e)
-            text = ""
+            problem, text = e.strerror or str(e), ""
         records, warnings = parse_hosts(text, path, self.config.ttl)
+        return index(records), len(records), warnings, problem
+
+    def _apply(self, result) -> bool:
+        if result is None:
+            return False
+        data, count, warnings, problem = result
+        path = self.config.path
+        if problem is not None:
+            self.errors += 1
+            log.warning("hosts file %s: cannot read (%s); serving no hosts-file names", path, problem)
         for warning in warnings[:MAX_WARNINGS]:
             log.warning("hosts file %s", warning)
         if len(warnings) > MAX_WARNINGS:
             log.warning("hosts file %s: %d more bad lines skipped", path, len(warnings) - MAX_WARNINGS)
         self.bad_lines = len(warnings)
-        self.entries = len(records)
+        self.entries = count
         self.reloads += 1
-        self.on_change(records)
+        self.on_change(data)
         return True
 
     async def watch(self) -> None:
@@ -114,6 +133,6 @@ class HostsFile:
         while True:
             await asyncio.sleep(self.config.check_interval)
             try:
-                self.check()
+                self._apply(await asyncio.to_thread(self._read))
             except Exception:  # background task boundary: keep the last good data
                 log.exception("hosts file %s: reload failed", self.config.path)

@@ -37,7 +37,7 @@ import dnslib
 from . import wire
 from .cache import Cache
 from .config import Config
-from .records import TYPE_NS, TYPE_SOA, TYPES, Record
+from .records import TYPE_NS, TYPE_SOA, TYPES, Record, index
 
 LOCALHOST = wire.name_to_wire("localhost")
 LOCALHOST_TTL = 3600  # the data never changes (RFC 6761 §6.3)
@@ -52,14 +52,6 @@ _LOCALHOST_DATA = {
     TYPES["A"]: [Record(LOCALHOST, TYPES["A"], LOCALHOST_TTL, bytes((127, 0, 0, 1)))],
     TYPES["AAAA"]: [Record(LOCALHOST, TYPES["AAAA"], LOCALHOST_TTL, bytes(15) + b"\x01")],
 }
-
-
-def index(records) -> dict[bytes, dict[int, list[Record]]]:
-    """name → type → records, in the order given."""
-    out: dict[bytes, dict[int, list[Record]]] = {}
-    for r in records:
-        out.setdefault(r.name, {}).setdefault(r.rtype, []).append(r)
-    return out
 
 
 def _soa(zone: bytes, ttl: int) -> bytes:
@@ -100,9 +92,9 @@ class LocalAnswers:
         self.zones.update((zone, "blocked") for zone in config.block_zones)
         self.answers: Counter = Counter()  # kind (KINDS) → local answers sent
 
-    def set_hosts(self, records: list[Record]) -> set[bytes]:
-        """Replace the hosts-file data; returns the names that were not local before."""
-        new = index(records)
+    def set_hosts(self, new: dict[bytes, dict[int, list[Record]]]) -> set[bytes]:
+        """Replace the hosts-file data (``records.index`` form); returns the names that were
+        not local before."""
         added = {name for name in new if name not in self.hosts and name not in self.static}
         self.hosts = new
         return added

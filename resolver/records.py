@@ -43,6 +43,14 @@ class Record:
         return f"{wire.name_to_text(self.name)} {self.ttl} IN {type_name}"
 
 
+def index(records) -> dict[bytes, dict[int, list[Record]]]:
+    """name → type → records, in the order given: the form local answers look up."""
+    out: dict[bytes, dict[int, list[Record]]] = {}
+    for r in records:
+        out.setdefault(r.name, {}).setdefault(r.rtype, []).append(r)
+    return out
+
+
 def parse_name(text: str, what: str = "name") -> bytes:
     """A host or zone name ("printer.lan", "printer.lan.") in lower-case wire form.
 
@@ -60,10 +68,10 @@ def parse_name(text: str, what: str = "name") -> bytes:
         if not _LABEL.fullmatch(label):
             raise ValueError(f"invalid {what} {text!r}: label {label!r} must be 1-63 letters, "
                              "digits, '-' or '_' (no wildcards or empty labels)")
-    try:
-        return wire.name_to_wire(name)
-    except ValueError:
-        raise ValueError(f"invalid {what} {text!r}: longer than 255 octets") from None
+    out = b"".join(bytes((len(label),)) + label.encode("ascii") for label in labels) + b"\x00"
+    if len(out) > 255:
+        raise ValueError(f"invalid {what} {text!r}: longer than 255 octets")
+    return out
 
 
 def parse_zone(text: str) -> bytes:

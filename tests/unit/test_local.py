@@ -16,6 +16,7 @@ from resolver import wire
 from resolver.cache import Cache
 from resolver.config import parse_config
 from resolver.hosts import parse_hosts
+from resolver.records import index
 from resolver.local import BLOCK_TTL, Chase, LocalAnswers, purge
 
 RECORDS = [
@@ -169,7 +170,7 @@ def test_no_edns_and_truncation():
 def test_config_records_win_over_the_hosts_file():
     local = make()
     records, _ = parse_hosts("192.0.2.99 printer.lan\n192.0.2.7 nas.lan\n", "hosts", 60)
-    added = local.set_hosts(records)
+    added = local.set_hosts(index(records))
     assert wire.name_to_wire("nas.lan") in added and wire.name_to_wire("printer.lan") not in added
     assert rrs(ask(local, "printer.lan").answer)[0].endswith("192.0.2.20")
     assert rrs(ask(local, "nas.lan").answer) == ["nas.lan. 60 IN A 192.0.2.7"]
