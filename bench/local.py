@@ -24,12 +24,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import dns.message  # noqa: E402
 
 from resolver import wire  # noqa: E402
+from resolver.app import App  # noqa: E402
 from resolver.cache import Cache  # noqa: E402
 from resolver.clock import SystemClock  # noqa: E402
 from resolver.config import parse_config  # noqa: E402
 from resolver.local import LocalAnswers  # noqa: E402
 from resolver.pipeline import Pipeline  # noqa: E402
-from resolver.routing import build_router  # noqa: E402
 from resolver.server import Listeners, _UdpProtocol  # noqa: E402
 from resolver.stats import Stats  # noqa: E402
 
@@ -57,7 +57,7 @@ def _pipeline(routed: bool):
         data["block_zones"] = [f"blocked{i}.example" for i in range(10)]
     config = parse_config(data)
     clock, cache, stats = SystemClock(), Cache(1000), Stats()
-    pool = build_router(config) if routed else None
+    pool = App(config).router if routed else None
     local = LocalAnswers(config) if routed else None
     return Pipeline(config, cache, pool, clock, stats, local), config, cache, stats
 
@@ -112,7 +112,7 @@ def local_answer(name: str, rtype: str, n: int, rounds: int) -> float:
 
 
 def routing(n: int, rounds: int) -> float:
-    router = build_router(_pipeline(True)[1])
+    router = App(_pipeline(True)[1]).router
     name = wire.name_to_wire("a.b.c.www.zone99.example")
 
     def run(k):

@@ -36,18 +36,13 @@ def version() -> str:
         return "0+unknown"
 
 
-def build_pool(config: Config) -> UpstreamPool:
-    upstreams = [Upstream(u, config.upstream.edns_buffer_size) for u in config.upstreams]
-    return UpstreamPool(upstreams, config.upstream)
-
-
 class App:
     def __init__(self, config: Config, clock: Clock | None = None):
         self.config = config
         self.clock = clock or SystemClock()
         self.stats = Stats()
         self.cache = Cache(config.cache.max_entries)
-        self.router = build_router(config)  # one upstream pool per forward group
+        self.router = build_router(config, self._make_pool)  # one upstream pool per forward group
         self.pool = self.router.default
         self.local = LocalAnswers(config)  # localhost, local_records, hosts file, block_zones
         self.hosts = HostsFile(config.hosts_file, self._hosts_changed) if config.hosts_file.enabled else None
@@ -92,6 +87,10 @@ class App:
     @property
     def dns_port(self) -> int:
         return self.listeners.bound[0][1]
+
+    def _make_pool(self, upstreams) -> UpstreamPool:
+        return UpstreamPool([Upstream(u, self.config.upstream.edns_buffer_size) for u in upstreams],
+                            self.config.upstream)
 
     def _hosts_changed(self, data: dict) -> None:
         added = self.local.set_hosts(data)

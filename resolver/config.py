@@ -429,20 +429,21 @@ def _parse_local(top: dict) -> dict:
             raise ConfigError(f"{key}.upstreams", "must list at least one upstream")
         _unique([u.label for u in ups], f"{key}.upstreams")
         forward.append(ForwardZone(zone, ups))
-    _unique([wire_text(f.zone) for f in forward], "forward")
+    _unique([_name_text(f.zone) for f in forward], "forward")
     local = tuple(_from_text(records.parse_record, t, k)
                   for k, t in _strings(top.get("local_records"), "local_records"))
     for i, rec in enumerate(local):
         if rec.rtype == records.TYPES["CNAME"] and sum(r.name == rec.name for r in local) > 1:
             # RFC 2181 §10.1: a name with a CNAME has no other data, and only one CNAME.
-            raise ConfigError(f"local_records[{i}]", f"{wire_text(rec.name)} has a CNAME and other "
+            raise ConfigError(f"local_records[{i}]", f"{_name_text(rec.name)} has a CNAME and other "
                               "records (RFC 2181 §10.1: a CNAME stands alone)")
     blocks = [_from_text(records.parse_zone, t, k) for k, t in _strings(top.get("block_zones"), "block_zones")]
-    _unique([wire_text(z) for z in blocks], "block_zones")
+    _unique([_name_text(z) for z in blocks], "block_zones")
     return {"forward": tuple(forward), "local_records": local, "block_zones": tuple(blocks)}
 
 
-def wire_text(name: bytes) -> str:
+def _name_text(name: bytes) -> str:
+    """"corp.example." for messages (names are kept in wire form)."""
     return records.wire.name_to_text(name)
 
 

@@ -16,9 +16,10 @@ group fetched it.
 
 from __future__ import annotations
 
+from typing import Callable
+
 from .config import Config, UpstreamAddress
 from .pool import UpstreamPool
-from .upstream import Upstream
 
 
 class Router:
@@ -58,16 +59,15 @@ class Router:
         return await self.pool_for(question[:-4]).exchange(question, cd, do, deadline)
 
 
-def build_router(config: Config) -> Router:
-    """One pool per distinct upstream list: the top-level upstreams, then each forward group."""
-    def make(upstreams: tuple[UpstreamAddress, ...]) -> UpstreamPool:
-        return UpstreamPool([Upstream(u, config.upstream.edns_buffer_size) for u in upstreams],
-                            config.upstream)
+def build_router(config: Config, make_pool: Callable[[tuple[UpstreamAddress, ...]], UpstreamPool]) -> Router:
+    """One pool per distinct upstream list: the top-level upstreams, then each forward group.
 
-    groups = {config.upstreams: make(config.upstreams)}
+    ``make_pool`` (from app.py, the composition root) builds a pool for one list.
+    """
+    groups = {config.upstreams: make_pool(config.upstreams)}
     zones = {}
     for f in config.forward:
         if f.upstreams not in groups:
-            groups[f.upstreams] = make(f.upstreams)
+            groups[f.upstreams] = make_pool(f.upstreams)
         zones[f.zone] = groups[f.upstreams]
     return Router(groups[config.upstreams], zones)

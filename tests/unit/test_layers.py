@@ -24,7 +24,7 @@ ALLOWED = {
     "records": {"wire"},
     "local": {"wire", "records", "config", "cache"},
     "hosts": {"records", "config"},
-    "routing": {"config", "pool", "upstream"},
+    "routing": {"config", "pool"},
     "cache": {"wire"},
     "stale": {"cache", "config"},
     "upstream": {"wire", "errors", "config"},

@@ -6,7 +6,8 @@ import asyncio
 
 from resolver import wire
 from resolver.config import parse_config
-from resolver.routing import Router, build_router
+from resolver.app import App
+from resolver.routing import Router
 
 
 class Pool:
@@ -61,7 +62,7 @@ def test_build_router_shares_a_group_between_zones_with_the_same_upstreams():
         {"zone": "cluster.local", "upstreams": ["tcp://192.0.2.20:53"]},
         {"zone": "same.example", "upstreams": ["192.0.2.1"]},
     ]})
-    router = build_router(config)
+    router = App(config).router
     assert len(router.pools) == 3
     assert [u.label for u in router.default.upstreams] == ["udp://192.0.2.1:53"]
     corp = router.pool_for(wire.name_to_wire("x.corp.example"))
