@@ -45,8 +45,17 @@ class RunningForwarder:
         self.loop = uvloop.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="forwarder", daemon=True)
         self.thread.start()
-        self.app: App = self.call(self._make(config))
-        self.call(self.app.start())
+        for attempt in range(5):
+            self.app: App = self.call(self._make(config))
+            try:
+                self.call(self.app.start())
+                break
+            except OSError:
+                # Port 0 gives UDP a free port; TCP then binds the same number, which another
+                # process on a busy machine may hold for TCP (EADDRINUSE): try another port.
+                self.call(self.app.stop(0))
+                if attempt == 4:
+                    raise
 
     async def _make(self, config: Config) -> App:
         return App(config, self.clock)
