@@ -36,19 +36,25 @@ def version() -> str:
         return "0+unknown"
 
 
+def build_pool(config: Config, upstreams=None) -> UpstreamPool:
+    """A pool for ``upstreams`` (default: the top-level ones); one per forward group."""
+    upstreams = [Upstream(u, config.upstream.edns_buffer_size) for u in (upstreams or config.upstreams)]
+    return UpstreamPool(upstreams, config.upstream)
+
+
 class App:
     def __init__(self, config: Config, clock: Clock | None = None):
         self.config = config
         self.clock = clock or SystemClock()
         self.stats = Stats()
         self.cache = Cache(config.cache.max_entries)
-        self.router = build_router(config, self._make_pool)  # one upstream pool per forward group
-        self.pool = self.router.default
+        # Zone → upstream group (one pool each); reads as one pool for metrics and logs.
+        self.pool = self.router = build_router(config, lambda upstreams: build_pool(config, upstreams))
         self.local = LocalAnswers(config)  # localhost, local_records, hosts file, block_zones
         self.hosts = HostsFile(config.hosts_file, self._hosts_changed) if config.hosts_file.enabled else None
-        self.pipeline = Pipeline(config, self.cache, self.router, self.clock, self.stats, self.local)
+        self.pipeline = Pipeline(config, self.cache, self.pool, self.clock, self.stats, self.local)
         self.listeners = Listeners(self.pipeline, config.server, self.stats)
-        self.collector = metrics.ResolverCollector(self.stats, self.cache, lambda: self.router.pools,
+        self.collector = metrics.ResolverCollector(self.stats, self.cache, lambda: self.pool,
                                                    self.clock.monotonic, version(), self.local, self.hosts)
         self.registry = metrics.build_registry(self.collector)
         self.admin = AdminServer(lambda: metrics.render(self.registry), lambda: self.ready)
@@ -87,10 +93,6 @@ class App:
     @property
     def dns_port(self) -> int:
         return self.listeners.bound[0][1]
-
-    def _make_pool(self, upstreams) -> UpstreamPool:
-        return UpstreamPool([Upstream(u, self.config.upstream.edns_buffer_size) for u in upstreams],
-                            self.config.upstream)
 
     def _hosts_changed(self, data: dict) -> None:
         added = self.local.set_hosts(data)

@@ -151,10 +151,11 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
 TRANSPORTS = ("udp", "tcp")
 _SECTIONS = {f.name: f.type for f in fields(Config) if is_dataclass(f.type)}
-_TTL_FIELDS = frozenset({"min_ttl", "max_ttl", "max_negative_ttl", "answer_ttl", "servfail_ttl", "ttl"})
+_TTL_FIELDS = frozenset({"min_ttl", "max_ttl", "max_negative_ttl", "answer_ttl", "servfail_ttl"})
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _DURATION = re.compile(r"([-+]?(?:\d+(?:\.\d*)?|\.\d+))\s*(ms|s|m|h|d)?", re.ASCII)
 _BRACKETED = re.compile(r"\[([^\]]*)\](?::(.*))?")
+_TTL_FIELDS |= {"ttl"}  # hosts_file.ttl
 
 
 def _show(value: object) -> str:

@@ -22,11 +22,11 @@ _RCODE_NAMES = {0: "NOERROR", 1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NO
 
 
 class ResolverCollector:
-    def __init__(self, stats: Stats, cache: Cache, pools: Callable[[], list[UpstreamPool]],
+    def __init__(self, stats: Stats, cache: Cache, pool: Callable[[], UpstreamPool],
                  now: Callable[[], float], version: str, local=None, hosts=None):
         self.stats = stats
         self.cache = cache
-        self.pools = pools  # a getter: a reload may replace them; one pool per forward group
+        self.pool = pool  # a getter: a reload may replace the pool (a routing.Router reads as one pool)
         self.now = now
         self.version = version
         self.local = local  # local.LocalAnswers, hosts.HostsFile (optional)
@@ -94,7 +94,7 @@ class ResolverCollector:
         yield CounterMetricFamily("resolver_cache_evictions", "Entries evicted to stay within max_entries.",
                                   value=self.cache.evictions)
 
-        pools = self.pools()
+        pool = self.pool()
         req = CounterMetricFamily("resolver_upstream_requests", "Queries sent to each upstream.", labels=["upstream"])
         err = CounterMetricFamily("resolver_upstream_errors", "Failed upstream exchanges, by upstream and reason.",
                                   labels=["upstream", "reason"])
@@ -102,20 +102,21 @@ class ResolverCollector:
         mism = CounterMetricFamily("resolver_upstream_mismatched_replies",
                                    "Upstream replies ignored for a wrong ID or question (spoofing or late replies).",
                                    labels=["upstream"])
-        for pool in pools:  # config.py keeps each upstream label in one pool only
-            for u in pool.upstreams:
-                req.add_metric([u.label], pool.requests.get(u.label, 0))
-                up.add_metric([u.label], 1 if pool.health[u.label].up else 0)
-                mism.add_metric([u.label], u.mismatched)
-            for (label, reason), count in sorted(pool.errors.items()):
-                err.add_metric([label, reason], count)
+        for u in pool.upstreams:
+            req.add_metric([u.label], pool.requests.get(u.label, 0))
+            up.add_metric([u.label], 1 if pool.health[u.label].up else 0)
+            mism.add_metric([u.label], u.mismatched)
+        for (label, reason), count in sorted(pool.errors.items()):
+            err.add_metric([label, reason], count)
         yield req
         yield err
         yield up
         yield mism
-        yield GaugeMetricFamily("resolver_upstream_inflight", "Upstream exchanges in progress.",
-                                value=sum(p.inflight for p in pools))
+        yield GaugeMetricFamily("resolver_upstream_inflight", "Upstream exchanges in progress.", value=pool.inflight)
+        yield from self._local()
 
+    def _local(self):
+        """Local answers and the hosts file (resolver/local.py, resolver/hosts.py)."""
         if self.local is not None:
             loc = CounterMetricFamily("resolver_local_answers", "Queries answered locally, never sent upstream, "
                                       "by kind: records, hosts, localhost, blocked.", labels=["kind"])

@@ -16,6 +16,7 @@ group fetched it.
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Callable
 
 from .config import Config, UpstreamAddress
@@ -53,6 +54,28 @@ class Router:
                     return pool
                 off += 1 + qname[off]
         return self.default
+
+    def __getattr__(self, name: str):
+        """Read-only views over every group, so code that reads a pool's bookkeeping
+        (metrics, logs: ``upstreams``, ``health``, ``requests``, ``errors``, ``inflight``,
+        …) reads all groups through the Router unchanged.  Merging is exact because
+        config.py keeps each upstream label in one group.  Methods are not merged:
+        what "all down" or "probe" means is per group, so call them on ``pools``.
+        """
+        pools = self.__dict__.get("pools")
+        if not pools or name.startswith("_"):
+            raise AttributeError(name)
+        values = [getattr(p, name) for p in pools]
+        first = values[0]
+        if isinstance(first, Counter):
+            return sum(values, Counter())
+        if isinstance(first, dict):
+            return {k: v for value in values for k, v in value.items()}
+        if isinstance(first, list):
+            return [item for value in values for item in value]
+        if isinstance(first, (int, float)) and not isinstance(first, bool):
+            return sum(values)
+        raise AttributeError(f"Router does not merge {name!r} across groups; use Router.pools")
 
     async def exchange(self, question: bytes, cd: bool, do: bool, deadline: float):
         """``UpstreamPool.exchange`` on the group that serves ``question`` (lower-case)."""

@@ -9,6 +9,7 @@ client would, and move its clock with ``advance()`` instead of sleeping.
 from __future__ import annotations
 
 import asyncio
+import errno
 import dataclasses
 import threading
 import urllib.request
@@ -45,16 +46,16 @@ class RunningForwarder:
         self.loop = uvloop.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="forwarder", daemon=True)
         self.thread.start()
+        # Port 0 gives UDP a free port; TCP then binds the same number, which another
+        # process on a busy shared machine may hold (EADDRINUSE).  Try a few ports.
         for attempt in range(5):
             self.app: App = self.call(self._make(config))
             try:
                 self.call(self.app.start())
                 break
-            except OSError:
-                # Port 0 gives UDP a free port; TCP then binds the same number, which another
-                # process on a busy machine may hold for TCP (EADDRINUSE): try another port.
+            except OSError as e:
                 self.call(self.app.stop(0))
-                if attempt == 4:
+                if e.errno != errno.EADDRINUSE or attempt == 4:
                     raise
 
     async def _make(self, config: Config) -> App:

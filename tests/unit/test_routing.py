@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from resolver import wire
 from resolver.config import parse_config
 from resolver.app import App
@@ -71,3 +73,25 @@ def test_build_router_shares_a_group_between_zones_with_the_same_upstreams():
     assert router.pool_for(wire.name_to_wire("same.example")) is router.default
     labels = [u.label for p in router.pools for u in p.upstreams]
     assert len(labels) == len(set(labels))  # one label, one group: metrics stay unambiguous
+
+
+def test_router_reads_as_one_pool_for_metrics_and_logs():
+    """Pool bookkeeping read through the Router covers every group (labels are unique)."""
+    config = parse_config({"upstreams": ["192.0.2.1"], "forward": [
+        {"zone": "corp.example", "upstreams": ["192.0.2.10", "192.0.2.11"]}]})
+    router = App(config).router
+    default, corp = router.pools
+    default.requests["udp://192.0.2.1:53"] += 2
+    corp.requests["udp://192.0.2.10:53"] += 1
+    corp.errors[("udp://192.0.2.10:53", "timeout")] += 1
+    corp.inflight = 3
+    assert [u.label for u in router.upstreams] == ["udp://192.0.2.1:53", "udp://192.0.2.10:53",
+                                                   "udp://192.0.2.11:53"]
+    assert set(router.health) == {u.label for u in router.upstreams}
+    assert router.requests == {"udp://192.0.2.1:53": 2, "udp://192.0.2.10:53": 1}
+    assert router.errors == {("udp://192.0.2.10:53", "timeout"): 1}
+    assert router.inflight == 3
+    with pytest.raises(AttributeError):
+        router.all_down  # per-group meaning: not merged
+    with pytest.raises(AttributeError):
+        router.options
