@@ -15,6 +15,7 @@ from dataclasses import dataclass, fields, is_dataclass, replace
 
 import yaml
 
+from resolver import records
 from resolver.errors import ConfigError
 
 
@@ -114,6 +115,24 @@ class LoggingConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ForwardZone:
+    """Conditional forwarding: names at or under ``zone`` go to these upstreams only."""
+
+    zone: bytes  # wire form, lower-case (records.parse_zone)
+    upstreams: tuple[UpstreamAddress, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class HostsFileConfig:
+    """A file in /etc/hosts format answered locally (A, AAAA and PTR), re-read when it changes."""
+
+    enabled: bool = False
+    path: str = "/etc/hosts"
+    ttl: int = 60  # TTL of its answers: how long clients keep a name after the file changes
+    check_interval: float = 5.0  # at most one stat() of the file per interval
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """The whole configuration.  ``parse_config`` always fills ``upstreams``."""
 
@@ -126,6 +145,11 @@ class Config:
     server: ServerConfig = ServerConfig()
     metrics: MetricsConfig = MetricsConfig()
     logging: LoggingConfig = LoggingConfig()
+    # Conditional forwarding and local answers (resolver/routing.py, resolver/local.py).
+    forward: tuple[ForwardZone, ...] = ()
+    local_records: tuple[records.Record, ...] = ()
+    hosts_file: HostsFileConfig = HostsFileConfig()
+    block_zones: tuple[bytes, ...] = ()  # wire form, lower-case
 
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -137,6 +161,7 @@ _TTL_FIELDS = frozenset({"min_ttl", "max_ttl", "max_negative_ttl", "answer_ttl",
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _DURATION = re.compile(r"([-+]?(?:\d+(?:\.\d*)?|\.\d+))\s*(ms|s|m|h|d)?", re.ASCII)
 _BRACKETED = re.compile(r"\[([^\]]*)\](?::(.*))?")
+_TTL_FIELDS |= {"ttl"}  # hosts_file.ttl
 
 
 def _show(value: object) -> str:
@@ -324,6 +349,7 @@ def _check_ranges(c: Config) -> None:
         ("server.max_inflight", srv.max_inflight >= 1, "must be at least 1"),
         ("logging.level", c.logging.level in LOG_LEVELS, f"must be one of: {levels}"),
         ("logging.format", c.logging.format in LOG_FORMATS, f"must be one of: {formats}"),
+        ("hosts_file.check_interval", c.hosts_file.check_interval > 0, "must be greater than 0"),
     ]
     for key, ok, problem in rules:
         if not ok:
@@ -382,9 +408,75 @@ def parse_config(data: object, resolv_conf: str | None = None) -> Config:
     _unique([u.label for u in explicit], "upstreams")
     path = _str(top.get("resolv_conf", default.resolv_conf), "resolv_conf")
     sections = {name: _section(cls, top.get(name), name) for name, cls in _SECTIONS.items()}
-    config = Config(listen=listen, resolv_conf=resolv_conf or path, **sections)
+    config = Config(listen=listen, resolv_conf=resolv_conf or path, **sections, **_parse_local(top))
     _check_ranges(config)
-    return replace(config, upstreams=_choose_upstreams(explicit, listen, config.resolv_conf))
+    upstreams = _choose_upstreams(explicit, listen, config.resolv_conf)
+    _check_forward(config.forward, upstreams, listen)
+    return replace(config, upstreams=upstreams)
+
+
+def _from_text(parse, text: object, key: str):
+    """``parse(text)``, its ValueError turned into a ConfigError naming ``key``."""
+    try:
+        return parse(text)
+    except ValueError as e:
+        raise ConfigError(key, str(e)) from None
+
+
+def _parse_local(top: dict) -> dict:
+    """``forward``, ``local_records`` and ``block_zones`` (lists; see config/resolver.yaml)."""
+    forward = []
+    raw = top.get("forward") or []
+    _expect(isinstance(raw, list), raw, "forward", "a list of {zone, upstreams} mappings")
+    for i, item in enumerate(raw):
+        key = f"forward[{i}]"
+        item = _mapping(item, key, ["zone", "upstreams"])
+        if "zone" not in item or "upstreams" not in item:
+            raise ConfigError(key, "needs both 'zone' and 'upstreams'")
+        zone = _from_text(records.parse_zone, item["zone"], f"{key}.zone")
+        ups = tuple(parse_upstream(t, k) for k, t in _strings(item["upstreams"], f"{key}.upstreams"))
+        if not ups:
+            raise ConfigError(f"{key}.upstreams", "must list at least one upstream")
+        _unique([u.label for u in ups], f"{key}.upstreams")
+        forward.append(ForwardZone(zone, ups))
+    _unique([_name_text(f.zone) for f in forward], "forward")
+    local = tuple(_from_text(records.parse_record, t, k)
+                  for k, t in _strings(top.get("local_records"), "local_records"))
+    for i, rec in enumerate(local):
+        if rec.rtype == records.TYPES["CNAME"] and sum(r.name == rec.name for r in local) > 1:
+            # RFC 2181 §10.1: a name with a CNAME has no other data, and only one CNAME.
+            raise ConfigError(f"local_records[{i}]", f"{_name_text(rec.name)} has a CNAME and other "
+                              "records (RFC 2181 §10.1: a CNAME stands alone)")
+    blocks = [_from_text(records.parse_zone, t, k) for k, t in _strings(top.get("block_zones"), "block_zones")]
+    _unique([_name_text(z) for z in blocks], "block_zones")
+    return {"forward": tuple(forward), "local_records": local, "block_zones": tuple(blocks)}
+
+
+def _name_text(name: bytes) -> str:
+    """"corp.example." for messages (names are kept in wire form)."""
+    return records.wire.name_to_text(name)
+
+
+def _check_forward(forward: tuple[ForwardZone, ...], default: tuple[UpstreamAddress, ...],
+                   listen: tuple[Address, ...]) -> None:
+    """Each upstream belongs to one group: zones listing the same upstreams in the same
+    order share a group; any other overlap is refused, because health and metrics are
+    kept per upstream (its label) and would mix two groups' failures."""
+    groups = {default: "upstreams"}
+    owner = {u.label: "upstreams" for u in default}
+    for i, f in enumerate(forward):
+        key = f"forward[{i}].upstreams"
+        if f.upstreams in groups:
+            continue
+        groups[f.upstreams] = key
+        for j, u in enumerate(f.upstreams):
+            if _is_self(u, listen):
+                raise ConfigError(f"{key}[{j}]", f"points at this forwarder's own listen address ({u.label})")
+            if u.label in owner:
+                raise ConfigError(f"{key}[{j}]", f"{u.label} is also in {owner[u.label]}, a different upstream "
+                                  "group; an upstream may be in one group only (zones may share a group "
+                                  "by listing the same upstreams in the same order)")
+            owner[u.label] = key
 
 
 class _StrictLoader(yaml.SafeLoader):

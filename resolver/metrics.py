@@ -17,6 +17,7 @@ from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily, Hist
 from prometheus_client.utils import floatToGoString
 
 from .cache import Cache
+from .local import KINDS as LOCAL_KINDS
 from .pool import UpstreamPool
 from .stats import QTYPES, RCODES, SOURCES, STALE_REASONS, Histogram, Stats, rcode_label
 
@@ -32,12 +33,14 @@ def _buckets(h: Histogram, extra_fast: int = 0) -> tuple[list[tuple[str, float]]
 
 class ResolverCollector:
     def __init__(self, stats: Stats, cache: Cache, pool: Callable[[], UpstreamPool],
-                 now: Callable[[], float], version: str):
+                 now: Callable[[], float], version: str, local=None, hosts=None):
         self.stats = stats
         self.cache = cache
-        self.pool = pool  # a getter: a reload may replace the pool
+        self.pool = pool  # a getter: a reload may replace the pool (a routing.Router reads as one pool)
         self.now = now
         self.version = version
+        self.local = local  # local.LocalAnswers, hosts.HostsFile (optional)
+        self.hosts = hosts
 
     def collect(self):
         s = self.stats
@@ -160,6 +163,26 @@ class ResolverCollector:
         yield mism
         yield latency
         yield GaugeMetricFamily("resolver_upstream_inflight", "Upstream exchanges in progress.", value=pool.inflight)
+        yield from self._local()
+
+    def _local(self):
+        """Local answers and the hosts file (resolver/local.py, resolver/hosts.py)."""
+        if self.local is not None:
+            loc = CounterMetricFamily("resolver_local_answers", "Queries answered locally, never sent upstream, "
+                                      "by kind: records, hosts, localhost, blocked.", labels=["kind"])
+            for kind in LOCAL_KINDS:
+                loc.add_metric([kind], self.local.answers.get(kind, 0))
+            yield loc
+        if self.hosts is not None:
+            h = self.hosts
+            yield CounterMetricFamily("resolver_hosts_file_reloads", "Times the hosts file was (re)read.",
+                                      value=h.reloads)
+            yield CounterMetricFamily("resolver_hosts_file_read_errors", "Hosts file reads that failed.",
+                                      value=h.errors)
+            yield GaugeMetricFamily("resolver_hosts_file_records", "Records from the last hosts file read.",
+                                    value=h.entries)
+            yield GaugeMetricFamily("resolver_hosts_file_bad_lines", "Lines skipped in the last hosts file read.",
+                                    value=h.bad_lines)
 
         reloads = CounterMetricFamily("resolver_config_reloads", "Configuration reloads, by result.",
                                       labels=["result"])

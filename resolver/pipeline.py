@@ -9,6 +9,9 @@ The order of the stages, and why:
 2. **Parse** (``resolve``): everything else is validated strictly; malformed
    queries get FORMERR/NOTIMP/BADVERS or are dropped, before any cache or upstream
    work is spent on them.
+2b. **Local answers** (``local.py``): localhost, local_records, the hosts file and
+   block_zones, answered here and never cached, so they are never stale and no
+   upstream answer can shadow them.
 3. **Caching stage**: the cache reports fresh/stale/miss, ``stale.decide`` picks
    what to do, and this stage carries it out: one upstream fetch per key
    (coalescing), the RFC 8767 client-timeout race, the failure recheck timer.
@@ -33,6 +36,7 @@ from .cache import Cache, Entry
 from .clock import Clock
 from .config import Config
 from .errors import DropQuery, FormatError, UpstreamError
+from .local import LocalAnswers
 from .pool import UpstreamPool
 from .querylog import QueryLog
 from .stats import Stats, qtype_label
@@ -68,9 +72,11 @@ _KEY_PREFIX = tuple(wire.key_prefix(flags) for flags in range(4))
 
 
 class Pipeline:
-    def __init__(self, config: Config, cache: Cache, pool: UpstreamPool, clock: Clock, stats: Stats):
+    def __init__(self, config: Config, cache: Cache, pool: UpstreamPool, clock: Clock, stats: Stats,
+                 local: LocalAnswers | None = None):
         self.cache = cache
-        self.pool = pool
+        self.pool = pool  # an UpstreamPool, or a routing.Router (one pool per forward zone)
+        self.local = local
         self.clock = clock
         self.stats = stats
         self.inflight: dict[bytes, asyncio.Task] = {}
@@ -247,6 +253,16 @@ class Pipeline:
                                     udp_size=self.edns_size)
         stats.queries_by_type[qtype_label(q.qtype)] += 1
         limit = _TCP_LIMIT if tcp else q.udp_size
+        # Local answers (localhost, local_records, hosts file, block_zones) come before
+        # the cache: they never expire and must win over anything cached (see local.py).
+        if self.local is not None:
+            reply = self.local.answer(q, limit, self.edns_size)
+            if reply is not None:
+                if type(reply) is not bytes:  # a local CNAME to an outside name: resolve the target
+                    sub = await self.resolve(reply.subquery(q), True)
+                    reply = reply.merge(q, sub, limit, self.edns_size)
+                self._sent(Source.LOCAL, reply[3] & 0x0F)
+                return reply
         now = self.clock.monotonic()
         _, entry = self.cache.lookup(q.key, now)
         action = stale_policy.decide(entry, now, self.stale)

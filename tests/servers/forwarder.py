@@ -18,12 +18,13 @@ import uvloop
 
 from resolver.app import App
 from resolver.clock import FakeClock
-from resolver.config import Address, Config, MetricsConfig, parse_upstream
+from resolver.config import Address, Config, MetricsConfig, parse_config, parse_upstream
 
 
 def forwarder_config(upstreams: list[str], **sections) -> Config:
     """A Config on ephemeral loopback ports; ``sections`` override fields per section,
-    e.g. ``stale={"client_timeout": 0.2}``."""
+    e.g. ``stale={"client_timeout": 0.2}``; list keys take their YAML form, e.g.
+    ``forward=[{"zone": "corp.test", "upstreams": [...]}]``, ``local_records=[...]``."""
     base = Config(
         listen=(Address("127.0.0.1", 0),),
         upstreams=tuple(parse_upstream(u, f"upstreams[{i}]") for i, u in enumerate(upstreams)),
@@ -31,7 +32,11 @@ def forwarder_config(upstreams: list[str], **sections) -> Config:
     )
     changes = {}
     for name, values in sections.items():
-        changes[name] = dataclasses.replace(getattr(base, name), **values)
+        if dataclasses.is_dataclass(getattr(base, name)):
+            changes[name] = dataclasses.replace(getattr(base, name), **values)
+        else:  # parsed as the config file would be; a listen address no upstream uses
+            parsed = parse_config({"upstreams": upstreams, "listen": ["127.0.0.1:1"], name: values})
+            changes[name] = getattr(parsed, name)
     return dataclasses.replace(base, **changes)
 
 

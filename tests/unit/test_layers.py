@@ -11,7 +11,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[2] / "resolver"
 
-SANS_IO = {"wire", "cache", "stale", "config", "errors", "stats"}
+SANS_IO = {"wire", "cache", "stale", "config", "errors", "stats", "records", "local"}
 FORBIDDEN_IN_CORE = {"asyncio", "socket", "time", "uvloop", "selectors", "threading"}
 
 # Who may import whom inside the package (the architecture's module map).
@@ -20,19 +20,24 @@ ALLOWED = {
     "clock": set(),
     "stats": set(),
     "wire": {"errors"},
-    "config": {"errors"},
+    "config": {"errors", "records"},
+    "records": {"wire"},
+    "local": {"wire", "records", "config", "cache"},
+    "hosts": {"records", "config"},
+    "routing": {"config", "pool"},
     "cache": {"wire", "stats"},
     "stale": {"cache", "config"},
     "upstream": {"wire", "errors", "config"},
     "pool": {"upstream", "wire", "errors", "config", "stats"},
-    "pipeline": {"wire", "cache", "stale", "pool", "clock", "config", "errors", "stats", "querylog"},
+    "pipeline": {"wire", "cache", "stale", "pool", "clock", "config", "errors", "stats", "querylog", "local"},
     "querylog": {"wire", "stats"},
     "outagelog": {"pool", "stats"},
     "server": {"wire", "pipeline", "config", "stats"},
-    "metrics": {"cache", "pool", "stats"},
+    "metrics": {"cache", "pool", "stats", "local"},
     "admin": {"cacheadmin", "cache"},
     "cacheadmin": {"wire", "cache", "stats"},
-    "app": {"outagelog", "metrics", "admin", "cache", "clock", "config", "pipeline", "pool", "server", "stats", "upstream"},
+    "app": {"outagelog", "metrics", "admin", "cache", "clock", "config", "pipeline", "pool", "server", "stats",
+            "upstream", "routing", "local", "hosts", "wire"},
     "cli": {"app", "config", "errors"},
     "__main__": {"cli"},
     "__init__": set(),
