@@ -163,6 +163,15 @@ class ResolverCollector:
         yield mism
         yield latency
         yield GaugeMetricFamily("resolver_upstream_inflight", "Upstream exchanges in progress.", value=pool.inflight)
+
+        reloads = CounterMetricFamily("resolver_config_reloads", "Configuration reloads, by result.",
+                                      labels=["result"])
+        reloads.add_metric(["success"], s.reloads_ok)
+        reloads.add_metric(["failure"], s.reloads_failed)
+        yield reloads
+        yield GaugeMetricFamily("resolver_config_last_reload_success_timestamp_seconds",
+                                "Unix time the configuration was last loaded successfully (start-up counts).",
+                                value=s.last_reload_ok)
         yield from self._local()
 
     def _local(self):
@@ -183,15 +192,6 @@ class ResolverCollector:
                                     value=h.entries)
             yield GaugeMetricFamily("resolver_hosts_file_bad_lines", "Lines skipped in the last hosts file read.",
                                     value=h.bad_lines)
-
-        reloads = CounterMetricFamily("resolver_config_reloads", "Configuration reloads, by result.",
-                                      labels=["result"])
-        reloads.add_metric(["success"], s.reloads_ok)
-        reloads.add_metric(["failure"], s.reloads_failed)
-        yield reloads
-        yield GaugeMetricFamily("resolver_config_last_reload_success_timestamp_seconds",
-                                "Unix time the configuration was last loaded successfully (start-up counts).",
-                                value=s.last_reload_ok)
 
 
 def build_registry(collector: ResolverCollector) -> CollectorRegistry:
