@@ -1,0 +1,155 @@
+"""When the cache snapshot is loaded and saved, without stalling the event loop.
+
+The format lives in ``snapshot.py``; this module decides *when*: load once at
+start, before the listeners open (so the first query after a restart — even one
+in the middle of an upstream outage — can be answered from the snapshot), save
+every ``interval`` and once more at clean shutdown.
+
+Saving a million entries takes about a second of CPU.  It runs on the event loop
+in slices of ``SLICE`` entries with a yield between them, and only the file
+write (with its fsyncs) goes to a thread: serialising in a thread instead would
+hold the GIL in 5 ms turns against the listeners for the whole second, and a
+Python-level serialiser cannot release it.  ``bench/snapshot.py`` measures both
+(longest loop stall, total time), see README "Persistent cache".
+
+Failures never stop serving: a bad snapshot at load is one warning and an empty
+cache; a failed save is one warning and a counted failure per attempt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+
+from . import snapshot
+from .cache import Cache
+from .clock import Clock
+from .config import PersistConfig
+
+log = logging.getLogger("resolver.persist")
+
+SLICE = 5_000  # entries serialised per loop turn: ~5 ms of work
+
+
+class PersistStats:
+    """Plain counters, read by the metrics collector at scrape time."""
+
+    __slots__ = ("saves", "save_failures", "last_save_wall", "last_save_entries", "last_save_bytes",
+                 "last_save_seconds", "loaded_entries", "load_failures")
+
+    def __init__(self):
+        self.saves = 0
+        self.save_failures = 0
+        self.last_save_wall = 0.0
+        self.last_save_entries = 0
+        self.last_save_bytes = 0
+        self.last_save_seconds = 0.0
+        self.loaded_entries = 0
+        self.load_failures = 0
+
+
+class Persister:
+    """Loads and saves one cache to ``config.path``.  ``writer=False``: load only (workers > 0)."""
+
+    def __init__(self, cache: Cache, clock: Clock, config: PersistConfig, writer: bool = True):
+        self.cache = cache
+        self.clock = clock
+        self.config = config
+        self.writer = writer
+        self.stats = PersistStats()
+        self._task: asyncio.Task | None = None
+        self._lock = asyncio.Lock()
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.config.path)
+
+    def load(self) -> snapshot.LoadResult | None:
+        """Restore the snapshot into the cache; on any problem one warning and None."""
+        if not self.enabled:
+            return None
+        started = self.clock.monotonic()
+        try:
+            result = snapshot.load(self.config.path, self.cache, self.clock.monotonic(), self.clock.wall())
+        except snapshot.SnapshotError as exc:
+            self.stats.load_failures += 1
+            log.warning("cache snapshot %s not loaded, starting with an empty cache: %s", self.config.path, exc)
+            return None
+        self.stats.loaded_entries = result.restored
+        log.info("cache snapshot %s: restored %d entries (%d past their stale window, %d skipped) in %.2fs",
+                 self.config.path, result.restored, result.expired, result.skipped, self.clock.monotonic() - started)
+        return result
+
+    async def save(self) -> bool:
+        """Write the snapshot now (one at a time); False, logged and counted, on failure."""
+        if not (self.enabled and self.writer):
+            return False
+        async with self._lock:
+            started = self.clock.monotonic()
+            path = self.config.path
+            try:
+                parts, count = await self._serialise()
+                size = await asyncio.to_thread(snapshot.write_atomic, path, parts)
+            except OSError as exc:
+                self.stats.save_failures += 1
+                log.warning("cannot write cache snapshot %s: %s", path, exc.strerror or exc)
+                return False
+            self.stats.saves += 1
+            self.stats.last_save_wall = self.clock.wall()
+            self.stats.last_save_entries = count
+            self.stats.last_save_bytes = size
+            self.stats.last_save_seconds = self.clock.monotonic() - started
+            log.debug("cache snapshot %s: %d entries, %d bytes", path, count, size)
+            return True
+
+    async def _serialise(self) -> tuple[list[bytes], int]:
+        """Encode the cache in slices, yielding to the loop between them.
+
+        The cache may change between slices (we copy only references, in one
+        C-speed pass); an entry replaced meanwhile is written as it was when the
+        references were taken — a snapshot is a point in time, slightly blurred.
+        """
+        items = list(self.cache.entries.items())
+        wall_offset = self.clock.wall() - self.clock.monotonic()
+        written_at = self.clock.wall()
+        parts, count = [], 0
+        it = iter(items)
+        while chunk := list(itertools.islice(it, SLICE)):
+            parts.append(snapshot.encode_records(chunk, wall_offset))
+            count += snapshot.count_records(chunk)
+            await asyncio.sleep(0)
+        del items
+        return snapshot.frame(parts, count, written_at), count
+
+    def start(self) -> None:
+        """Begin periodic saves (no-op when off or not the writer)."""
+        if self.enabled and self.writer and self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._periodic())
+
+    async def _periodic(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.interval)
+            try:
+                await self.save()
+            except Exception:  # background task boundary
+                self.stats.save_failures += 1
+                log.exception("cache snapshot failed")
+
+    async def stop(self) -> None:
+        """Stop periodic saves and write the final snapshot (clean shutdown)."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        await self.save()
+
+    def reconfigure(self, config: PersistConfig) -> None:
+        """A reload may change the path or the interval; the next save uses them."""
+        restart = self._task is not None and config.interval != self.config.interval
+        self.config = config
+        if restart:
+            self._task.cancel()
+            self._task = None
+        if self._task is None and self.enabled and self.writer and asyncio.get_event_loop().is_running():
+            self.start()

@@ -1,0 +1,288 @@
+"""The cache snapshot file: a versioned, self-validating binary format, and its atomic write.
+
+Why a format of our own, written with ``struct``: the file outlives the process and
+may be left truncated by a crash, damaged by a disk, written by another version, or
+planted by someone with write access to the directory.  Loading must therefore be
+a parser that trusts nothing — never ``pickle``/``marshal``, whose loaders run
+code — and every failure must end as ``SnapshotError`` (the caller logs one warning
+and starts with an empty cache), never as a crash.
+
+Layout (all integers big-endian)::
+
+    header   magic "RSLVSNAP" | version u16 | reserved u16 | count u32 |
+             written_at f64 (wall clock) | payload length u64
+    payload  count records, each:
+             key_len u16 | kind u8 | rcode u8 | hdr_len u8 | hdr_opt_len u8 |
+             body_len u32 | n_ttl_offsets u16 |
+             stored_at f64 | fresh_until f64 | stale_until f64   (wall clock, seconds)
+             key | hdr | hdr_opt | body | ttl_offsets (n × u16)
+    trailer  CRC-32 of header and payload, u32
+
+Cache entries hold monotonic deadlines, which mean nothing to another process, so
+the file stores wall-clock times (``wall = monotonic + (clock.wall() - clock.monotonic())``)
+and the loader converts them back against its own clock.  Records are written in
+LRU order (least recently used first), so restoring them in file order restores
+the recency order too.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import struct
+import zlib
+from dataclasses import dataclass
+
+from . import wire
+from .cache import Cache, Entry
+
+MAGIC = b"RSLVSNAP"
+VERSION = 1
+
+_HEADER = struct.Struct(">8sHHIdQ")
+_RECORD = struct.Struct(">HBBBBIHddd")
+_CRC = struct.Struct(">I")
+
+# Kinds are stored as an index into this tuple; FAILURE (the brief RFC 9520
+# SERVFAIL memory) is never written: it lives for a second or so.
+KINDS = (wire.POSITIVE, wire.NODATA, wire.NEGATIVE_NXDOMAIN)
+_KIND_INDEX = {kind: i for i, kind in enumerate(KINDS)}
+
+MAX_KEY = 512  # flags byte + a question (name ≤ 255 bytes + type + class) fits well within
+HDR_LEN = 10  # bytes 2..12 of a DNS header (RFC 1035 §4.1.1): flags and four counts
+# A hostile or absurd file must not make the loader allocate without bound: refuse
+# files larger than this many bytes per allowed entry (real answers average well
+# under 300 bytes; this leaves room for caches full of large TXT/DNSKEY answers).
+BYTES_PER_ENTRY_LIMIT = 4096
+
+
+class SnapshotError(Exception):
+    """The snapshot cannot be used; the message says why, for one log line."""
+
+
+@dataclass
+class LoadResult:
+    restored: int  # entries put into the cache
+    expired: int  # records dropped: past their stale window
+    skipped: int  # records dropped: over max_entries, or already in the cache
+    written_at: float  # wall-clock time the snapshot was written
+
+
+def encode_records(items: list[tuple[bytes, Entry]], wall_offset: float) -> bytes:
+    """Records for ``(key, entry)`` pairs; ``wall_offset`` = clock.wall() - clock.monotonic().
+
+    Pure and bounded by the size of ``items``, so the caller can serialise a
+    million entries in slices and let the event loop run in between.
+    """
+    out = []
+    pack = _RECORD.pack
+    kinds = _KIND_INDEX
+    for key, e in items:
+        kind = kinds.get(e.kind)
+        if kind is None or len(key) > MAX_KEY:
+            continue
+        offsets = e.ttl_offsets
+        out.append(pack(len(key), kind, e.rcode, len(e.hdr), len(e.hdr_opt), len(e.body), len(offsets),
+                        e.stored_at + wall_offset, e.fresh_until + wall_offset, e.stale_until + wall_offset))
+        out.append(key)
+        out.append(e.hdr)
+        out.append(e.hdr_opt)
+        out.append(e.body)
+        if offsets:
+            out.append(struct.pack(f">{len(offsets)}H", *offsets))
+    return b"".join(out)
+
+
+def count_records(items: list[tuple[bytes, Entry]]) -> int:
+    """How many of ``items`` ``encode_records`` writes (the header needs the count)."""
+    kinds = _KIND_INDEX
+    return sum(1 for key, e in items if e.kind in kinds and len(key) <= MAX_KEY)
+
+
+def frame(payload_parts: list[bytes], count: int, written_at: float) -> list[bytes]:
+    """Header + payload parts + CRC trailer, as a list of byte strings to write in order."""
+    length = sum(len(p) for p in payload_parts)
+    header = _HEADER.pack(MAGIC, VERSION, 0, count, written_at, length)
+    crc = zlib.crc32(header)
+    for part in payload_parts:
+        crc = zlib.crc32(part, crc)
+    return [header, *payload_parts, _CRC.pack(crc)]
+
+
+def encode(items: list[tuple[bytes, Entry]], wall_offset: float, written_at: float) -> bytes:
+    """The whole file in one go (tests, benchmarks; the server uses the sliced form)."""
+    payload = encode_records(items, wall_offset)
+    return b"".join(frame([payload], count_records(items), written_at))
+
+
+def decode(data: bytes) -> tuple[float, list[tuple]]:
+    """(written_at, records) from file bytes; raises SnapshotError on anything amiss.
+
+    Each record is ``(key, kind, rcode, hdr, hdr_opt, body, ttl_offsets, stored_at,
+    fresh_until, stale_until)`` with wall-clock times.  Every length is checked
+    against what is left, every value against what the hit path will assume
+    (TTL offsets inside the body, finite and ordered times), before anything is
+    built from it.
+    """
+    size = len(data)
+    if size < _HEADER.size + _CRC.size:
+        raise SnapshotError(f"truncated: {size} bytes")
+    magic, version, _reserved, count, written_at, length = _HEADER.unpack_from(data, 0)
+    if magic != MAGIC:
+        raise SnapshotError("not a resolver cache snapshot (bad magic)")
+    if version != VERSION:
+        raise SnapshotError(f"unsupported snapshot version {version} (this build reads {VERSION})")
+    end = _HEADER.size + length
+    if end + _CRC.size != size:
+        raise SnapshotError(f"truncated or padded: header says {end + _CRC.size} bytes, file has {size}")
+    (crc,) = _CRC.unpack_from(data, end)
+    if zlib.crc32(memoryview(data)[:end]) != crc:
+        raise SnapshotError("checksum mismatch (corrupt)")
+    if not math.isfinite(written_at):
+        raise SnapshotError("bad written_at")
+    records = []
+    pos = _HEADER.size
+    unpack = _RECORD.unpack_from
+    rec_size = _RECORD.size
+    offset_structs: dict[int, struct.Struct] = {}
+    isfinite = math.isfinite
+    try:
+        for _ in range(count):
+            if pos + rec_size > end:
+                raise SnapshotError("record runs past the end")
+            (key_len, kind, rcode, hdr_len, hdr_opt_len, body_len, n_off,
+             stored_at, fresh_until, stale_until) = unpack(data, pos)
+            pos += rec_size
+            if not (0 < key_len <= MAX_KEY and kind < len(KINDS) and hdr_len == HDR_LEN
+                    and hdr_opt_len == HDR_LEN and body_len <= 65535 and n_off * 4 <= body_len):
+                raise SnapshotError(f"bad record at byte {pos - rec_size}")
+            if not (isfinite(stored_at) and isfinite(fresh_until) and isfinite(stale_until)
+                    and stored_at <= fresh_until <= stale_until):
+                raise SnapshotError(f"bad times in record at byte {pos - rec_size}")
+            stop = pos + key_len + 2 * HDR_LEN + body_len + 2 * n_off
+            if stop > end:
+                raise SnapshotError("record runs past the end")
+            key = data[pos:pos + key_len]
+            pos += key_len
+            hdr = data[pos:pos + HDR_LEN]
+            hdr_opt = data[pos + HDR_LEN:pos + 2 * HDR_LEN]
+            pos += 2 * HDR_LEN
+            body = data[pos:pos + body_len]
+            pos += body_len
+            if n_off:
+                s = offset_structs.get(n_off)
+                if s is None:
+                    s = offset_structs[n_off] = struct.Struct(f">{n_off}H")
+                offsets = s.unpack_from(data, pos)
+                pos += 2 * n_off
+                if max(offsets) + 4 > body_len:
+                    raise SnapshotError(f"TTL offset outside the body in record at byte {pos}")
+            else:
+                offsets = ()
+            records.append((key, KINDS[kind], rcode, hdr, hdr_opt, body, offsets,
+                            stored_at, fresh_until, stale_until))
+    except struct.error as exc:  # cannot happen after the length checks; belt and braces
+        raise SnapshotError(f"malformed record: {exc}") from None
+    if pos != end:
+        raise SnapshotError("trailing bytes after the last record")
+    return written_at, records
+
+
+def restore(cache: Cache, records: list[tuple], now: float, wall_now: float, written_at: float) -> LoadResult:
+    """Put decoded records into ``cache`` in place, converting wall-clock times to monotonic.
+
+    ``cache.entries`` is filled, never replaced: the pipeline holds its bound
+    methods.  Records past their stale window are dropped (RFC 8767 max stale
+    timer); so are records over ``max_entries`` (the least recently used go) and
+    keys already present (a live answer beats a remembered one).  A record stored
+    "in the future" (the wall clock stepped back) is shifted back to now, so TTLs
+    never grow.
+    """
+    entries = cache.entries
+    offset = now - wall_now  # monotonic = wall + offset
+    expired = skipped = restored = 0
+    live = []
+    for rec in records:
+        if rec[9] <= wall_now:
+            expired += 1
+        else:
+            live.append(rec)
+    room = max(0, cache.max_entries - len(entries))
+    if len(live) > room:
+        skipped += len(live) - room
+        live = live[len(live) - room:]  # keep the most recently used
+    intern = {}
+    for key, kind, rcode, hdr, hdr_opt, body, offsets, stored_at, fresh_until, stale_until in live:
+        if key in entries:
+            skipped += 1
+            continue
+        shift = max(0.0, stored_at - wall_now)
+        prepared = wire.Prepared(kind, rcode, 0, intern.setdefault(hdr, hdr), intern.setdefault(hdr_opt, hdr_opt),
+                                 body, intern.setdefault(offsets, offsets), False)
+        entry = Entry(prepared, stored_at - shift + offset, 0.0)
+        entry.fresh_until = fresh_until - shift + offset
+        entry.stale_until = stale_until - shift + offset
+        entries[key] = entry
+        restored += 1
+    return LoadResult(restored, expired, skipped, written_at)
+
+
+def write_atomic(path: str, parts: list[bytes]) -> int:
+    """Write ``parts`` to ``path`` so that readers see the old file or the new one, never half.
+
+    Temp file in the same directory (rename is atomic only within a file system),
+    fsync it, rename over the target, then fsync the directory so the rename itself
+    survives a power cut.  Returns the bytes written; raises OSError (the temp file
+    is removed).
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    tmp = f"{path}.tmp.{os.getpid()}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        written = 0
+        with os.fdopen(fd, "wb") as f:
+            for part in parts:
+                f.write(part)
+                written += len(part)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+    return written
+
+
+def read_file(path: str, max_entries: int) -> bytes:
+    """The snapshot's bytes; raises SnapshotError (missing, unreadable, absurdly large)."""
+    limit = 1024 * 1024 + max_entries * BYTES_PER_ENTRY_LIMIT
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size > limit:
+                raise SnapshotError(f"too large ({size} bytes, limit {limit} for max_entries {max_entries})")
+            return f.read(limit + 1)
+    except FileNotFoundError:
+        raise SnapshotError("no snapshot file (first start?)") from None
+    except OSError as exc:
+        raise SnapshotError(f"cannot read: {exc.strerror or exc}") from None
+
+
+def load(path: str, cache: Cache, now: float, wall_now: float) -> LoadResult:
+    """Read, validate and restore a snapshot; raises SnapshotError, never anything else."""
+    data = read_file(path, cache.max_entries)
+    try:
+        written_at, records = decode(data)
+    except SnapshotError:
+        raise
+    except Exception as exc:  # the parser's boundary: a bug here must not stop the server starting
+        raise SnapshotError(f"unreadable: {type(exc).__name__}: {exc}") from None
+    return restore(cache, records, now, wall_now, written_at)
