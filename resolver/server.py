@@ -18,12 +18,14 @@ import logging
 import socket
 import struct
 
-from . import wire
+from . import handover, wire
 from .config import Address, ServerConfig
 from .pipeline import Pipeline
 from .stats import Stats
 
 log = logging.getLogger("resolver.server")
+
+TCP_LINGER = 0.3  # seconds open TCP connections get, at shutdown, after in-flight work is done
 
 
 def _internal_error_reply(data: bytes) -> bytes | None:
@@ -45,6 +47,9 @@ class Listeners:
         self.tcp_writers: set[asyncio.StreamWriter] = set()
         self.bound: list[tuple[str, int]] = []  # actual (host, port) per listen address, after binding
         self.draining = False
+        self.group_size = 1  # our sockets per reuseport group (workers): see handover.steer_away
+        self.drained_datagrams = 0  # read from receive buffers at close (handover)
+        self.drained_connections = 0  # taken from accept queues at close (handover)
 
     async def start(self, addresses: tuple[Address, ...]) -> None:
         loop = asyncio.get_running_loop()
@@ -66,26 +71,69 @@ class Listeners:
     def close(self) -> None:
         """Stop taking new work; in-flight queries go on.
 
-        TCP listeners close at once.  UDP sockets stay open until ``drain`` ends,
-        because a reply must leave from the socket the query came in on; while
-        draining they still answer cache hits (cheap, and better for clients than
-        silence) but start no new upstream work.
+        First new packets are steered to a successor, if one shares our ports
+        (``handover``); then what the kernel already queued for us is taken and
+        answered — the TCP accept queue and the UDP receive buffer — because
+        closing would discard it.  TCP listeners then close.  UDP sockets stay
+        open until ``drain`` ends, because a reply must leave from the socket the
+        query came in on; while draining they still answer cache hits (cheap, and
+        better for clients than silence) but start no new upstream work.
         """
+        for transport in self.udp_transports:
+            handover.steer_away(transport.get_extra_info("socket").fileno(), self.group_size)
+        for server in self.tcp_servers:
+            for sock in server.sockets:
+                handover.steer_away(sock.fileno(), self.group_size)
+        loop = asyncio.get_running_loop()
+        for server in self.tcp_servers:
+            for sock in server.sockets:
+                for conn in handover.accept_queued(sock.fileno()):
+                    self.drained_connections += 1
+                    loop.create_task(self._tcp_adopt(conn))
+        for transport in self.udp_transports:
+            self._drain_udp_queue(transport, resolve_misses=True)
         self.draining = True
         for server in self.tcp_servers:
             server.close()
 
+    def _drain_udp_queue(self, transport, resolve_misses: bool) -> None:
+        """Answer the datagrams waiting in ``transport``'s receive buffer (see close)."""
+        protocol = transport.get_protocol()
+        for data, addr in handover.read_queued_datagrams(transport.get_extra_info("socket").fileno()):
+            self.drained_datagrams += 1
+            if resolve_misses:
+                protocol.datagram_received(data, addr)
+                continue
+            self.stats.queries_udp += 1
+            reply = self.pipeline.answer_fast(data, False)
+            if reply is not None:
+                transport.sendto(reply, addr)
+            else:
+                self.stats.dropped_overload += 1
+
+    async def _tcp_adopt(self, conn: socket.socket) -> None:
+        reader, writer = await asyncio.open_connection(sock=conn)
+        await self._tcp_client(reader, writer)
+
     async def drain(self, grace: float) -> None:
         """Wait up to ``grace`` seconds for in-flight queries, then cancel the rest."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + grace
         if self.tasks:
             _, pending = await asyncio.wait(set(self.tasks), timeout=grace)
             for task in pending:
                 task.cancel()
             if pending:
                 await asyncio.gather(*pending, return_exceptions=True)
+        if self.tcp_writers:
+            # Connections adopted from the accept queue have had little time to send
+            # their query: let them be answered before the connections are cut.
+            await asyncio.sleep(max(0.0, min(TCP_LINGER, end - loop.time())))
         for writer in list(self.tcp_writers):
             writer.transport.abort()
         for transport in self.udp_transports:
+            if not transport.is_closing():
+                self._drain_udp_queue(transport, resolve_misses=False)  # last look: hits only
             transport.close()
 
     # ------------------------------------------------------------------- UDP

@@ -68,16 +68,18 @@ class LoadResult:
     written_at: float  # wall-clock time the snapshot was written
 
 
-def encode_records(items: list[tuple[bytes, Entry]], wall_offset: float) -> bytes:
-    """Records for ``(key, entry)`` pairs; ``wall_offset`` = clock.wall() - clock.monotonic().
+def encode_records(keys: list[bytes], values: list[Entry], wall_offset: float) -> bytes:
+    """Records for parallel lists of keys and entries; ``wall_offset`` = wall() - monotonic().
 
-    Pure and bounded by the size of ``items``, so the caller can serialise a
-    million entries in slices and let the event loop run in between.
+    Pure and bounded by the size of the lists, so the caller can serialise a
+    million entries in slices and let the event loop run in between.  Parallel
+    lists rather than (key, entry) pairs: building a million pairs makes the
+    cyclic GC run a full collection, which stalls the loop for seconds.
     """
     out = []
     pack = _RECORD.pack
     kinds = _KIND_INDEX
-    for key, e in items:
+    for key, e in zip(keys, values):
         kind = kinds.get(e.kind)
         if kind is None or len(key) > MAX_KEY:
             continue
@@ -93,10 +95,10 @@ def encode_records(items: list[tuple[bytes, Entry]], wall_offset: float) -> byte
     return b"".join(out)
 
 
-def count_records(items: list[tuple[bytes, Entry]]) -> int:
-    """How many of ``items`` ``encode_records`` writes (the header needs the count)."""
+def count_records(keys: list[bytes], values: list[Entry]) -> int:
+    """How many records ``encode_records`` writes for these lists (the header needs the count)."""
     kinds = _KIND_INDEX
-    return sum(1 for key, e in items if e.kind in kinds and len(key) <= MAX_KEY)
+    return sum(1 for key, e in zip(keys, values) if e.kind in kinds and len(key) <= MAX_KEY)
 
 
 def frame(payload_parts: list[bytes], count: int, written_at: float) -> list[bytes]:
@@ -109,10 +111,10 @@ def frame(payload_parts: list[bytes], count: int, written_at: float) -> list[byt
     return [header, *payload_parts, _CRC.pack(crc)]
 
 
-def encode(items: list[tuple[bytes, Entry]], wall_offset: float, written_at: float) -> bytes:
+def encode(keys: list[bytes], values: list[Entry], wall_offset: float, written_at: float) -> bytes:
     """The whole file in one go (tests, benchmarks; the server uses the sliced form)."""
-    payload = encode_records(items, wall_offset)
-    return b"".join(frame([payload], count_records(items), written_at))
+    payload = encode_records(keys, values, wall_offset)
+    return b"".join(frame([payload], count_records(keys, values), written_at))
 
 
 def decode(data: bytes) -> tuple[float, list[tuple]]:
@@ -212,17 +214,29 @@ def restore(cache: Cache, records: list[tuple], now: float, wall_now: float, wri
         skipped += len(live) - room
         live = live[len(live) - room:]  # keep the most recently used
     intern = {}
+    new_entry = Entry.__new__
     for key, kind, rcode, hdr, hdr_opt, body, offsets, stored_at, fresh_until, stale_until in live:
         if key in entries:
             skipped += 1
             continue
-        shift = max(0.0, stored_at - wall_now)
-        prepared = wire.Prepared(kind, rcode, 0, intern.setdefault(hdr, hdr), intern.setdefault(hdr_opt, hdr_opt),
-                                 body, intern.setdefault(offsets, offsets), False)
-        entry = Entry(prepared, stored_at - shift + offset, 0.0)
-        entry.fresh_until = fresh_until - shift + offset
-        entry.stale_until = stale_until - shift + offset
-        entries[key] = entry
+        shift = stored_at - wall_now
+        if shift < 0.0:
+            shift = 0.0
+        # Built field by field (not through Entry(prepared, ...)): a million of these.
+        e = new_entry(Entry)
+        e.kind = kind
+        e.rcode = rcode
+        e.hdr = intern.setdefault(hdr, hdr)
+        e.hdr_opt = intern.setdefault(hdr_opt, hdr_opt)
+        e.body = e.aged = body
+        e.ttl_offsets = intern.setdefault(offsets, offsets)
+        e.stored_at = stored_at - shift + offset
+        e.fresh_until = fresh_until - shift + offset
+        e.stale_until = stale_until - shift + offset
+        e.recheck_until = 0.0
+        e.aged_sec = -1
+        e.stale_body = None
+        entries[key] = e
         restored += 1
     return LoadResult(restored, expired, skipped, written_at)
 

@@ -29,7 +29,7 @@ def filled(clock: FakeClock, n: int = 3, max_stale: float = 1000) -> Cache:
 
 
 def dump(cache: Cache, clock: FakeClock) -> bytes:
-    return snapshot.encode(list(cache.entries.items()), clock.wall() - clock.monotonic(), clock.wall())
+    return snapshot.encode(list(cache.entries), list(cache.entries.values()), clock.wall() - clock.monotonic(), clock.wall())
 
 
 def test_round_trip_converts_deadlines_through_wall_clock():
