@@ -15,8 +15,10 @@ from .admin import AdminServer
 from .cache import Cache
 from .clock import Clock, SystemClock
 from .config import Config
+from .persist import Persister
 from .pipeline import Pipeline
 from .pool import UpstreamPool
+from .reload import ReloadStats, check_reloadable
 from .server import Listeners
 from .stats import Stats
 from .upstream import Upstream
@@ -39,27 +41,38 @@ def build_pool(config: Config) -> UpstreamPool:
 
 
 class App:
-    def __init__(self, config: Config, clock: Clock | None = None):
+    def __init__(self, config: Config, clock: Clock | None = None, worker: int = 0, workers: int = 1):
         self.config = config
+        self.worker = worker  # index among `workers` processes; only worker 0 writes the snapshot
         self.clock = clock or SystemClock()
         self.stats = Stats()
         self.cache = Cache(config.cache.max_entries)
         self.pool = build_pool(config)
         self.pipeline = Pipeline(config, self.cache, self.pool, self.clock, self.stats)
         self.listeners = Listeners(self.pipeline, config.server, self.stats)
+        self.listeners.group_size = workers
+        self.persist = Persister(self.cache, self.clock, config.cache.persist, writer=worker == 0)
+        self.reloads = ReloadStats()
         self.collector = metrics.ResolverCollector(self.stats, self.cache, lambda: self.pool,
                                                    self.clock.monotonic, version())
+        self.collector.lifecycle = self  # snapshot, reload and handover counters
         self.registry = metrics.build_registry(self.collector)
         self.admin = AdminServer(lambda: metrics.render(self.registry), lambda: self.ready)
         self.ready = False
         self._sweeper: asyncio.Task | None = None
 
     async def start(self) -> None:
-        """Bind everything; raises OSError if an address cannot be bound."""
+        """Bind everything; raises OSError if an address cannot be bound.
+
+        The cache snapshot is loaded first: the first query after a restart (in
+        an upstream outage, say) must find it.
+        """
+        self.persist.load()
         if self.config.metrics.enabled:
             await self.admin.start(self.config.metrics.listen.host, self.config.metrics.listen.port)
         await self.listeners.start(self.config.listen)
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep_forever())
+        self.persist.start()
         self.ready = True
         log.info("forwarding to %s", ", ".join(u.label for u in self.config.upstreams))
 
@@ -72,7 +85,24 @@ class App:
         await self.pipeline.cancel_refreshes()
         if self._sweeper is not None:
             self._sweeper.cancel()
+        await self.persist.stop()  # the final snapshot, after the last answers are cached
         self.admin.close()
+
+    def reload(self, config: Config) -> None:
+        """Apply a new configuration to the running parts; the cache is kept.
+
+        Raises ConfigError, changing nothing, if a key only a restart can apply
+        differs.  In-flight queries finish on the pool they started with.
+        """
+        check_reloadable(self.config, config)
+        self.config = config
+        self.pool = build_pool(config)
+        self.pipeline.pool = self.pool
+        self.pipeline.configure(config)
+        self.cache.resize(config.cache.max_entries)
+        self.listeners.config = config.server
+        self.persist.reconfigure(config.cache.persist)
+        log.info("forwarding to %s", ", ".join(u.label for u in config.upstreams))
 
     @property
     def dns_port(self) -> int:

@@ -167,5 +167,5 @@ class Persister:
         if restart:
             self._task.cancel()
             self._task = None
-        if self._task is None and self.enabled and self.writer and asyncio.get_event_loop().is_running():
+        if restart:
             self.start()
