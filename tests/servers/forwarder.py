@@ -22,16 +22,19 @@ from resolver.config import Address, Config, MetricsConfig, parse_upstream
 
 def forwarder_config(upstreams: list[str], **sections) -> Config:
     """A Config on ephemeral loopback ports; ``sections`` override fields per section,
-    e.g. ``stale={"client_timeout": 0.2}``."""
+    e.g. ``stale={"client_timeout": 0.2}``; nested sections as nested dicts
+    (``cache={"persist": {"path": p}}``)."""
     base = Config(
         listen=(Address("127.0.0.1", 0),),
         upstreams=tuple(parse_upstream(u, f"upstreams[{i}]") for i, u in enumerate(upstreams)),
         metrics=MetricsConfig(enabled=True, listen=Address("127.0.0.1", 0)),
     )
-    changes = {}
-    for name, values in sections.items():
-        changes[name] = dataclasses.replace(getattr(base, name), **values)
-    return dataclasses.replace(base, **changes)
+    def merged(obj, values):
+        if not isinstance(values, dict):  # a plain value (e.g. workers=2), not a section
+            return values
+        return dataclasses.replace(obj, **{k: merged(getattr(obj, k), v) for k, v in values.items()})
+
+    return dataclasses.replace(base, **{name: merged(getattr(base, name), v) for name, v in sections.items()})
 
 
 class RunningForwarder:
@@ -79,6 +82,8 @@ class RunningForwarder:
         return 0.0
 
     def stop(self, grace: float = 1.0) -> None:
+        if self.loop.is_closed():  # already stopped by the test itself
+            return
         try:
             self.call(self.app.stop(grace))
         finally:
