@@ -29,7 +29,9 @@ class AdminServer:
         self.port = 0
 
     async def start(self, host: str, port: int) -> None:
-        self.server = await asyncio.start_server(self._client, host=host, port=port, limit=_MAX_REQUEST)
+        # reuse_port: during a zero-gap upgrade the successor binds this port while we still run.
+        self.server = await asyncio.start_server(self._client, host=host, port=port, limit=_MAX_REQUEST,
+                                                 reuse_port=True)
         self.port = self.server.sockets[0].getsockname()[1]
         log.info("metrics and health on http://%s:%d/metrics", host if ":" not in host else f"[{host}]", self.port)
 

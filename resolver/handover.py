@@ -66,7 +66,9 @@ def steer_away(fileno: int, n: int) -> bool:
     code = steering_program(n)
     buf = ctypes.create_string_buffer(code, len(code))
     fprog = struct.pack("@HxxxxxxQ", len(code) // 8, ctypes.addressof(buf))  # struct sock_fprog
-    sock = socket.socket(fileno=os.dup(fileno))
+    sock = _dup(fileno)
+    if sock is None:
+        return False
     try:
         sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF, fprog)
         return True
@@ -79,8 +81,10 @@ def steer_away(fileno: int, n: int) -> bool:
 
 def read_queued_datagrams(fileno: int, limit: int = MAX_DRAIN) -> list[tuple[bytes, tuple]]:
     """Everything waiting in a UDP socket's receive buffer, without blocking."""
-    sock = socket.socket(fileno=os.dup(fileno))
+    sock = _dup(fileno)
     out = []
+    if sock is None:
+        return out
     try:
         sock.setblocking(False)
         while len(out) < limit:
@@ -97,8 +101,10 @@ def read_queued_datagrams(fileno: int, limit: int = MAX_DRAIN) -> list[tuple[byt
 
 def accept_queued(fileno: int, limit: int = 4096) -> list[socket.socket]:
     """Connections waiting in a TCP listener's accept queue, accepted without blocking."""
-    sock = socket.socket(fileno=os.dup(fileno))
+    sock = _dup(fileno)
     out = []
+    if sock is None:
+        return out
     try:
         sock.setblocking(False)
         while len(out) < limit:
@@ -113,3 +119,12 @@ def accept_queued(fileno: int, limit: int = 4096) -> list[socket.socket]:
     finally:
         sock.close()
     return out
+
+
+def _dup(fileno: int) -> socket.socket | None:
+    """A second handle on one of our sockets (closing it leaves the original open)."""
+    try:
+        return socket.socket(fileno=os.dup(fileno))
+    except OSError as exc:
+        log.warning("cannot take over socket %d for the handover: %s", fileno, exc)
+        return None

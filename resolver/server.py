@@ -79,6 +79,8 @@ class Listeners:
         query came in on; while draining they still answer cache hits (cheap, and
         better for clients than silence) but start no new upstream work.
         """
+        if self.draining:  # already closed
+            return
         for transport in self.udp_transports:
             handover.steer_away(transport.get_extra_info("socket").fileno(), self.group_size)
         for server in self.tcp_servers:
