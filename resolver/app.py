@@ -26,6 +26,7 @@ from .upstream import Upstream
 log = logging.getLogger("resolver")
 
 SWEEP_INTERVAL = 10.0
+UNSTEER_AFTER = 30.0  # seconds (plus twice the grace) after start: a predecessor's handover is over
 
 
 def version() -> str:
@@ -73,6 +74,10 @@ class App:
         await self.listeners.start(self.config.listen)
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep_forever())
         self.persist.start()
+        # A predecessor told to stop after we bound steers its traffic to us; once it
+        # has surely finished, remove its steering program (handover.unsteer).
+        loop = asyncio.get_running_loop()
+        loop.call_later(2 * self.config.server.shutdown_grace + UNSTEER_AFTER, self.listeners.unsteer)
         self.ready = True
         log.info("forwarding to %s", ", ".join(u.label for u in self.config.upstreams))
 

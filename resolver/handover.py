@@ -18,6 +18,8 @@ discarded by the kernel.  So on SIGTERM the old process, before it closes:
    answers it, and accepts what waits in the TCP accept queue and serves it;
 3. then closes, finishes what is in flight within the grace period, and exits.
 
+The successor removes the program once the handover is surely over (``unsteer``).
+
 Kernel facts relied on (Linux ≥ 4.6): reuseport group members are kept in an
 array in join order, a leaving member's slot is filled by the last one, and a
 BPF selection outside the array falls back to the hash (net/core/sock_reuseport.c).
@@ -34,6 +36,7 @@ import struct
 log = logging.getLogger("resolver.handover")
 
 SO_ATTACH_REUSEPORT_CBPF = getattr(socket, "SO_ATTACH_REUSEPORT_CBPF", 51)
+SO_DETACH_REUSEPORT_BPF = getattr(socket, "SO_DETACH_REUSEPORT_BPF", 68)
 _SKF_AD_OFF = -0x1000
 _SKF_AD_CPU = 36
 # Classic BPF opcodes (linux/filter.h)
@@ -74,6 +77,26 @@ def steer_away(fileno: int, n: int) -> bool:
         return True
     except OSError as exc:
         log.warning("cannot steer new packets to a successor (SO_ATTACH_REUSEPORT_CBPF): %s", exc)
+        return False
+    finally:
+        sock.close()
+
+
+def unsteer(fileno: int) -> bool:
+    """Remove a steering program left on the group by a predecessor (True if one was there).
+
+    The program outlives the process that attached it.  Harmless while the group
+    has the same number of sockets, but after an upgrade that changed ``workers``
+    it would keep sending everything to some of them; so a process removes it once
+    it has bound, and again once its predecessor has had time to finish.
+    """
+    sock = _dup(fileno)
+    if sock is None:
+        return False
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_DETACH_REUSEPORT_BPF, 0)
+        return True
+    except OSError:  # ENOENT: nothing attached
         return False
     finally:
         sock.close()

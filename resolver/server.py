@@ -55,18 +55,38 @@ class Listeners:
         loop = asyncio.get_running_loop()
         for addr in addresses:
             family = socket.AF_INET6 if ":" in addr.host else socket.AF_INET
-            transport, _ = await loop.create_datagram_endpoint(
-                lambda: _UdpProtocol(self), local_addr=(addr.host, addr.port), family=family,
-                reuse_port=True)
+            tries = 1 if addr.port else 10
+            for attempt in range(tries):
+                transport, _ = await loop.create_datagram_endpoint(
+                    lambda: _UdpProtocol(self), local_addr=(addr.host, addr.port), family=family,
+                    reuse_port=True)
+                port = transport.get_extra_info("sockname")[1]
+                # The TCP listener takes the port UDP got, so "port 0" tests get one port for both.
+                try:
+                    server = await asyncio.start_server(
+                        self._tcp_client, host=addr.host, port=port, family=family, reuse_port=True,
+                        backlog=1024)
+                except OSError:
+                    transport.close()
+                    if attempt == tries - 1:
+                        raise
+                    continue  # port 0: free for UDP, but a TCP socket holds that number; another one
+                break
             self.udp_transports.append(transport)
-            port = transport.get_extra_info("sockname")[1]
-            # The TCP listener takes the port UDP got, so "port 0" tests get one port for both.
-            server = await asyncio.start_server(
-                self._tcp_client, host=addr.host, port=port, family=family, reuse_port=True,
-                backlog=1024)
             self.tcp_servers.append(server)
             self.bound.append((addr.host, port))
             log.info("listening on %s port %d (UDP and TCP)", addr.host, port)
+        self.unsteer()
+
+    def unsteer(self) -> None:
+        """Drop a predecessor's steering program from our groups (see handover.unsteer)."""
+        if self.draining:
+            return
+        for transport in self.udp_transports:
+            handover.unsteer(transport.get_extra_info("socket").fileno())
+        for server in self.tcp_servers:
+            for sock in server.sockets:
+                handover.unsteer(sock.fileno())
 
     def close(self) -> None:
         """Stop taking new work; in-flight queries go on.

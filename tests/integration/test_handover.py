@@ -237,3 +237,23 @@ def test_stopping_process_steers_new_packets_to_its_successor(unbound, start_for
 
 async def _close_listeners(app) -> None:
     app.listeners.close()
+
+
+def test_successor_removes_the_steering_program(unbound, start_forwarder):
+    """Left attached, the program would skew the load once the number of workers changes."""
+    import socket
+
+    from resolver.config import Address
+
+    port = free_port()
+    old = start_forwarder([unbound.address], listen=(Address("127.0.0.1", port),))
+    new = start_forwarder([unbound.address], listen=(Address("127.0.0.1", port),))
+    old.call(_close_listeners(old.app))
+    new.loop.call_soon_threadsafe(new.app.listeners.unsteer)
+    time.sleep(0.2)
+    before = old.app.stats.queries_udp
+    for _ in range(60):  # hashed over both sockets again (the old one is still open, draining)
+        c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        c.sendto(_query(), ("127.0.0.1", port))
+        c.close()
+    assert eventually(lambda: old.app.stats.queries_udp > before)
