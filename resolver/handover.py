@@ -104,41 +104,38 @@ def unsteer(fileno: int) -> bool:
 
 def read_queued_datagrams(fileno: int, limit: int = MAX_DRAIN) -> list[tuple[bytes, tuple]]:
     """Everything waiting in a UDP socket's receive buffer, without blocking."""
-    sock = _dup(fileno)
-    out = []
-    if sock is None:
-        return out
-    try:
-        sock.setblocking(False)
-        while len(out) < limit:
-            try:
-                out.append(sock.recvfrom(65535))
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError:  # e.g. an ICMP error queued for an earlier reply
-                continue
-    finally:
-        sock.close()
-    return out
+    return _take_queued(fileno, lambda sock: sock.recvfrom(65535), limit)
 
 
 def accept_queued(fileno: int, limit: int = 4096) -> list[socket.socket]:
     """Connections waiting in a TCP listener's accept queue, accepted without blocking."""
+    def take(sock: socket.socket) -> socket.socket:
+        conn, _ = sock.accept()
+        conn.setblocking(False)
+        return conn
+
+    return _take_queued(fileno, take, limit)
+
+
+def _take_queued(fileno: int, take, limit: int) -> list:
+    """Call ``take`` on a non-blocking handle of our socket until the queue is empty.
+
+    At most ``limit`` attempts: a persistent error (EMFILE on accept, say) must not
+    spin, and one-off errors (an ICMP error queued for an earlier reply) are skipped.
+    """
     sock = _dup(fileno)
-    out = []
+    out: list = []
     if sock is None:
         return out
     try:
         sock.setblocking(False)
-        while len(out) < limit:
+        for _ in range(limit):
             try:
-                conn, _ = sock.accept()
+                out.append(take(sock))
             except (BlockingIOError, InterruptedError):
                 break
             except OSError:
                 continue
-            conn.setblocking(False)
-            out.append(conn)
     finally:
         sock.close()
     return out
