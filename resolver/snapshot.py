@@ -32,6 +32,7 @@ import os
 import struct
 import zlib
 from dataclasses import dataclass
+from typing import Iterable, Iterator
 
 from . import wire
 from .cache import Cache, Entry
@@ -117,14 +118,15 @@ def encode(keys: list[bytes], values: list[Entry], wall_offset: float, written_a
     return b"".join(frame([payload], count_records(keys, values), written_at))
 
 
-def decode(data: bytes) -> tuple[float, list[tuple]]:
-    """(written_at, records) from file bytes; raises SnapshotError on anything amiss.
+def open_records(data: bytes) -> tuple[float, int, Iterator[tuple]]:
+    """(written_at, count, records): the header and checksum checked now, records lazily.
 
     Each record is ``(key, kind, rcode, hdr, hdr_opt, body, ttl_offsets, stored_at,
     fresh_until, stale_until)`` with wall-clock times.  Every length is checked
     against what is left, every value against what the hit path will assume
     (TTL offsets inside the body, finite and ordered times), before anything is
-    built from it.
+    built from it; the iterator raises SnapshotError at the first bad record.
+    Lazy, so a million records never exist as a million tuples at once.
     """
     size = len(data)
     if size < _HEADER.size + _CRC.size:
@@ -142,102 +144,117 @@ def decode(data: bytes) -> tuple[float, list[tuple]]:
         raise SnapshotError("checksum mismatch (corrupt)")
     if not math.isfinite(written_at):
         raise SnapshotError("bad written_at")
-    records = []
+    return written_at, count, _records(data, count, end)
+
+
+def _records(data: bytes, count: int, end: int) -> Iterator[tuple]:
     pos = _HEADER.size
     unpack = _RECORD.unpack_from
     rec_size = _RECORD.size
     offset_structs: dict[int, struct.Struct] = {}
     isfinite = math.isfinite
-    try:
-        for _ in range(count):
-            if pos + rec_size > end:
-                raise SnapshotError("record runs past the end")
-            (key_len, kind, rcode, hdr_len, hdr_opt_len, body_len, n_off,
-             stored_at, fresh_until, stale_until) = unpack(data, pos)
-            pos += rec_size
-            if not (0 < key_len <= MAX_KEY and kind < len(KINDS) and hdr_len == HDR_LEN
-                    and hdr_opt_len == HDR_LEN and body_len <= 65535 and n_off * 4 <= body_len):
-                raise SnapshotError(f"bad record at byte {pos - rec_size}")
-            if not (isfinite(stored_at) and isfinite(fresh_until) and isfinite(stale_until)
-                    and stored_at <= fresh_until <= stale_until):
-                raise SnapshotError(f"bad times in record at byte {pos - rec_size}")
-            stop = pos + key_len + 2 * HDR_LEN + body_len + 2 * n_off
-            if stop > end:
-                raise SnapshotError("record runs past the end")
-            key = data[pos:pos + key_len]
-            pos += key_len
-            hdr = data[pos:pos + HDR_LEN]
-            hdr_opt = data[pos + HDR_LEN:pos + 2 * HDR_LEN]
-            pos += 2 * HDR_LEN
-            body = data[pos:pos + body_len]
-            pos += body_len
-            if n_off:
-                s = offset_structs.get(n_off)
-                if s is None:
-                    s = offset_structs[n_off] = struct.Struct(f">{n_off}H")
-                offsets = s.unpack_from(data, pos)
-                pos += 2 * n_off
-                if max(offsets) + 4 > body_len:
-                    raise SnapshotError(f"TTL offset outside the body in record at byte {pos}")
-            else:
-                offsets = ()
-            records.append((key, KINDS[kind], rcode, hdr, hdr_opt, body, offsets,
-                            stored_at, fresh_until, stale_until))
-    except struct.error as exc:  # cannot happen after the length checks; belt and braces
-        raise SnapshotError(f"malformed record: {exc}") from None
+    n_kinds = len(KINDS)
+    for _ in range(count):
+        if pos + rec_size > end:
+            raise SnapshotError("record runs past the end")
+        (key_len, kind, rcode, hdr_len, hdr_opt_len, body_len, n_off,
+         stored_at, fresh_until, stale_until) = unpack(data, pos)
+        if not (0 < key_len <= MAX_KEY and kind < n_kinds and hdr_len == HDR_LEN
+                and hdr_opt_len == HDR_LEN and body_len <= 65535 and n_off * 4 <= body_len):
+            raise SnapshotError(f"bad record at byte {pos}")
+        if not (isfinite(stored_at) and isfinite(fresh_until) and isfinite(stale_until)
+                and stored_at <= fresh_until <= stale_until):
+            raise SnapshotError(f"bad times in record at byte {pos}")
+        pos += rec_size
+        if pos + key_len + 2 * HDR_LEN + body_len + 2 * n_off > end:
+            raise SnapshotError("record runs past the end")
+        key = data[pos:pos + key_len]
+        pos += key_len
+        hdr = data[pos:pos + HDR_LEN]
+        hdr_opt = data[pos + HDR_LEN:pos + 2 * HDR_LEN]
+        pos += 2 * HDR_LEN
+        body = data[pos:pos + body_len]
+        pos += body_len
+        if n_off:
+            s = offset_structs.get(n_off)
+            if s is None:
+                s = offset_structs[n_off] = struct.Struct(f">{n_off}H")
+            offsets = s.unpack_from(data, pos)
+            pos += 2 * n_off
+            if max(offsets) + 4 > body_len:
+                raise SnapshotError(f"TTL offset outside the body in record ending at byte {pos}")
+        else:
+            offsets = ()
+        yield (key, KINDS[kind], rcode, hdr, hdr_opt, body, offsets, stored_at, fresh_until, stale_until)
     if pos != end:
         raise SnapshotError("trailing bytes after the last record")
-    return written_at, records
 
 
-def restore(cache: Cache, records: list[tuple], now: float, wall_now: float, written_at: float) -> LoadResult:
-    """Put decoded records into ``cache`` in place, converting wall-clock times to monotonic.
+def decode(data: bytes) -> tuple[float, list[tuple]]:
+    """(written_at, all records): ``open_records`` with the records in a list (tests, tools)."""
+    written_at, _count, records = open_records(data)
+    return written_at, list(records)
+
+
+def restore(cache: Cache, records: Iterable[tuple], now: float, wall_now: float, written_at: float,
+            count: int | None = None) -> LoadResult:
+    """Put records into ``cache`` in place, converting wall-clock times to monotonic.
 
     ``cache.entries`` is filled, never replaced: the pipeline holds its bound
     methods.  Records past their stale window are dropped (RFC 8767 max stale
-    timer); so are records over ``max_entries`` (the least recently used go) and
-    keys already present (a live answer beats a remembered one).  A record stored
-    "in the future" (the wall clock stepped back) is shifted back to now, so TTLs
-    never grow.
+    timer); so are keys already present (a live answer beats a remembered one)
+    and, when ``count`` records would not fit in ``max_entries``, the first ones
+    in the file (the least recently inserted).  A record stored "in the future"
+    (the wall clock stepped back) is shifted back to now, so TTLs never grow.
+    If the records turn out bad half-way (SnapshotError), what was added is
+    taken out again: a snapshot is used whole or not at all.
     """
+    if count is None:
+        records = list(records)
+        count = len(records)
     entries = cache.entries
     offset = now - wall_now  # monotonic = wall + offset
     expired = skipped = restored = 0
-    live = []
-    for rec in records:
-        if rec[9] <= wall_now:
-            expired += 1
-        else:
-            live.append(rec)
-    room = max(0, cache.max_entries - len(entries))
-    if len(live) > room:
-        skipped += len(live) - room
-        live = live[len(live) - room:]  # keep the most recently used
-    intern = {}
+    to_skip = max(0, count - max(0, cache.max_entries - len(entries)))
+    added = []
+    intern: dict = {}
     new_entry = Entry.__new__
-    for key, kind, rcode, hdr, hdr_opt, body, offsets, stored_at, fresh_until, stale_until in live:
-        if key in entries:
-            skipped += 1
-            continue
-        shift = stored_at - wall_now
-        if shift < 0.0:
-            shift = 0.0
-        # Built field by field (not through Entry(prepared, ...)): a million of these.
-        e = new_entry(Entry)
-        e.kind = kind
-        e.rcode = rcode
-        e.hdr = intern.setdefault(hdr, hdr)
-        e.hdr_opt = intern.setdefault(hdr_opt, hdr_opt)
-        e.body = e.aged = body
-        e.ttl_offsets = intern.setdefault(offsets, offsets)
-        e.stored_at = stored_at - shift + offset
-        e.fresh_until = fresh_until - shift + offset
-        e.stale_until = stale_until - shift + offset
-        e.recheck_until = 0.0
-        e.aged_sec = -1
-        e.stale_body = None
-        entries[key] = e
-        restored += 1
+    try:
+        for key, kind, rcode, hdr, hdr_opt, body, offsets, stored_at, fresh_until, stale_until in records:
+            if to_skip:
+                to_skip -= 1
+                skipped += 1
+                continue
+            if stale_until <= wall_now:
+                expired += 1
+                continue
+            if key in entries:
+                skipped += 1
+                continue
+            shift = stored_at - wall_now
+            if shift < 0.0:
+                shift = 0.0
+            # Built field by field (not through Entry(prepared, ...)): a million of these.
+            e = new_entry(Entry)
+            e.kind = kind
+            e.rcode = rcode
+            e.hdr = intern.setdefault(hdr, hdr)
+            e.hdr_opt = intern.setdefault(hdr_opt, hdr_opt)
+            e.body = e.aged = body
+            e.ttl_offsets = intern.setdefault(offsets, offsets)
+            e.stored_at = stored_at - shift + offset
+            e.fresh_until = fresh_until - shift + offset
+            e.stale_until = stale_until - shift + offset
+            e.recheck_until = 0.0
+            e.aged_sec = -1
+            e.stale_body = None
+            entries[key] = e
+            added.append(key)
+            restored += 1
+    except SnapshotError:
+        for key in added:
+            del entries[key]
+        raise
     return LoadResult(restored, expired, skipped, written_at)
 
 
@@ -294,9 +311,9 @@ def load(path: str, cache: Cache, now: float, wall_now: float) -> LoadResult:
     """Read, validate and restore a snapshot; raises SnapshotError, never anything else."""
     data = read_file(path, cache.max_entries)
     try:
-        written_at, records = decode(data)
+        written_at, count, records = open_records(data)
+        return restore(cache, records, now, wall_now, written_at, count)
     except SnapshotError:
         raise
     except Exception as exc:  # the parser's boundary: a bug here must not stop the server starting
         raise SnapshotError(f"unreadable: {type(exc).__name__}: {exc}") from None
-    return restore(cache, records, now, wall_now, written_at)

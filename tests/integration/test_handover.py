@@ -257,3 +257,24 @@ def test_successor_removes_the_steering_program(unbound, start_forwarder):
         c.sendto(_query(), ("127.0.0.1", port))
         c.close()
     assert eventually(lambda: old.app.stats.queries_udp > before)
+
+
+def test_read_queued_datagrams_empties_the_buffer_and_leaves_the_socket_open():
+    import socket
+
+    from resolver import handover
+
+    server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    server.bind(("127.0.0.1", 0))
+    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    for i in range(3):
+        client.sendto(b"q%d" % i, server.getsockname())
+    time.sleep(0.1)
+    got = handover.read_queued_datagrams(server.fileno())
+    assert [d for d, _ in got] == [b"q0", b"q1", b"q2"]
+    assert handover.read_queued_datagrams(server.fileno()) == []
+    client.sendto(b"again", server.getsockname())  # our handle was a dup: the socket still works
+    server.settimeout(2)
+    assert server.recvfrom(100)[0] == b"again"
+    server.close()
+    client.close()

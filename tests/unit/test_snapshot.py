@@ -201,3 +201,17 @@ def test_load_missing_unreadable_and_huge_files(tmp_path):
     huge.write_bytes(b"\x00" * (1024 * 1024 + 10 * snapshot.BYTES_PER_ENTRY_LIMIT + 1))
     with pytest.raises(snapshot.SnapshotError, match="too large"):
         snapshot.load(str(huge), Cache(10), clock.monotonic(), clock.wall())
+
+
+def test_a_bad_record_late_in_the_file_leaves_the_cache_as_it_was(tmp_path):
+    """Records are restored as they are parsed; a bad one half-way takes the others out again."""
+    clock = FakeClock()
+    cache = filled(clock, n=3)
+    last = list(cache.entries)[-1]
+    cache.entries[last].ttl_offsets = (len(cache.entries[last].body),)
+    path = tmp_path / "c.snap"
+    path.write_bytes(dump(cache, clock))
+    target = Cache(100)
+    with pytest.raises(snapshot.SnapshotError, match="TTL offset"):
+        snapshot.load(str(path), target, clock.monotonic(), clock.wall())
+    assert len(target) == 0
