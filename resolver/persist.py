@@ -6,11 +6,12 @@ in the middle of an upstream outage — can be answered from the snapshot), save
 every ``interval`` and once more at clean shutdown.
 
 Saving a million entries takes about a second of CPU.  It runs on the event loop
-in slices of ``SLICE`` entries with a yield between them, and only the file
-write (with its fsyncs) goes to a thread: serialising in a thread instead would
-hold the GIL in 5 ms turns against the listeners for the whole second, and a
-Python-level serialiser cannot release it.  ``bench/snapshot.py`` measures both
-(longest loop stall, total time), see README "Persistent cache".
+in slices of ``SLICE`` entries with a yield between them, and only the framing
+(a CRC over the payload) and the file write with its fsyncs go to a thread, as
+both release the GIL.  Serialising in a thread instead was measured far worse:
+the serialiser holds the GIL against the listeners, and its long C calls (one
+join of the whole payload) hold it throughout.  ``bench/snapshot.py`` measures
+both (longest loop stall, total time); numbers in README "Persistent cache".
 
 Failures never stop serving: a bad snapshot at load is one warning and an empty
 cache; a failed save is one warning and a counted failure per attempt.
@@ -161,11 +162,10 @@ class Persister:
         await self.save()
 
     def reconfigure(self, config: PersistConfig) -> None:
-        """A reload may change the path or the interval; the next save uses them."""
-        restart = self._task is not None and config.interval != self.config.interval
-        self.config = config
-        if restart:
+        """A reload may change the path or the interval (or turn saving on); the next save uses them."""
+        if self._task is not None and config.interval != self.config.interval:
             self._task.cancel()
             self._task = None
-        if restart:
+        self.config = config
+        if self._task is None:
             self.start()
