@@ -68,30 +68,55 @@ def stop(proc: subprocess.Popen) -> int:
         return proc.wait()
 
 
-def test_zero_gap_restart_under_load(unbound, tmp_path):
-    port, m_old, m_new = free_port(), free_port(), free_port()
-    old = spawn(config(tmp_path, "old.yaml", port, m_old, unbound.address), tmp_path / "old.log")
+def _metrics_ports(workers: int, taken: set[int]) -> int:
+    """A base port with ``workers`` free ports from it (worker i serves metrics on base + i)."""
+    import socket
+
+    while True:
+        base = free_port()
+        try:
+            socks = []
+            for i in range(workers):
+                s = socket.socket()
+                socks.append(s)
+                s.bind(("127.0.0.1", base + i))
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+        if not taken & set(range(base, base + workers)):
+            return base
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_zero_gap_restart_under_load(unbound, tmp_path, workers):
+    port = free_port()
+    m_old = _metrics_ports(workers, {port})
+    m_new = _metrics_ports(workers, {port, *range(m_old, m_old + workers)})
+    extra = {"workers": str(workers)}
+    old = spawn(config(tmp_path, "old.yaml", port, m_old, unbound.address, **extra), tmp_path / "old.log")
     new = None
     try:
-        assert eventually(lambda: ready(m_old), 15)
+        assert eventually(lambda: all(ready(m_old + i) for i in range(workers)), 15)
         for name, rtype in NAMES[:3]:
             ask(port, name, rtype)
         load = Load(port, NAMES, max_queries=40_000, max_seconds=40).start()
         time.sleep(1.0)
         # The upgrade: the successor starts and binds while the old process serves.
-        new = spawn(config(tmp_path, "new.yaml", port, m_new, unbound.address), tmp_path / "new.log")
-        assert eventually(lambda: ready(m_new), 15)
+        new = spawn(config(tmp_path, "new.yaml", port, m_new, unbound.address, **extra), tmp_path / "new.log")
+        assert eventually(lambda: all(ready(m_new + i) for i in range(workers)), 15)
         assert _metric(m_new, "resolver_cache_snapshot_loaded_entries") >= 3
         time.sleep(1.0)
         assert stop(old) == 0  # SIGTERM: steer away, answer what is queued, drain, snapshot, exit
         time.sleep(1.5)
         load.stop()
-        served_by_new = _metric(m_new, "resolver_queries_total", transport="udp")
+        served_by_new = sum(_metric(m_new + i, "resolver_queries_total", transport="udp") for i in range(workers))
     finally:
         stop(old)
         if new is not None:
             stop(new)
-    print("restart under load:", load.summary())
+    print(f"restart under load (workers {workers}):", load.summary())
     print(f"successor answered {served_by_new:.0f} UDP queries")
     assert load.total(load.sent) >= 200 and min(load.ok.values()) > 0, load.summary()
     assert load.total(load.failed) == 0, load.summary()
