@@ -134,8 +134,13 @@ class Listeners:
                 self.stats.dropped_overload += 1
 
     async def _tcp_adopt(self, conn: socket.socket) -> None:
-        reader, writer = await asyncio.open_connection(sock=conn)
-        await self._tcp_client(reader, writer)
+        """Serve a connection taken from the accept queue at close (background task boundary)."""
+        try:
+            reader, writer = await asyncio.open_connection(sock=conn)
+            await self._tcp_client(reader, writer)
+        except Exception:
+            log.exception("cannot serve a connection adopted from the accept queue")
+            conn.close()
 
     async def drain(self, grace: float) -> None:
         """Wait up to ``grace`` seconds for in-flight queries, then cancel the rest."""
