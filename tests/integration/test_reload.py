@@ -102,3 +102,24 @@ def test_sighup_reloads_the_file_in_a_real_process(fake_upstream, second_upstrea
         _, err = proc.communicate(timeout=20)
     assert proc.returncode == 0
     assert "reload refused" in err and "cache.max_entries" in err
+
+
+def test_sighup_to_the_parent_reloads_every_worker(fake_upstream, second_upstream, tmp_path):
+    from tests.integration.test_handover import _metrics_ports, ready
+
+    port = free_port()
+    mport = _metrics_ports(2, {port})
+    head = f"listen: ['127.0.0.1:{port}']\nmetrics: {{listen: '127.0.0.1:{mport}'}}\nworkers: 2\n"
+    path = write_config(tmp_path, head + f"upstreams: ['{fake_upstream.address}']\n")
+    proc = start("--config", str(path))
+    try:
+        assert eventually(lambda: ready(mport) and ready(mport + 1), 20)
+        path.write_text(head + f"upstreams: ['{second_upstream.address}']\n")
+        proc.send_signal(signal.SIGHUP)
+        for m in (mport, mport + 1):
+            assert eventually(lambda: _metric(m, "resolver_config_reloads_total", result="success") == 1, 10)
+            assert _metric(m, "resolver_worker") == m - mport
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)
+    assert proc.returncode == 0
