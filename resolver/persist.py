@@ -102,8 +102,15 @@ class Persister:
                 # Framing (a CRC over the whole payload) and the write with its
                 # fsyncs run in a thread: both release the GIL.
                 written_at = self.clock.wall()
-                size = await asyncio.to_thread(
-                    lambda: snapshot.write_atomic(path, snapshot.frame(parts, count, written_at)))
+                write = asyncio.ensure_future(asyncio.to_thread(
+                    lambda: snapshot.write_atomic(path, snapshot.frame(parts, count, written_at))))
+                try:
+                    size = await asyncio.shield(write)
+                except asyncio.CancelledError:
+                    # A thread cannot be stopped: hold the lock until it is done, so the
+                    # final save at shutdown cannot race it and be overtaken by it.
+                    await asyncio.wait([write])
+                    raise
             except OSError as exc:
                 self.stats.save_failures += 1
                 log.warning("cannot write cache snapshot %s: %s", path, exc.strerror or exc)

@@ -57,3 +57,38 @@ def test_only_the_writer_writes_and_off_means_off(tmp_path):
 def test_missing_file_is_one_failure_not_an_exception(tmp_path):
     loader = Persister(Cache(10), FakeClock(), PersistConfig(path=str(tmp_path / "none")))
     assert loader.load() is None and loader.stats.load_failures == 1
+
+
+def test_final_save_waits_for_a_cancelled_periodic_write(tmp_path, monkeypatch):
+    """Stop cancels the periodic task mid-write; the final save must not overlap that write."""
+    import threading
+    import time
+
+    from resolver import snapshot
+
+    clock = FakeClock()
+    cache = Cache(10)
+    fill(cache, clock, 3)
+    saver = Persister(cache, clock, PersistConfig(path=str(tmp_path / "c.snap"), interval=0.01))
+    spans, lock = [], threading.Lock()
+    real = snapshot.write_atomic
+
+    def slow_write(path, parts):
+        start = time.monotonic()
+        time.sleep(0.3)
+        size = real(path, parts)
+        with lock:
+            spans.append((start, time.monotonic()))
+        return size
+
+    monkeypatch.setattr(snapshot, "write_atomic", slow_write)
+
+    async def scenario():
+        saver.start()
+        await asyncio.sleep(0.1)  # the periodic save is now inside the slow write
+        await saver.stop()
+
+    asyncio.run(scenario())
+    assert len(spans) == 2
+    (s1, e1), (s2, e2) = sorted(spans)
+    assert e1 <= s2  # one after the other, never both at once
