@@ -218,6 +218,11 @@ class Listeners:
                 if task is not None:
                     pending.add(task)
                     task.add_done_callback(pending.discard)
+                elif self.draining:
+                    # Shutting down: close now (RFC 7766 §6.2.3) rather than leave the
+                    # client waiting out the grace period; it retries on a new
+                    # connection, which reaches the successor.
+                    break
             if pending:
                 await asyncio.wait(set(pending), timeout=self.config.shutdown_grace)
         finally:

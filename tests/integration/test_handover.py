@@ -303,3 +303,24 @@ def test_read_queued_datagrams_empties_the_buffer_and_leaves_the_socket_open():
     assert server.recvfrom(100)[0] == b"again"
     server.close()
     client.close()
+
+
+def test_tcp_miss_while_draining_closes_the_connection_at_once(fake_upstream, start_forwarder):
+    """A query that would need new upstream work after SIGTERM: the connection is closed at
+    once, so the client retries elsewhere instead of waiting out the grace period."""
+    import socket
+    import struct
+
+    fake_upstream.answer("www.test", "A", "192.0.2.1")
+    fwd = start_forwarder([fake_upstream.address])
+    ask(fwd.port, "www.test")
+    c = socket.create_connection(("127.0.0.1", fwd.port), timeout=5)
+    q = _query("www.test")
+    c.sendall(struct.pack(">H", len(q)) + q)
+    assert len(c.recv(2)) == 2  # connected and served
+    c.recv(65535)
+    fwd.call(_close_listeners(fwd.app))
+    q = _query("other.test")  # not cached: would need an upstream fetch
+    c.sendall(struct.pack(">H", len(q)) + q)
+    assert c.recv(2) == b""  # closed at once, not left hanging until the idle timeout
+    c.close()
