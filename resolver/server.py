@@ -96,8 +96,10 @@ class Listeners:
         answered — the TCP accept queue and the UDP receive buffer — because
         closing would discard it.  TCP listeners then close.  UDP sockets stay
         open until ``drain`` ends, because a reply must leave from the socket the
-        query came in on; while draining they still answer cache hits (cheap, and
-        better for clients than silence) but start no new upstream work.
+        query came in on; while draining they still answer what reaches them —
+        with a successor that is only what the kernel's own reshuffling sends when a
+        sibling worker's socket closes first — until the grace period ends.  TCP
+        connections that ask for new upstream work are closed instead.
         """
         if self.draining:  # already closed
             return
@@ -146,12 +148,13 @@ class Listeners:
         """Wait up to ``grace`` seconds for in-flight queries, then cancel the rest."""
         loop = asyncio.get_running_loop()
         end = loop.time() + grace
-        if self.tasks:
-            _, pending = await asyncio.wait(set(self.tasks), timeout=grace)
-            for task in pending:
-                task.cancel()
-            if pending:
-                await asyncio.gather(*pending, return_exceptions=True)
+        while self.tasks and loop.time() < end:  # tasks may still be added (UDP, see close)
+            await asyncio.wait(set(self.tasks), timeout=end - loop.time())
+        pending = list(self.tasks)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
         if self.tcp_writers:
             # Connections adopted from the accept queue have had little time to send
             # their query: let them be answered before the connections are cut.
@@ -165,7 +168,7 @@ class Listeners:
 
     # ------------------------------------------------------------------- UDP
     def spawn(self, coro) -> asyncio.Task | None:
-        if self.draining or len(self.tasks) >= self.config.max_inflight:
+        if len(self.tasks) >= self.config.max_inflight:
             coro.close()
             self.stats.dropped_overload += 1
             return None
@@ -214,15 +217,15 @@ class Listeners:
                     writer.write(struct.pack(">H", len(reply)) + reply)
                     continue
                 # Pipelined queries are answered out of order, as each completes (RFC 7766 §6.2.1.1).
+                if self.draining:
+                    # Shutting down: no new upstream work on TCP; close now (RFC 7766
+                    # §6.2.3) rather than leave the client waiting out the grace period.
+                    # It retries on a new connection, which reaches the successor.
+                    break
                 task = self.spawn(self._tcp_answer(writer, data))
                 if task is not None:
                     pending.add(task)
                     task.add_done_callback(pending.discard)
-                elif self.draining:
-                    # Shutting down: close now (RFC 7766 §6.2.3) rather than leave the
-                    # client waiting out the grace period; it retries on a new
-                    # connection, which reaches the successor.
-                    break
             if pending:
                 await asyncio.wait(set(pending), timeout=self.config.shutdown_grace)
         finally:

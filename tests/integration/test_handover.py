@@ -101,7 +101,7 @@ def test_zero_gap_restart_under_load(unbound, tmp_path, workers):
         assert eventually(lambda: all(ready(m_old + i) for i in range(workers)), 15)
         for name, rtype in NAMES[:3]:
             ask(port, name, rtype)
-        load = Load(port, NAMES, max_queries=40_000, max_seconds=40).start()
+        load = Load(port, NAMES, max_queries=40_000, max_seconds=40, timeout=2.0).start()
         time.sleep(1.0)
         # The upgrade: the successor starts and binds while the old process serves.
         new = spawn(config(tmp_path, "new.yaml", port, m_new, unbound.address, **extra), tmp_path / "new.log")
@@ -131,20 +131,20 @@ def _children(pid: int) -> list[int]:
 
 
 def test_killed_worker_is_restarted_under_load(unbound, tmp_path):
-    port, mport = free_port(), free_port()
-    while mport + 1 == port:  # worker 1 serves metrics on mport + 1
-        mport = free_port()
+    port = free_port()
+    mport = _metrics_ports(2, {port})  # worker 1 serves metrics on mport + 1
     parent = spawn(config(tmp_path, "w.yaml", port, mport, unbound.address, workers="2"), tmp_path / "w.log")
     try:
-        assert eventually(lambda: ready(mport) and ready(mport + 1), 20)
+        assert eventually(lambda: ready(mport) and ready(mport + 1), 20), (tmp_path / "w.log").read_text()
         assert eventually(lambda: len(_children(parent.pid)) == 2, 5)
         for name, rtype in NAMES[:3]:
             ask(port, name, rtype)
-        load = Load(port, NAMES, max_queries=40_000, max_seconds=40).start()
+        load = Load(port, NAMES, max_queries=40_000, max_seconds=40, timeout=2.0).start()
         time.sleep(1.0)
         victim = _children(parent.pid)[1]
         os.kill(victim, signal.SIGKILL)
-        assert eventually(lambda: len(_children(parent.pid)) == 2 and victim not in _children(parent.pid), 10)
+        assert eventually(lambda: len(_children(parent.pid)) == 2 and victim not in _children(parent.pid), 15), \
+            (tmp_path / "w.log").read_text()
         assert eventually(lambda: ready(mport) and ready(mport + 1), 15)
         time.sleep(1.5)
         load.stop()
