@@ -20,6 +20,14 @@ discarded by the kernel.  So on SIGTERM the old process, before it closes:
 
 The successor removes the program once the handover is surely over (``unsteer``).
 
+With several workers on each side the steering is not perfect: when one old
+socket closes, the kernel moves the group's last member into its slot, so some
+successor sockets leave the range the program selects and their share falls back
+to the hash, which still includes the old process's other sockets.  Those keep
+answering everything that reaches them until their grace period ends (see
+``Listeners.close``), so nothing is lost; it only means the old workers are not
+idle at once.
+
 Kernel facts relied on (Linux ≥ 4.6): reuseport group members are kept in an
 array in join order, a leaving member's slot is filled by the last one, and a
 BPF selection outside the array falls back to the hash (net/core/sock_reuseport.c).
