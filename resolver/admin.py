@@ -47,7 +47,9 @@ class AdminServer:
 
     async def start(self, host: str, port: int) -> None:
         self.loopback = ipaddress.ip_address(host).is_loopback
-        self.server = await asyncio.start_server(self._client, host=host, port=port, limit=_MAX_REQUEST)
+        # reuse_port: during a zero-gap upgrade the successor binds this port while we still run.
+        self.server = await asyncio.start_server(self._client, host=host, port=port, limit=_MAX_REQUEST,
+                                                 reuse_port=True)
         self.port = self.server.sockets[0].getsockname()[1]
         log.info("metrics and health on http://%s:%d/metrics", host if ":" not in host else f"[{host}]", self.port)
 

@@ -18,8 +18,10 @@ from .config import Config
 from .hosts import HostsFile
 from .local import LocalAnswers, purge
 from .outagelog import StaleEpisodes
+from .persist import Persister
 from .pipeline import Pipeline
 from .pool import UpstreamPool
+from .reload import ReloadStats, check_reloadable
 from .routing import build_router
 from .server import Listeners
 from .stats import Stats
@@ -28,6 +30,7 @@ from .upstream import Upstream
 log = logging.getLogger("resolver")
 
 SWEEP_INTERVAL = 10.0
+UNSTEER_AFTER = 30.0  # seconds (plus twice the grace) after start: a predecessor's handover is over
 
 
 def version() -> str:
@@ -44,11 +47,11 @@ def build_pool(config: Config, upstreams=None) -> UpstreamPool:
 
 
 class App:
-    def __init__(self, config: Config, clock: Clock | None = None):
+    def __init__(self, config: Config, clock: Clock | None = None, worker: int = 0, workers: int = 1):
         self.config = config
+        self.worker = worker  # index among `workers` processes; only worker 0 writes the snapshot
         self.clock = clock or SystemClock()
         self.stats = Stats()
-        self.stats.last_reload_ok = self.clock.wall()  # start-up is the first successful load
         self.cache = Cache(config.cache.max_entries, self.stats.tally)
         # Zone → upstream group (one pool each); reads as one pool for metrics and logs.
         self.pool = self.router = build_router(config, lambda upstreams: build_pool(config, upstreams))
@@ -56,8 +59,13 @@ class App:
         self.hosts = HostsFile(config.hosts_file, self._hosts_changed) if config.hosts_file.enabled else None
         self.pipeline = Pipeline(config, self.cache, self.pool, self.clock, self.stats, self.local)
         self.listeners = Listeners(self.pipeline, config.server, self.stats)
+        self.listeners.group_size = workers
+        self.persist = Persister(self.cache, self.clock, config.cache.persist, writer=worker == 0)
+        self.reloads = ReloadStats()
+        self.reloads.last_success_wall = self.clock.wall()  # start-up is the first successful load
         self.collector = metrics.ResolverCollector(self.stats, self.cache, lambda: self.pool,
                                                    self.clock.monotonic, version(), self.local, self.hosts)
+        self.collector.lifecycle = self  # snapshot, reload and handover counters
         self.registry = metrics.build_registry(self.collector)
         self.admin = AdminServer(lambda: metrics.render(self.registry), lambda: self.ready, self.cache,
                                  self.clock.monotonic, config.metrics.allow_remote_admin)
@@ -67,7 +75,12 @@ class App:
         self._hosts_watch: asyncio.Task | None = None
 
     async def start(self) -> None:
-        """Bind everything; raises OSError if an address cannot be bound."""
+        """Bind everything; raises OSError if an address cannot be bound.
+
+        The cache snapshot is loaded first: the first query after a restart (in
+        an upstream outage, say) must find it.
+        """
+        self.persist.load()
         if self.config.metrics.enabled:
             await self.admin.start(self.config.metrics.listen.host, self.config.metrics.listen.port)
         if self.hosts is not None:
@@ -76,6 +89,11 @@ class App:
         purge(self.cache, self.local.owns)  # a name now local must not be answered from cache
         await self.listeners.start(self.config.listen)
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep_forever())
+        self.persist.start()
+        # A predecessor told to stop after we bound steers its traffic to us; once it
+        # has surely finished, remove its steering program (handover.unsteer).
+        loop = asyncio.get_running_loop()
+        loop.call_later(2 * self.config.server.shutdown_grace + UNSTEER_AFTER, self.listeners.unsteer)
         self.ready = True
         log.info("forwarding to %s", ", ".join(u.label for u in self.config.upstreams))
         for f in self.config.forward:
@@ -92,7 +110,30 @@ class App:
             self._sweeper.cancel()
         if self._hosts_watch is not None:
             self._hosts_watch.cancel()
+        await self.persist.stop()  # the final snapshot, after the last answers are cached
         self.admin.close()
+
+    def reload(self, config: Config) -> None:
+        """Apply a new configuration to the running parts; the cache is kept.
+
+        Raises ConfigError, changing nothing, if a key only a restart can apply
+        differs.  In-flight queries finish on the pool they started with.
+        """
+        check_reloadable(self.config, config)
+        self.config = config
+        self.pool = self.router = build_router(config, lambda upstreams: build_pool(config, upstreams))
+        self.pipeline.pool = self.pool
+        # Local data: new records and block zones, the hosts file's current data kept.
+        local = LocalAnswers(config)
+        local.set_hosts(self.local.hosts)
+        local.answers = self.local.answers  # counters never go backwards
+        self.local = self.pipeline.local = self.collector.local = local
+        purge(self.cache, local.owns)  # names that became local must not be answered from cache
+        self.pipeline.configure(config)
+        self.cache.resize(config.cache.max_entries)
+        self.listeners.config = config.server
+        self.persist.reconfigure(config.cache.persist)
+        log.info("forwarding to %s", ", ".join(u.label for u in config.upstreams))
 
     @property
     def dns_port(self) -> int:

@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import logging
 import signal
 import sys
 
+from . import reload as live_reload
 from .app import App, version
-from .config import Config, load_config
+from .config import WORKERS_AUTO, Config, load_config
 from .errors import ConfigError
+from .supervisor import Supervisor, usable_cores
 
 log = logging.getLogger("resolver")
 
@@ -60,9 +63,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-async def serve(config: Config, stop_event: asyncio.Event | None = None) -> int:
-    """Run until SIGTERM/SIGINT (or ``stop_event``), then stop cleanly."""
-    app = App(config)
+def for_worker(config: Config, worker: int) -> Config:
+    """Worker ``i`` of several serves its metrics on the configured port + i (README "Workers")."""
+    if worker == 0 or not config.metrics.enabled or config.metrics.listen.port == 0:
+        return config
+    listen = dataclasses.replace(config.metrics.listen, port=config.metrics.listen.port + worker)
+    return dataclasses.replace(config, metrics=dataclasses.replace(config.metrics, listen=listen))
+
+
+async def serve(config: Config, stop_event: asyncio.Event | None = None, *, config_path: str | None = None,
+                resolv_conf: str | None = None, worker: int = 0, workers: int = 1, restarts: int = 0) -> int:
+    """Run until SIGTERM/SIGINT (or ``stop_event``), then stop cleanly; SIGHUP reloads ``config_path``."""
+    app = App(config, worker=worker, workers=workers)
+    app.worker_restarts = restarts
     try:
         await app.start()
     except OSError as e:
@@ -73,11 +86,31 @@ async def serve(config: Config, stop_event: asyncio.Event | None = None) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+
+    def apply(new: Config) -> None:
+        app.reload(new)
+        setup_logging(new)
+
+    def on_hup() -> None:
+        live_reload.reload(lambda: for_worker(load_config(config_path, resolv_conf), worker), apply,
+                           app.reloads, app.clock.wall)
+
+    loop.add_signal_handler(signal.SIGHUP, on_hup)
     await stop.wait()
-    log.info("stopping: finishing in-flight queries (grace %.1fs)", config.server.shutdown_grace)
+    log.info("stopping: finishing in-flight queries (grace %.1fs)", app.config.server.shutdown_grace)
     await app.stop()
     log.info("stopped")
     return 0
+
+
+def _run(coro) -> int:
+    try:
+        import uvloop
+        loop_factory = uvloop.new_event_loop
+    except ImportError:  # pragma: no cover - uvloop is a dependency; keep running without it
+        loop_factory = None
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        return runner.run(coro)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -91,10 +124,19 @@ def main(argv: list[str] | None = None) -> int:
         print("configuration ok")
         return 0
     setup_logging(config)
-    try:
-        import uvloop
-        loop_factory = uvloop.new_event_loop
-    except ImportError:  # pragma: no cover - uvloop is a dependency; keep running without it
-        loop_factory = None
-    with asyncio.Runner(loop_factory=loop_factory) as runner:
-        return runner.run(serve(config))
+    workers = usable_cores() if config.workers == WORKERS_AUTO else config.workers
+    options = dict(config_path=args.config, resolv_conf=args.resolv_conf, workers=workers)
+    if workers == 1:
+        return _run(serve(config, **options))
+
+    def run_worker(index: int, restarts: int) -> int:
+        current = config
+        if restarts:  # a replacement worker takes the file as it is now (it may have been reloaded)
+            try:
+                current = load_config(args.config, resolv_conf=args.resolv_conf)
+            except ConfigError as e:
+                log.error("worker %d: configuration file now invalid, using the one loaded at start: %s", index, e)
+        return _run(serve(for_worker(current, index), worker=index, restarts=restarts, **options))
+
+    log.info("starting %d workers", workers)
+    return Supervisor(workers, run_worker, stop_timeout=config.server.shutdown_grace + 10).run()

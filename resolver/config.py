@@ -64,6 +64,14 @@ class UpstreamOptions:
 
 
 @dataclass(frozen=True, slots=True)
+class PersistConfig:
+    """Cache snapshot on disk, so a restart (even mid-outage) starts warm; see snapshot.py."""
+
+    path: str = ""  # snapshot file; empty = no persistence
+    interval: float = 60.0  # seconds between periodic snapshots (one is also written at shutdown)
+
+
+@dataclass(frozen=True, slots=True)
 class CacheConfig:
     """Bounds on what is cached and for how long (RFC 2308 for negative answers)."""
 
@@ -72,6 +80,7 @@ class CacheConfig:
     max_ttl: int = 86_400  # caps absurd TTLs so fixed records are re-fetched daily
     max_negative_ttl: int = 3_600  # cap on NXDOMAIN/NODATA caching (RFC 2308 §5)
     servfail_ttl: int = 1  # SERVFAIL memory for never-cached names (RFC 9520 §3.2); 0 = off
+    persist: PersistConfig = PersistConfig()
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,8 +159,10 @@ class Config:
     local_records: tuple[records.Record, ...] = ()
     hosts_file: HostsFileConfig = HostsFileConfig()
     block_zones: tuple[bytes, ...] = ()  # wire form, lower-case
+    workers: int = 1  # processes sharing the ports (SO_REUSEPORT); WORKERS_AUTO = one per core
 
 
+WORKERS_AUTO = 0  # `workers: auto`, resolved to the number of usable cores by the supervisor
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
 TRANSPORTS = ("udp", "tcp")
@@ -317,6 +328,10 @@ def _section(cls: type, data: object, key: str):
             values[name] = parse_duration(raw, path)
         elif kind is Address:
             values[name] = parse_address(raw, path)
+        elif is_dataclass(kind):
+            values[name] = _section(kind, raw, path)
+        elif raw == "" and getattr(cls(), name) == "":
+            values[name] = ""  # an empty string that is also the default means "off"
         else:
             values[name] = _str(raw, path)
     return cls(**values)
@@ -345,6 +360,7 @@ def _check_ranges(c: Config) -> None:
          f"must not exceed cache.max_ttl ({cache.max_ttl})"),
         ("cache.servfail_ttl", cache.servfail_ttl <= 300, "must be at most 300 (RFC 9520 §3.2)"),
         ("stale.answer_ttl", c.stale.answer_ttl >= 1, "must be at least 1"),
+        ("cache.persist.interval", cache.persist.interval > 0, "must be greater than 0"),
         ("server.tcp_max_connections", srv.tcp_max_connections >= 1, "must be at least 1"),
         ("server.max_inflight", srv.max_inflight >= 1, "must be at least 1"),
         ("logging.level", c.logging.level in LOG_LEVELS, f"must be one of: {levels}"),
@@ -353,8 +369,10 @@ def _check_ranges(c: Config) -> None:
     ]
     for key, ok, problem in rules:
         if not ok:
-            section, name = key.split(".")
-            raise ConfigError(key, f"{problem}, got {_show(getattr(getattr(c, section), name))}")
+            value = c
+            for name in key.split("."):
+                value = getattr(value, name)
+            raise ConfigError(key, f"{problem}, got {_show(value)}")
     if c.metrics.enabled and c.metrics.listen in c.listen:
         raise ConfigError("metrics.listen", f"is also a DNS listen address ({c.metrics.listen})")
 
@@ -389,6 +407,14 @@ def _choose_upstreams(explicit: list[UpstreamAddress], listen: tuple[Address, ..
     return kept
 
 
+def _workers(value: object) -> int:
+    """``workers``: a positive integer, or "auto" (WORKERS_AUTO: one per usable core)."""
+    if value == "auto":
+        return WORKERS_AUTO
+    ok = isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 256
+    return _expect(ok, value, "workers", 'an integer from 1 to 256, or "auto"')
+
+
 def parse_config(data: object, resolv_conf: str | None = None) -> Config:
     """Build a Config from ``yaml.safe_load`` output (None or {} means all defaults).
 
@@ -408,7 +434,9 @@ def parse_config(data: object, resolv_conf: str | None = None) -> Config:
     _unique([u.label for u in explicit], "upstreams")
     path = _str(top.get("resolv_conf", default.resolv_conf), "resolv_conf")
     sections = {name: _section(cls, top.get(name), name) for name, cls in _SECTIONS.items()}
-    config = Config(listen=listen, resolv_conf=resolv_conf or path, **sections, **_parse_local(top))
+    workers = _workers(top.get("workers", default.workers))
+    config = Config(listen=listen, resolv_conf=resolv_conf or path, workers=workers, **sections,
+                    **_parse_local(top))
     _check_ranges(config)
     upstreams = _choose_upstreams(explicit, listen, config.resolv_conf)
     _check_forward(config.forward, upstreams, listen)

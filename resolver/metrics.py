@@ -41,6 +41,7 @@ class ResolverCollector:
         self.version = version
         self.local = local  # local.LocalAnswers, hosts.HostsFile (optional)
         self.hosts = hosts
+        self.lifecycle = None  # the App, once built: snapshot, reload and handover counters
 
     def collect(self):
         s = self.stats
@@ -163,15 +164,8 @@ class ResolverCollector:
         yield mism
         yield latency
         yield GaugeMetricFamily("resolver_upstream_inflight", "Upstream exchanges in progress.", value=pool.inflight)
-
-        reloads = CounterMetricFamily("resolver_config_reloads", "Configuration reloads, by result.",
-                                      labels=["result"])
-        reloads.add_metric(["success"], s.reloads_ok)
-        reloads.add_metric(["failure"], s.reloads_failed)
-        yield reloads
-        yield GaugeMetricFamily("resolver_config_last_reload_success_timestamp_seconds",
-                                "Unix time the configuration was last loaded successfully (start-up counts).",
-                                value=s.last_reload_ok)
+        if self.lifecycle is not None:
+            yield from _lifecycle_families(self.lifecycle)
         yield from self._local()
 
     def _local(self):
@@ -192,6 +186,49 @@ class ResolverCollector:
                                     value=h.entries)
             yield GaugeMetricFamily("resolver_hosts_file_bad_lines", "Lines skipped in the last hosts file read.",
                                     value=h.bad_lines)
+
+
+def _lifecycle_families(app):
+    """Restart, reload and handover figures (README "Restarts, upgrades and reloads")."""
+    p = app.persist.stats
+    yield CounterMetricFamily("resolver_cache_snapshot_saves", "Cache snapshots written.", value=p.saves)
+    yield CounterMetricFamily("resolver_cache_snapshot_save_failures",
+                              "Cache snapshot writes that failed (unwritable path, disk full, ...).",
+                              value=p.save_failures)
+    yield GaugeMetricFamily("resolver_cache_snapshot_last_save_timestamp_seconds",
+                            "Wall-clock time of the last successful snapshot (0 = none yet).", value=p.last_save_wall)
+    yield GaugeMetricFamily("resolver_cache_snapshot_entries", "Entries in the last snapshot written.",
+                            value=p.last_save_entries)
+    yield GaugeMetricFamily("resolver_cache_snapshot_bytes", "Size of the last snapshot written.",
+                            value=p.last_save_bytes)
+    yield GaugeMetricFamily("resolver_cache_snapshot_save_duration_seconds",
+                            "How long the last snapshot took (serialising in slices + writing).",
+                            value=p.last_save_seconds)
+    yield GaugeMetricFamily("resolver_cache_snapshot_loaded_entries", "Entries restored from the snapshot at start.",
+                            value=p.loaded_entries)
+    yield CounterMetricFamily("resolver_cache_snapshot_load_failures",
+                              "Snapshots that could not be loaded at start (missing, corrupt, foreign version).",
+                              value=p.load_failures)
+    r = app.reloads
+    reloads = CounterMetricFamily("resolver_config_reloads", "SIGHUP configuration reloads.", labels=["result"])
+    reloads.add_metric(["success"], r.successes)
+    reloads.add_metric(["failure"], r.failures)
+    yield reloads
+    yield GaugeMetricFamily("resolver_config_last_reload_success_timestamp_seconds",
+                            "Unix time the configuration was last loaded successfully (start-up counts).",
+                            value=r.last_success_wall)
+    lst = app.listeners
+    yield CounterMetricFamily("resolver_handover_drained_datagrams",
+                              "UDP queries read from the receive buffer at shutdown instead of being discarded.",
+                              value=lst.drained_datagrams)
+    yield CounterMetricFamily("resolver_handover_adopted_connections",
+                              "TCP connections taken from the accept queue at shutdown instead of being reset.",
+                              value=lst.drained_connections)
+    yield GaugeMetricFamily("resolver_worker", "This process's worker index (workers > 1: metrics port = base + index).",
+                            value=app.worker)
+    yield CounterMetricFamily("resolver_worker_restarts",
+                              "Times the supervisor restarted this worker slot after it died.",
+                              value=getattr(app, "worker_restarts", 0))
 
 
 def build_registry(collector: ResolverCollector) -> CollectorRegistry:

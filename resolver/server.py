@@ -18,12 +18,14 @@ import logging
 import socket
 import struct
 
-from . import wire
+from . import handover, wire
 from .config import Address, ServerConfig
 from .pipeline import Pipeline
 from .stats import Stats
 
 log = logging.getLogger("resolver.server")
+
+TCP_LINGER = 0.3  # seconds open TCP connections get, at shutdown, after in-flight work is done
 
 
 def _internal_error_reply(data: bytes) -> bytes | None:
@@ -45,52 +47,128 @@ class Listeners:
         self.tcp_writers: set[asyncio.StreamWriter] = set()
         self.bound: list[tuple[str, int]] = []  # actual (host, port) per listen address, after binding
         self.draining = False
+        self.group_size = 1  # our sockets per reuseport group (workers): see handover.steer_away
+        self.drained_datagrams = 0  # read from receive buffers at close (handover)
+        self.drained_connections = 0  # taken from accept queues at close (handover)
 
     async def start(self, addresses: tuple[Address, ...]) -> None:
         loop = asyncio.get_running_loop()
         for addr in addresses:
             family = socket.AF_INET6 if ":" in addr.host else socket.AF_INET
-            transport, _ = await loop.create_datagram_endpoint(
-                lambda: _UdpProtocol(self), local_addr=(addr.host, addr.port), family=family,
-                reuse_port=True)
+            tries = 1 if addr.port else 10
+            for attempt in range(tries):
+                transport, _ = await loop.create_datagram_endpoint(
+                    lambda: _UdpProtocol(self), local_addr=(addr.host, addr.port), family=family,
+                    reuse_port=True)
+                port = transport.get_extra_info("sockname")[1]
+                # The TCP listener takes the port UDP got, so "port 0" tests get one port for both.
+                try:
+                    server = await asyncio.start_server(
+                        self._tcp_client, host=addr.host, port=port, family=family, reuse_port=True,
+                        backlog=1024)
+                except OSError:
+                    transport.close()
+                    if attempt == tries - 1:
+                        raise
+                    continue  # port 0: free for UDP, but a TCP socket holds that number; another one
+                break
             self.udp_transports.append(transport)
-            port = transport.get_extra_info("sockname")[1]
-            # The TCP listener takes the port UDP got, so "port 0" tests get one port for both.
-            server = await asyncio.start_server(
-                self._tcp_client, host=addr.host, port=port, family=family, reuse_port=True,
-                backlog=1024)
             self.tcp_servers.append(server)
             self.bound.append((addr.host, port))
             log.info("listening on %s port %d (UDP and TCP)", addr.host, port)
+        self.unsteer()
+
+    def unsteer(self) -> None:
+        """Drop a predecessor's steering program from our groups (see handover.unsteer)."""
+        if self.draining:
+            return
+        for transport in self.udp_transports:
+            handover.unsteer(transport.get_extra_info("socket").fileno())
+        for server in self.tcp_servers:
+            for sock in server.sockets:
+                handover.unsteer(sock.fileno())
 
     def close(self) -> None:
         """Stop taking new work; in-flight queries go on.
 
-        TCP listeners close at once.  UDP sockets stay open until ``drain`` ends,
-        because a reply must leave from the socket the query came in on; while
-        draining they still answer cache hits (cheap, and better for clients than
-        silence) but start no new upstream work.
+        First new packets are steered to a successor, if one shares our ports
+        (``handover``); then what the kernel already queued for us is taken and
+        answered — the TCP accept queue and the UDP receive buffer — because
+        closing would discard it.  TCP listeners then close.  UDP sockets stay
+        open until ``drain`` ends, because a reply must leave from the socket the
+        query came in on; while draining they still answer what reaches them —
+        with a successor that is only what the kernel's own reshuffling sends when a
+        sibling worker's socket closes first — until the grace period ends.  TCP
+        connections that ask for new upstream work are closed instead.
         """
+        if self.draining:  # already closed
+            return
+        for transport in self.udp_transports:
+            handover.steer_away(transport.get_extra_info("socket").fileno(), self.group_size)
+        for server in self.tcp_servers:
+            for sock in server.sockets:
+                handover.steer_away(sock.fileno(), self.group_size)
+        loop = asyncio.get_running_loop()
+        for server in self.tcp_servers:
+            for sock in server.sockets:
+                for conn in handover.accept_queued(sock.fileno()):
+                    self.drained_connections += 1
+                    loop.create_task(self._tcp_adopt(conn))
+        for transport in self.udp_transports:
+            self._drain_udp_queue(transport, resolve_misses=True)
         self.draining = True
         for server in self.tcp_servers:
             server.close()
 
+    def _drain_udp_queue(self, transport, resolve_misses: bool) -> None:
+        """Answer the datagrams waiting in ``transport``'s receive buffer (see close)."""
+        protocol = transport.get_protocol()
+        for data, addr in handover.read_queued_datagrams(transport.get_extra_info("socket").fileno()):
+            self.drained_datagrams += 1
+            if resolve_misses:
+                protocol.datagram_received(data, addr)
+                continue
+            self.stats.queries_udp += 1
+            reply = self.pipeline.answer_fast(data, False)
+            if reply is not None:
+                transport.sendto(reply, addr)
+            else:
+                self.stats.dropped_overload += 1
+
+    async def _tcp_adopt(self, conn: socket.socket) -> None:
+        """Serve a connection taken from the accept queue at close (background task boundary)."""
+        try:
+            reader, writer = await asyncio.open_connection(sock=conn)
+            await self._tcp_client(reader, writer)
+        except Exception:
+            log.exception("cannot serve a connection adopted from the accept queue")
+            conn.close()
+
     async def drain(self, grace: float) -> None:
         """Wait up to ``grace`` seconds for in-flight queries, then cancel the rest."""
-        if self.tasks:
-            _, pending = await asyncio.wait(set(self.tasks), timeout=grace)
-            for task in pending:
-                task.cancel()
-            if pending:
-                await asyncio.gather(*pending, return_exceptions=True)
+        loop = asyncio.get_running_loop()
+        end = loop.time() + grace
+        while self.tasks and loop.time() < end:  # tasks may still be added (UDP, see close)
+            await asyncio.wait(set(self.tasks), timeout=end - loop.time())
+        pending = list(self.tasks)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
+        if self.tcp_writers:
+            # Connections adopted from the accept queue have had little time to send
+            # their query: let them be answered before the connections are cut.
+            await asyncio.sleep(max(0.0, min(TCP_LINGER, end - loop.time())))
         for writer in list(self.tcp_writers):
             writer.transport.abort()
         for transport in self.udp_transports:
+            if not transport.is_closing():
+                self._drain_udp_queue(transport, resolve_misses=False)  # last look: hits only
             transport.close()
 
     # ------------------------------------------------------------------- UDP
     def spawn(self, coro) -> asyncio.Task | None:
-        if self.draining or len(self.tasks) >= self.config.max_inflight:
+        if len(self.tasks) >= self.config.max_inflight:
             coro.close()
             self.stats.dropped_overload += 1
             return None
@@ -139,6 +217,11 @@ class Listeners:
                     writer.write(struct.pack(">H", len(reply)) + reply)
                     continue
                 # Pipelined queries are answered out of order, as each completes (RFC 7766 §6.2.1.1).
+                if self.draining:
+                    # Shutting down: no new upstream work on TCP; close now (RFC 7766
+                    # §6.2.3) rather than leave the client waiting out the grace period.
+                    # It retries on a new connection, which reaches the successor.
+                    break
                 task = self.spawn(self._tcp_answer(writer, data))
                 if task is not None:
                     pending.add(task)

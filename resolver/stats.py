@@ -110,7 +110,6 @@ class Stats:
         "responses_by_rcode", "responses_by_source", "servfail_upstream",
         "tcp_connections", "tcp_refused", "internal_errors",
         "queries_by_type", "tally", "durations",
-        "reloads_ok", "reloads_failed", "last_reload_ok",
     )
 
     def __init__(self):
@@ -133,10 +132,6 @@ class Stats:
         self.tally = HitTally()      # hit-path answers by (qtype, rcode): shared with the cache
         # Slow-path request durations by source; hit-path answers are added at scrape.
         self.durations = {source: Histogram(DURATION_BUCKETS) for source in SOURCES}
-        # Config reloads (bumped by whoever reloads; last_reload_ok is a wall-clock time).
-        self.reloads_ok = 0
-        self.reloads_failed = 0
-        self.last_reload_ok = 0.0
 
     def hits(self) -> int:
         """All fresh cache answers: slow path plus hit path."""

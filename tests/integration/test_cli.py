@@ -67,6 +67,8 @@ def test_example_config_checks_ok(tmp_path):
     ("listen: ['127.0.0.1:99999']\n", "listen[0]"),
     ("upstreams: ['ftp://192.0.2.1']\n", "upstreams[0]"),
     ("listen: [\n", "resolver.yaml"),
+    ("workers: many\n", "workers"),
+    ("cache: {persist: {interval: 0}}\n", "cache.persist.interval"),
 ])
 def test_bad_config_one_line_exit_2(tmp_path, text, key):
     """A bad config: exit code 2, one line on stderr naming the key, no traceback."""

@@ -23,18 +23,24 @@ from resolver.config import Address, Config, MetricsConfig, parse_config, parse_
 
 def forwarder_config(upstreams: list[str], **sections) -> Config:
     """A Config on ephemeral loopback ports; ``sections`` override fields per section,
-    e.g. ``stale={"client_timeout": 0.2}``; list keys take their YAML form, e.g.
+    e.g. ``stale={"client_timeout": 0.2}``; nested sections as nested dicts
+    (``cache={"persist": {"path": p}}``); list keys take their YAML form, e.g.
     ``forward=[{"zone": "corp.test", "upstreams": [...]}]``, ``local_records=[...]``."""
     base = Config(
         listen=(Address("127.0.0.1", 0),),
         upstreams=tuple(parse_upstream(u, f"upstreams[{i}]") for i, u in enumerate(upstreams)),
         metrics=MetricsConfig(enabled=True, listen=Address("127.0.0.1", 0)),
     )
+    def merged(obj, values):
+        if not isinstance(values, dict):  # a plain value (e.g. workers=2), not a section
+            return values
+        return dataclasses.replace(obj, **{k: merged(getattr(obj, k), v) for k, v in values.items()})
+
     changes = {}
     for name, values in sections.items():
-        if dataclasses.is_dataclass(getattr(base, name)):
-            changes[name] = dataclasses.replace(getattr(base, name), **values)
-        else:  # parsed as the config file would be; a listen address no upstream uses
+        if dataclasses.is_dataclass(getattr(base, name)) or not isinstance(values, list):
+            changes[name] = merged(getattr(base, name), values)
+        else:  # a list key, parsed as the config file would be; a listen address no upstream uses
             parsed = parse_config({"upstreams": upstreams, "listen": ["127.0.0.1:1"], name: values})
             changes[name] = getattr(parsed, name)
     return dataclasses.replace(base, **changes)
@@ -94,6 +100,8 @@ class RunningForwarder:
         return 0.0
 
     def stop(self, grace: float = 1.0) -> None:
+        if self.loop.is_closed():  # already stopped by the test itself
+            return
         try:
             self.call(self.app.stop(grace))
         finally:

@@ -1,0 +1,773 @@
+#!/usr/bin/env python3
+"""Benchmark resolver against Unbound and dnsmasq, all forwarding to a local NSD.
+
+    .venv/bin/python bench/run.py [--quick] [--runs N] [--duration S]
+
+Everything listens on 127.0.0.1 only; nothing leaves the machine.  The server
+under test is pinned to one CPU (``--server-cpu``, default 1); this script,
+dnsperf, the latency client and NSD share another (``--client-cpu``, default 0).
+Server CPU time is read from /proc/PID/stat before and after each load run, so
+"QPS per server CPU-second" compares the programs even when the load generator,
+not the server, is the bottleneck.  See bench/README.md for what each number means.
+
+Results: a Markdown report on stdout, JSON in bench/results/latest.json, server
+logs in bench/results/logs/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import datetime
+import json
+import os
+import platform
+import random
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import latency  # noqa: E402
+import servers  # noqa: E402
+from servers import LOOPBACK, Server  # noqa: E402
+
+BENCH = Path(__file__).resolve().parent
+RESULTS = BENCH / "results"
+FORWARDERS = ("resolver", "unbound", "dnsmasq")
+
+HIT_QUERIES = 1_000            # distinct questions in the cache-hit query file
+LATENCY_RATE = 5_000           # queries per second for the latency test
+MISS_NAMES_PER_SECOND = 50_000  # unique names per second of a miss run (dnsperf stops at the file's end) ...
+MISS_NAMES_MAX = 140_000        # ... but fewer than dnsmasq's 150,000 cache entries: a full dnsmasq
+                                # cache of unexpired entries makes every miss cost milliseconds
+# dnsperf flood settings.  One client socket with 100 queries outstanding keeps a
+# single-core server at ~100% CPU without overflowing its socket receive buffer;
+# more sockets or more outstanding queries made dnsperf itself slower on this box
+# and made the kernel drop bursts (RcvbufErrors), which then show up as "lost".
+FLOOD_CLIENTS = 1
+HIT_OUTSTANDING = 100
+MISS_OUTSTANDING = 100
+FILL_BUDGET_PER_100K = 60.0     # seconds allowed per 100k names when filling caches (memory test)
+STALE_CONFIG = """upstream:
+  attempt_timeout: 0.5
+  total_timeout: 0.5
+stale:
+  client_timeout: 0.2
+  recheck: 1h
+"""
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------- plumbing
+def become_subreaper() -> None:
+    """Orphans of our servers (NSD's children) are re-parented to us, so we can reap them."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+    except (OSError, AttributeError):
+        pass
+
+
+def reap_children() -> None:
+    """Collect exited orphans (all Popen children have been waited for by now)."""
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
+def udp_snmp() -> dict[str, int]:
+    """System-wide UDP counters; RcvbufErrors counts datagrams dropped on a full socket."""
+    with open("/proc/net/snmp") as f:
+        rows = [line.split() for line in f if line.startswith("Udp:")]
+    return dict(zip(rows[0][1:], map(int, rows[1][1:])))
+
+
+def cpu_busy() -> dict[int, float]:
+    """Seconds per CPU since boot spent running processes (user, nice, system) or stolen by
+    the hypervisor (steal), from /proc/stat.  Interrupt and softirq time is left out: part
+    of it is the kernel delivering the benchmark's own packets."""
+    busy = {}
+    with open("/proc/stat") as f:
+        for line in f:
+            name, *ticks = line.split()
+            if name.startswith("cpu") and name != "cpu":
+                user, nice, system, _idle, _iowait, _irq, _softirq, steal = map(int, ticks[:8])
+                busy[int(name[3:])] = (user + nice + system + steal) / servers.CLK_TCK
+    return busy
+
+
+def wait_for_quiet(limit: float, threshold: float = 0.05) -> float:
+    """Wait (at most ``limit`` s) until the server core has been quiet for 0.5 s: nothing of
+    ours runs there between load runs, so any use is another process's.  Returns the
+    busy share seen last (a shared machine may never be quiet; the run then goes ahead)."""
+    deadline = time.monotonic() + limit
+    while True:
+        b0 = cpu_busy()[SERVER_CPU]
+        time.sleep(0.5)
+        share = (cpu_busy()[SERVER_CPU] - b0) / 0.5
+        if share <= threshold or time.monotonic() >= deadline:
+            return share
+
+
+def write_lines(path: Path, lines) -> Path:
+    with open(path, "w") as f:
+        for line in lines:
+            f.write(line + "\n")
+    return path
+
+
+def dnsperf(port: int, datafile: Path, cpu: int | None, *, duration: float | None = None,
+            outstanding: int = 100, clients: int = 1, once: bool = False, rate: int | None = None,
+            timeout: float = 2.0) -> dict:
+    """Run dnsperf and parse its summary."""
+    argv = ["dnsperf", "-s", LOOPBACK, "-p", str(port), "-d", str(datafile), "-c", str(clients),
+            "-q", str(outstanding), "-t", str(timeout), "-O", "suppress=timeout,congestion"]
+    if duration:
+        argv += ["-l", str(duration)]
+    if once:
+        argv += ["-n", "1"]
+    if rate:
+        argv += ["-Q", str(rate)]
+    if cpu is not None:
+        argv = ["taskset", "-c", str(cpu), *argv]
+    limit = (duration or 900) + timeout + 60
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=limit, stdin=subprocess.DEVNULL)
+    out = proc.stdout
+
+    def num(label: str, default=None):
+        m = re.search(rf"{label}:\s+([\d.]+)", out)
+        return float(m.group(1)) if m else default
+
+    if proc.returncode != 0 or num("Queries sent") is None:
+        raise RuntimeError(f"dnsperf failed (rc {proc.returncode}): {proc.stderr.strip() or out[-2000:]}")
+    rcodes = dict((k, int(v)) for k, v in re.findall(r"([A-Z]+) (\d+) \(", out.split("Response codes:")[1].split("\n")[0]))
+    return {
+        "sent": int(num("Queries sent")),
+        "completed": int(num("Queries completed")),
+        "lost": int(num("Queries lost", 0)),
+        "qps": num("Queries per second"),
+        "runtime_s": num(r"Run time \(s\)"),
+        "avg_latency_us": (num(r"Average Latency \(s\)", 0) or 0) * 1e6,
+        "rcodes": rcodes,
+    }
+
+
+SERVER_CPU = CLIENT_CPU = None  # set in main()
+QUIET_WAIT = 0.0                 # --quiet-wait
+
+
+def measured(server: Server, work) -> dict:
+    """Run ``work()`` and add the server's CPU seconds, RSS and socket drops to its result.
+
+    Also how busy the two CPUs were with anything else (other users of a shared box):
+    ``foreign_server_core`` is the share of wall time the server's core spent on other
+    work; above a few percent the run was disturbed."""
+    if not server.alive():
+        raise RuntimeError(f"{server.name} has exited (rc {server.proc.returncode}); log:\n{server.log_tail()}")
+    quiet_before = wait_for_quiet(QUIET_WAIT) if QUIET_WAIT > 0 else None
+    snmp0, busy0, cpu0, t0 = udp_snmp(), cpu_busy(), server.cpu(), time.monotonic()
+    result = work()
+    cpu1, t1, busy1, snmp1 = server.cpu(), time.monotonic(), cpu_busy(), udp_snmp()
+    if not server.alive():
+        raise RuntimeError(f"{server.name} died during the test (rc {server.proc.returncode}); log:\n{server.log_tail()}")
+    cpu = cpu1 - cpu0
+    result["server_cpu_s"] = round(cpu, 3)
+    result["server_cpu_util"] = round(cpu / (t1 - t0), 3) if t1 > t0 else None
+    result["qps_per_cpu_s"] = result["completed"] / cpu if cpu > 0 else None
+    result["rss_bytes"] = server.rss()
+    result["rcvbuf_drops"] = snmp1.get("RcvbufErrors", 0) - snmp0.get("RcvbufErrors", 0)
+    wall = max(t1 - t0, 1e-9)
+    result["foreign_server_core"] = round(max(0.0, busy1[SERVER_CPU] - busy0[SERVER_CPU] - cpu) / wall, 3)
+    result["client_core_busy"] = round((busy1[CLIENT_CPU] - busy0[CLIENT_CPU]) / wall, 3)
+    result["server_core_busy_before"] = None if quiet_before is None else round(quiet_before, 3)
+    return result
+
+
+DISTURBED = 0.05  # share of the server's core used by other processes that marks a run as disturbed
+
+
+def disturbed(res: dict) -> str:
+    foreign = res.get("foreign_server_core") or 0
+    return f"  [disturbed: other processes used {foreign:.0%} of the server core]" if foreign > DISTURBED else ""
+
+
+def median_of(runs: list[dict], key: str):
+    values = [r[key] for r in runs if r.get(key) is not None]
+    return statistics.median(values) if values else None
+
+
+def summarize(runs: list[dict]) -> dict:
+    keys = [k for k, v in runs[0].items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    return {"median": {k: median_of(runs, k) for k in keys}, "runs": runs,
+            "disturbed_runs": sum(1 for r in runs if disturbed(r))}
+
+
+# --------------------------------------------------------------------- the tests
+class Bench:
+    def __init__(self, args, workdir: Path):
+        self.args = args
+        self.work = workdir
+        self.cpu_client = args.client_cpu
+        self.cpu_server = args.server_cpu
+        self.started: list[Server] = []
+        self.results: dict = {"tests": {}}
+        self.notes: list[str] = []
+
+    # ---- process bookkeeping
+    def start(self, fn, *a, **kw) -> Server:
+        server = fn(*a, **kw)
+        self.started.append(server)
+        return server
+
+    def stop(self, server: Server) -> None:
+        server.stop()
+        if server in self.started:
+            self.started.remove(server)
+        reap_children()
+
+    def stop_all(self) -> None:
+        for server in reversed(list(self.started)):
+            try:
+                server.stop()
+            except Exception as e:  # keep stopping the others
+                log(f"stopping {server.name}: {e}")
+        self.started.clear()
+        reap_children()
+
+    def check_log(self, server: Server) -> None:
+        """Note tracebacks or errors a server logged (resolver misbehaviour must be visible)."""
+        text = server.log_path.read_text(errors="replace") if server.log_path.exists() else ""
+        bad = [line for line in text.splitlines() if re.search(r"Traceback|ERROR|CRITICAL|error:", line)]
+        if bad:
+            self.notes.append(f"{server.name} logged {len(bad)} error line(s), first: {bad[0][:300]}")
+
+    # ---- files
+    def make_files(self) -> None:
+        rng = random.Random(1)
+        hits = [f"h{n}.bench.test A" for n in range(HIT_QUERIES * 3 // 4)]
+        hits += [f"h{n}.bench.test AAAA" for n in range(0, HIT_QUERIES, servers.AAAA_EVERY)][: HIT_QUERIES - len(hits)]
+        rng.shuffle(hits)
+        self.hit_lines = hits
+        self.hits_file = write_lines(self.work / "hits.txt", hits)
+        self.stale_file = write_lines(self.work / "stale.txt",
+                                      (f"s{n}.short.bench.test A" for n in range(servers.SHORT_NAMES)))
+
+    def miss_file(self) -> Path:
+        """Unique names, fewer than dnsmasq's cache size (see test_misses)."""
+        path = self.work / "miss.txt"
+        if not path.exists():
+            count = min(MISS_NAMES_MAX, int(MISS_NAMES_PER_SECOND * self.args.duration))
+            write_lines(path, (f"u{i}.miss.bench.test A" for i in range(count)))
+        return path
+
+    # ---- a. cache hits
+    def warm(self, server: Server, datafile: Path, passes: int = 2) -> dict:
+        res = {}
+        for _ in range(passes):
+            res = dnsperf(server.port, datafile, self.cpu_client, once=True, outstanding=50)
+        return res
+
+    def test_hits(self, fwd: dict[str, Server]) -> None:
+        log("a. cache hits: warming")
+        for name, server in fwd.items():
+            warm = self.warm(server, self.hits_file)
+            if warm["lost"] or warm["rcodes"].get("NOERROR", 0) != len(self.hit_lines):
+                self.notes.append(f"{name}: warm-up pass not clean: {warm}")
+        runs = {name: [] for name in fwd}
+        for run in range(self.args.runs):
+            for name in self.order(fwd, run):
+                res = measured(fwd[name], lambda s=fwd[name]: dnsperf(
+                    s.port, self.hits_file, self.cpu_client, duration=self.args.duration,
+                    outstanding=HIT_OUTSTANDING, clients=FLOOD_CLIENTS))
+                runs[name].append(res)
+                log(f"   hits {name} run {run + 1}: {res['qps']:.0f} qps, {res['server_cpu_s']:.2f} CPU-s, "
+                    f"{fmt_int(res['qps_per_cpu_s'])} q/CPU-s, lost {res['lost']}, socket drops {res['rcvbuf_drops']}"
+                    f"{disturbed(res)}")
+        self.results["tests"]["hits"] = {name: summarize(r) for name, r in runs.items()}
+
+    # ---- b. latency at a fixed rate
+    def test_latency(self, fwd: dict[str, Server]) -> None:
+        log(f"b. latency at {LATENCY_RATE} q/s")
+        questions = [tuple(line.split()) for line in self.hit_lines]
+        for server in fwd.values():  # warm the client code path and the server's, unmeasured
+            latency.measure(server.port, questions, LATENCY_RATE, 1.0)
+        runs = {name: [] for name in fwd}
+        for run in range(self.args.runs):
+            for name in self.order(fwd, run):
+                res = measured(fwd[name], lambda s=fwd[name]: latency.measure(
+                    s.port, questions, LATENCY_RATE, self.args.duration))
+                runs[name].append(res)
+                log(f"   latency {name} run {run + 1}: p50 {res['p50_us']:.0f} µs, p99 {res['p99_us']:.0f} µs, "
+                    f"lost {res['lost']}, client send lag p99 {res['send_lag_p99_us']:.0f} µs{disturbed(res)}")
+        self.results["tests"]["latency"] = {name: summarize(r) for name, r in runs.items()}
+
+    # ---- c. cache misses
+    def test_misses(self, nsd: Server) -> None:
+        """Each run on a freshly started server, so every run sees the same empty cache."""
+        log("c. cache misses (unique names, NSD behind; a fresh server per run)")
+        datafile = self.miss_file()
+        starters = self.starters(nsd, "miss")
+        runs = {name: [] for name in starters}
+        for run in range(self.args.runs):
+            for name in self.order(starters, run):
+                server = starters[name]()
+                self.started.append(server)
+                try:
+                    server.wait_ready("h1.bench.test")
+                    res = measured(server, lambda s=server: dnsperf(
+                        s.port, datafile, self.cpu_client, duration=self.args.duration, once=True,
+                        outstanding=MISS_OUTSTANDING, clients=FLOOD_CLIENTS))
+                finally:
+                    self.check_log(server)
+                    self.stop(server)
+                runs[name].append(res)
+                log(f"   misses {name} run {run + 1}: {res['qps']:.0f} qps, {res['server_cpu_s']:.2f} CPU-s, "
+                    f"{fmt_int(res['qps_per_cpu_s'])} q/CPU-s, lost {res['lost']}, rcodes {res['rcodes']}"
+                    f"{disturbed(res)}")
+        self.results["tests"]["misses"] = {name: summarize(r) for name, r in runs.items()}
+
+    def starters(self, nsd: Server, suffix: str) -> dict:
+        """Functions that start a fresh, not yet warmed instance of each forwarder."""
+        w, port, cpu = self.work, nsd.port, self.cpu_server
+        return {
+            "resolver": lambda: servers.start_resolver(w, port, cpu, name=f"resolver-{suffix}", wait=False),
+            "unbound": lambda: servers.start_unbound(w, port, cpu, name=f"unbound-{suffix}", wait=False),
+            "dnsmasq": lambda: servers.start_dnsmasq(w, port, cpu, name=f"dnsmasq-{suffix}", wait=False),
+        }
+
+    # ---- d. serve-stale, failure recheck timer path
+    def test_stale(self, nsd: Server) -> None:
+        """Stale answers from the failure-recheck fast path, interleaved with fresh hits on the
+        same instance, so the two are compared under the same conditions."""
+        log("d. serve-stale: recheck-timer fast path vs fresh hits, same instance (resolver only)")
+        server = self.start(servers.start_resolver, self.work, nsd.port, self.cpu_server,
+                            name="resolver-stale", extra=STALE_CONFIG)
+        try:
+            self.warm(server, self.hits_file, passes=1)
+            warm = self.warm(server, self.stale_file, passes=1)
+            entries = servers.resolver_metric(server, "resolver_cache_entries")
+            detail = {"warm": warm, "entries_after_warm": entries}
+            nsd.signal_group(signal.SIGSTOP)  # silent upstream: every refresh times out
+            try:
+                time.sleep(1.5)  # TTL 1 s: the short names are now stale
+                # One query per name: answered stale after client_timeout (0.2 s); the refresh
+                # fails at total_timeout (0.5 s) and sets the recheck timer (1 h).
+                detail["prime"] = dnsperf(server.port, self.stale_file, self.cpu_client, once=True,
+                                          outstanding=100, timeout=3)
+                time.sleep(1.0)
+                stale_runs, fresh_runs, counted = [], [], 0.0
+                for run in range(self.args.runs):
+                    fresh = measured(server, lambda: dnsperf(
+                        server.port, self.hits_file, self.cpu_client, duration=self.args.duration,
+                        outstanding=HIT_OUTSTANDING, clients=FLOOD_CLIENTS))
+                    fresh_runs.append(fresh)
+                    before = servers.resolver_metric(server, "resolver_stale_answers")
+                    res = measured(server, lambda: dnsperf(
+                        server.port, self.stale_file, self.cpu_client, duration=self.args.duration,
+                        outstanding=HIT_OUTSTANDING, clients=FLOOD_CLIENTS))
+                    counted += servers.resolver_metric(server, "resolver_stale_answers") - before
+                    stale_runs.append(res)
+                    log(f"   run {run + 1}: stale {res['qps']:.0f} qps, {fmt_int(res['qps_per_cpu_s'])} q/CPU-s, "
+                        f"lost {res['lost']}, rcodes {res['rcodes']}{disturbed(res)}; fresh hits "
+                        f"{fresh['qps']:.0f} qps, {fmt_int(fresh['qps_per_cpu_s'])} q/CPU-s{disturbed(fresh)}")
+            finally:
+                nsd.signal_group(signal.SIGCONT)
+            completed = sum(r["completed"] for r in stale_runs)
+            detail["stale_answers_counted"] = counted
+            detail["completed"] = completed
+            if abs(counted - completed) > 0.01 * completed:
+                self.notes.append(f"serve-stale: {completed} answers but resolver_stale_answers grew by "
+                                  f"{counted:.0f}: not all answers took the stale path")
+            summary = summarize(stale_runs)
+            summary["detail"] = detail
+            summary["fresh_same_instance"] = summarize(fresh_runs)
+            self.results["tests"]["stale"] = {"resolver": summary}
+        finally:
+            self.check_log(server)
+            self.stop(server)
+
+    # ---- f. memory
+    def fill(self, server: Server, datafile: Path, target: int, count, budget: float) -> dict:
+        """Query every name in ``datafile`` (up to 3 passes, at most ``budget`` seconds in all)
+        until ``count()`` reaches ``target``."""
+        t0 = time.monotonic()
+        passes = []
+        for _ in range(3):
+            left = budget - (time.monotonic() - t0)
+            if left < 5:
+                break
+            res = dnsperf(server.port, datafile, self.cpu_client, once=True, duration=int(left),
+                          outstanding=MISS_OUTSTANDING, clients=FLOOD_CLIENTS, timeout=5)
+            passes.append({k: res[k] for k in ("sent", "completed", "lost", "qps")})
+            if count() >= target:
+                break
+        return {"fill_s": round(time.monotonic() - t0, 1), "passes": passes}
+
+    def unbound_entries(self, server: Server) -> int:
+        out = subprocess.run(["unbound-control", "-c", str(self.work / f"{server.name}.conf"), "stats_noreset"],
+                             capture_output=True, text=True, timeout=30).stdout
+        m = re.search(r"^msg\.cache\.count=(\d+)", out, re.M)
+        return int(m.group(1)) if m else 0
+
+    def test_memory(self, nsd: Server) -> None:
+        sizes = [100_000] if self.args.quick else [100_000, 1_000_000]
+        log(f"f. memory: fill fresh caches with {', '.join(f'{n:,}' for n in sizes)} unique names")
+        files = {n: write_lines(self.work / f"mem-{n}.txt", (f"m{i}.miss.bench.test A" for i in range(n)))
+                 for n in sizes}
+        out = {}
+        for name in ("resolver", "unbound"):
+            if name == "resolver":
+                server = self.start(servers.start_resolver, self.work, nsd.port, self.cpu_server, name="resolver-mem")
+                # The fill goes on until this many *fresh* entries (a SERVFAIL remembered for
+                # 1 s is not a filled name); bytes per entry divide by all entries held.
+                count = lambda s=server: int(servers.resolver_metric(s, "resolver_cache_entries",  # noqa: E731
+                                                                     'state="fresh"'))
+                total = lambda s=server: int(servers.resolver_metric(s, "resolver_cache_entries"))  # noqa: E731
+            else:
+                server = self.start(servers.start_unbound, self.work, nsd.port, self.cpu_server, name="unbound-mem",
+                                    extended_stats=True)
+                count = total = lambda s=server: self.unbound_entries(s)  # noqa: E731
+            try:
+                time.sleep(0.5)
+                rss_empty, entries_empty = server.rss(), total()
+                rows = {"rss_empty": rss_empty, "entries_empty": entries_empty}
+                for n in sizes:
+                    budget = FILL_BUDGET_PER_100K * n / 100_000
+                    fill = self.fill(server, files[n], n, count, budget)
+                    fresh, entries, rss = count(), total(), server.rss()
+                    per = (rss - rss_empty) / max(1, entries - entries_empty)
+                    rows[str(n)] = {"entries": entries, "fresh": fresh, "rss": rss, "bytes_per_entry": per, **fill}
+                    if fresh < n:
+                        self.notes.append(f"memory {name}: {fresh:,} of {n:,} names cached when the fill stopped "
+                                          f"({fill['fill_s']:g} s, budget {budget:g} s, {len(fill['passes'])} "
+                                          "pass(es)); bytes/entry uses the entries actually held")
+                    log(f"   {name}: {entries:,} entries, RSS {rss / 2**20:.0f} MiB, "
+                        f"{per:.0f} B/entry (fill {fill['fill_s']} s)")
+                out[name] = rows
+            finally:
+                self.check_log(server)
+                self.stop(server)
+        self.results["tests"]["memory"] = out
+
+    # ---- g. start-up to first answer
+    def test_startup(self, nsd: Server) -> None:
+        log("g. start-up to first answer (UDP probe every 10 ms)")
+        starters = self.starters(nsd, "boot")
+        out = {}
+        for name, starter in starters.items():
+            times = []
+            for run in range(self.args.runs):
+                server = starter()
+                self.started.append(server)
+                try:
+                    waited = servers.wait_answer(server.port, f"boot{run}.miss.bench.test", 30.0)
+                    elapsed = time.monotonic() - server.started
+                    if waited is None:
+                        self.notes.append(f"start-up {name}: no answer within 30 s; log: {server.log_tail(5)}")
+                    else:
+                        times.append(elapsed * 1000)
+                finally:
+                    self.check_log(server)
+                    self.stop(server)
+            out[name] = {"median": {"first_answer_ms": statistics.median(times) if times else None},
+                         "runs_ms": times}
+            log(f"   {name}: {', '.join(f'{t:.0f}' for t in times)} ms")
+        self.results["tests"]["startup"] = out
+
+    @staticmethod
+    def order(fwd: dict, run: int) -> list[str]:
+        """Rotate the order of servers each run so no server always goes first (or last)."""
+        names = list(fwd)
+        k = run % len(names)
+        return names[k:] + names[:k]
+
+    # ---- everything
+    def run(self) -> None:
+        a = self.args
+        self.make_files()
+        log(f"workdir {self.work}; servers on CPU {self.cpu_server}, clients on CPU {self.cpu_client}")
+        nsd = self.start(servers.start_nsd, self.work, self.cpu_client)
+        log(f"NSD on 127.0.0.1:{nsd.port}")
+        fwd = {
+            "resolver": self.start(servers.start_resolver, self.work, nsd.port, self.cpu_server),
+            "unbound": self.start(servers.start_unbound, self.work, nsd.port, self.cpu_server),
+            "dnsmasq": self.start(servers.start_dnsmasq, self.work, nsd.port, self.cpu_server),
+        }
+        log("forwarders: " + ", ".join(f"{n} 127.0.0.1:{s.port} (pid {s.pid})" for n, s in fwd.items()))
+        for t, fn in (("hits", self.test_hits), ("latency", self.test_latency)):
+            if t not in a.skip:
+                fn(fwd)
+        for name, server in fwd.items():
+            self.check_log(server)
+            self.stop(server)
+        if "misses" not in a.skip:
+            self.test_misses(nsd)
+        if "stale" not in a.skip:
+            self.test_stale(nsd)
+        self.results["tests"]["workers"] = {"resolver": "n/a (workers not implemented)"}
+        if "memory" not in a.skip:
+            self.test_memory(nsd)
+        if "startup" not in a.skip:
+            self.test_startup(nsd)
+
+
+# --------------------------------------------------------------------- report
+def fmt_int(x) -> str:
+    return "—" if x is None else f"{x:,.0f}"
+
+
+def fmt_us(x) -> str:
+    return "—" if x is None else (f"{x:.0f} µs" if x < 10_000 else f"{x / 1000:.1f} ms")
+
+
+def fmt_mib(x) -> str:
+    return "—" if x is None else f"{x / 2**20:.0f} MiB"
+
+
+def ratio(a, b, digits: int = 2) -> str:
+    if a is None or b is None or b == 0:
+        return "—"
+    return f"{a / b:.{digits}f}×"
+
+
+def md_table(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)]
+    line = lambda cells: "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
+    sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    return "\n".join([line(header), sep, *map(line, rows)])
+
+
+def report(results: dict) -> str:
+    t = results["tests"]
+    meta = results["meta"]
+    out = [
+        f"### Benchmark ({meta['date']}, {'quick' if meta['quick'] else 'full'} run)",
+        "",
+        f"{meta['nproc']} CPUs ({meta['cpu_model']}), {meta['kernel']}; each server pinned to CPU "
+        f"{meta['server_cpu']}, load generators and NSD on CPU {meta['client_cpu']}"
+        f"{', all at nice ' + str(meta['nice']) if meta['nice'] else ''}. "
+        f"Medians of {meta['runs']} run(s) of {meta['duration']:g} s. "
+        f"{meta['versions']}.",
+        "",
+    ]
+    head = ["test", "server", "QPS", "QPS per server CPU-s", "server CPU", "p50", "p99", "lost", "RSS"]
+    rows = []
+
+    def med(test: str, server: str) -> dict | None:
+        entry = t.get(test, {}).get(server)
+        return entry["median"] if isinstance(entry, dict) and "median" in entry else None
+
+    def add(label: str, test: str, show_latency: bool = False) -> None:
+        if test not in t:
+            return
+        for server in FORWARDERS:
+            m = med(test, server)
+            if m is None:
+                continue
+            rows.append([label, server,
+                         fmt_int(m.get("qps")) if not show_latency else f"{LATENCY_RATE:,} (fixed)",
+                         fmt_int(m.get("qps_per_cpu_s")),
+                         f"{m['server_cpu_util'] * 100:.0f}%" if m.get("server_cpu_util") is not None else "—",
+                         fmt_us(m.get("p50_us")), fmt_us(m.get("p99_us")),
+                         fmt_int(m.get("lost")), fmt_mib(m.get("rss_bytes"))])
+        r = med(test, "resolver")
+        for other in ("unbound", "dnsmasq"):
+            o = med(test, other)
+            if r is None or o is None:
+                continue
+            rows.append([label, f"**resolver/{other}**",
+                         ratio(r.get("qps"), o.get("qps")) if not show_latency else "",
+                         ratio(r.get("qps_per_cpu_s"), o.get("qps_per_cpu_s")),
+                         "",
+                         ratio(r.get("p50_us"), o.get("p50_us")) if show_latency else "",
+                         ratio(r.get("p99_us"), o.get("p99_us")) if show_latency else "", "", ""])
+
+    add("a. cache hits (flood)", "hits")
+    add(f"b. latency @ {LATENCY_RATE:,} q/s", "latency", show_latency=True)
+    add("c. cache misses (unique names)", "misses")
+    s = med("stale", "resolver")
+    if s is not None:
+        rows.append(["d. serve-stale (recheck timer)", "resolver", fmt_int(s.get("qps")),
+                     fmt_int(s.get("qps_per_cpu_s")),
+                     f"{s['server_cpu_util'] * 100:.0f}%" if s.get("server_cpu_util") is not None else "—",
+                     "", "", fmt_int(s.get("lost")), fmt_mib(s.get("rss_bytes"))])
+        f = t["stale"]["resolver"]["fresh_same_instance"]["median"]
+        rows.append(["d. serve-stale (recheck timer)", "resolver, fresh hits (same instance)", fmt_int(f.get("qps")),
+                     fmt_int(f.get("qps_per_cpu_s")),
+                     f"{f['server_cpu_util'] * 100:.0f}%" if f.get("server_cpu_util") is not None else "—",
+                     "", "", fmt_int(f.get("lost")), ""])
+        rows.append(["d. serve-stale (recheck timer)", "**stale/fresh (same instance)**",
+                     ratio(s.get("qps"), f.get("qps")), ratio(s.get("qps_per_cpu_s"), f.get("qps_per_cpu_s")),
+                     "", "", "", "", ""])
+        h = med("hits", "resolver")
+        if h is not None:
+            rows.append(["d. serve-stale (recheck timer)", "**stale/resolver hits (test a)**",
+                         ratio(s.get("qps"), h.get("qps")), ratio(s.get("qps_per_cpu_s"), h.get("qps_per_cpu_s")),
+                         "", "", "", "", ""])
+    rows.append(["e. workers scaling", "resolver", "n/a (workers not implemented)", "", "", "", "", "", ""])
+    out += [md_table(head, rows), ""]
+
+    if "memory" in t:
+        mem_rows = []
+        for server, rowsd in t["memory"].items():
+            for key, v in rowsd.items():
+                if isinstance(v, dict):
+                    mem_rows.append([server, f"{int(key):,}", f"{v['entries']:,}", fmt_mib(rowsd["rss_empty"]),
+                                     fmt_mib(v["rss"]), fmt_int(v["bytes_per_entry"]), f"{v['fill_s']:g} s"])
+        out += ["**f. Memory** (fresh instance, cache filled with unique names; bytes per entry = "
+                "(RSS − RSS empty) / entries; entries from `resolver_cache_entries` / unbound `msg.cache.count`)",
+                "",
+                md_table(["server", "names queried", "entries", "RSS empty", "RSS full", "bytes/entry", "fill time"],
+                         mem_rows), ""]
+    if "startup" in t:
+        st = t["startup"]
+        out += ["**g. Start-up to first answer** (spawn → first NOERROR answer, UDP probe every 10 ms)", "",
+                md_table(["server", "median", "runs"],
+                         [[n, f"{v['median']['first_answer_ms']:.0f} ms" if v["median"]["first_answer_ms"] else "—",
+                           ", ".join(f"{x:.0f}" for x in v["runs_ms"])] for n, v in st.items()]), ""]
+    disturbed_tests = []
+    for test, per_server in t.items():
+        if isinstance(per_server, dict):
+            for server, entry in per_server.items():
+                if isinstance(entry, dict) and entry.get("disturbed_runs"):
+                    disturbed_tests.append(f"{test}/{server} {entry['disturbed_runs']} of {len(entry['runs'])}")
+    if disturbed_tests:
+        results.setdefault("notes", []).append(
+            f"runs during which other processes used more than {DISTURBED:.0%} of the server's core "
+            f"(a shared machine): {', '.join(disturbed_tests)}; load average {meta['loadavg_start'][0]:.1f} "
+            f"at start, {meta['loadavg_end'][0]:.1f} at end")
+    if results.get("notes"):
+        out += ["Notes:", ""] + [f"- {n}" for n in results["notes"]] + [""]
+    return "\n".join(out)
+
+
+def versions() -> str:
+    def first(argv, pattern):
+        try:
+            p = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+            m = re.search(pattern, p.stdout + p.stderr)
+            return m.group(1) if m else "?"
+        except (OSError, subprocess.TimeoutExpired):
+            return "?"
+    unbound = first(["unbound", "-V"], r"Version (\S+)")
+    dnsmasq = first(["/usr/sbin/dnsmasq", "-v"], r"version (\S+)")
+    nsd = first(["nsd", "-v"], r"NSD version (\S+)")
+    dnsperf_version = first(["dnsperf", "-h"], r"Version (\S+)")
+    return (f"Python {platform.python_version()}, Unbound {unbound}, dnsmasq {dnsmasq}, NSD {nsd}, "
+            f"dnsperf {dnsperf_version}")
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+# --------------------------------------------------------------------- main
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="1 run of 5 s each, memory test at 100k only")
+    p.add_argument("--runs", type=int, help="runs per test and server (default 3; --quick 1)")
+    p.add_argument("--duration", type=float, help="seconds per load run (default 10; --quick 5)")
+    p.add_argument("--server-cpu", type=int, default=1, help="CPU the server under test is pinned to")
+    p.add_argument("--client-cpu", type=int, default=0, help="CPU for dnsperf, the latency client and NSD")
+    p.add_argument("--skip", action="append", default=[],
+                   choices=["hits", "latency", "misses", "stale", "memory", "startup"], help="skip a test")
+    p.add_argument("--quiet-wait", type=float, default=5.0, metavar="S",
+                   help="before each load run, wait up to S seconds for other processes to leave the "
+                        "server's CPU alone (default 5; 0 = don't wait)")
+    p.add_argument("--nice", type=int, default=0, metavar="N",
+                   help="run this script and everything it starts at nice level N (e.g. -10 on a shared "
+                        "machine to take CPU from other users' processes; needs root; default 0)")
+    p.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    args = p.parse_args(argv)
+    args.runs = args.runs or (1 if args.quick else 3)
+    args.duration = args.duration or (5.0 if args.quick else 10.0)
+    if not 1 <= args.runs <= 20 or not 1 <= args.duration <= 120 or not 0 <= args.quiet_wait <= 120:
+        p.error("--runs must be 1..20, --duration 1..120 and --quiet-wait 0..120 seconds")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    for tool in ("nsd", "unbound", "unbound-control", "dnsperf", "taskset", "/usr/sbin/dnsmasq"):
+        if not shutil.which(tool):
+            print(f"bench: {tool} not found (apt-get install nsd unbound dnsmasq-base dnsperf)", file=sys.stderr)
+            return 2
+    cpus = sorted(os.sched_getaffinity(0))
+    if args.server_cpu not in cpus or args.client_cpu not in cpus or args.server_cpu == args.client_cpu:
+        print(f"bench: need two distinct usable CPUs (have {cpus}); see --server-cpu/--client-cpu", file=sys.stderr)
+        return 2
+    global SERVER_CPU, CLIENT_CPU, QUIET_WAIT
+    SERVER_CPU, CLIENT_CPU, QUIET_WAIT = args.server_cpu, args.client_cpu, args.quiet_wait
+    os.sched_setaffinity(0, {args.client_cpu})  # this script (latency client) and everything it starts
+    if args.nice:
+        os.setpriority(os.PRIO_PROCESS, 0, args.nice)  # inherited by servers and dnsperf
+    become_subreaper()
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM cleans up like Ctrl-C
+    signal.signal(signal.SIGHUP, signal.default_int_handler)
+
+    load_start = os.getloadavg()
+    workdir = Path(tempfile.mkdtemp(prefix="resolver-bench-"))
+    bench = Bench(args, workdir)
+    t0 = time.monotonic()
+    failed = None
+    try:
+        bench.run()
+    except KeyboardInterrupt:
+        failed = "interrupted"
+        log("interrupted: stopping servers")
+    except Exception as e:  # report what we have, then fail
+        failed = f"{type(e).__name__}: {e}"
+        log(f"FAILED: {failed}")
+    finally:
+        bench.stop_all()
+        logs = RESULTS / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        for f in workdir.glob("*.log"):
+            shutil.copy(f, logs / f.name)
+        if args.keep:
+            log(f"kept {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    results = bench.results
+    results["notes"] = bench.notes + ([f"run failed: {failed}"] if failed else [])
+    results["meta"] = {
+        "date": datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
+        "quick": args.quick, "runs": args.runs, "duration": args.duration,
+        "nproc": os.cpu_count(), "cpu_model": cpu_model(), "kernel": f"Linux {platform.release()}",
+        "server_cpu": args.server_cpu, "client_cpu": args.client_cpu, "nice": args.nice, "versions": versions(),
+        "elapsed_s": round(time.monotonic() - t0, 1),
+        "loadavg_start": load_start, "loadavg_end": os.getloadavg(),
+        "git": subprocess.run(["git", "-C", str(BENCH.parent), "rev-parse", "--short", "HEAD"],
+                              capture_output=True, text=True).stdout.strip(),
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "latest.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+    print(report(results))
+    log(f"done in {results['meta']['elapsed_s']:.0f} s; JSON in {RESULTS / 'latest.json'}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,52 @@
+"""Config keys for restarts and workers: cache.persist.* and workers (good and bad values)."""
+
+from __future__ import annotations
+
+import pytest
+
+from resolver.config import WORKERS_AUTO, PersistConfig, parse_config
+from resolver.errors import ConfigError
+
+
+@pytest.fixture
+def resolv(tmp_path):
+    path = tmp_path / "resolv.conf"
+    path.write_text("nameserver 127.0.0.1\n")
+    return str(path)
+
+
+def test_defaults_persistence_off_one_worker(resolv):
+    config = parse_config(None, resolv)
+    assert config.cache.persist == PersistConfig(path="", interval=60.0)
+    assert config.workers == 1
+
+
+def test_persist_and_workers_parse(resolv):
+    config = parse_config({"cache": {"persist": {"path": "/var/lib/resolver/cache.snap", "interval": "5m"}},
+                           "workers": 4}, resolv)
+    assert config.cache.persist == PersistConfig("/var/lib/resolver/cache.snap", 300.0)
+    assert config.workers == 4
+    assert parse_config({"workers": "auto"}, resolv).workers == WORKERS_AUTO
+    assert parse_config({"cache": {"persist": {"path": ""}}}, resolv).cache.persist.path == ""
+    assert parse_config({"cache": {"persist": None}}, resolv).cache.persist == PersistConfig()
+
+
+@pytest.mark.parametrize("data, key", [
+    ({"workers": 0}, "workers"),
+    ({"workers": -2}, "workers"),
+    ({"workers": 257}, "workers"),
+    ({"workers": "many"}, "workers"),
+    ({"workers": True}, "workers"),
+    ({"workers": 1.5}, "workers"),
+    ({"cache": {"persist": "yes"}}, "cache.persist"),
+    ({"cache": {"persist": {"paht": "/x"}}}, "cache.persist.paht"),
+    ({"cache": {"persist": {"path": 5}}}, "cache.persist.path"),
+    ({"cache": {"persist": {"path": ["a"]}}}, "cache.persist.path"),
+    ({"cache": {"persist": {"interval": 0}}}, "cache.persist.interval"),
+    ({"cache": {"persist": {"interval": "soon"}}}, "cache.persist.interval"),
+    ({"cache": {"persist": {"interval": -1}}}, "cache.persist.interval"),
+])
+def test_bad_values_name_the_key(resolv, data, key):
+    with pytest.raises(ConfigError) as info:
+        parse_config(data, resolv)
+    assert info.value.key == key, str(info.value)
