@@ -133,6 +133,14 @@ class Cache:
             self.evictions += 1
         return entry
 
+    def adopt(self, key: bytes, entry: Entry) -> None:
+        """Insert an entry built elsewhere (a snapshot restore) with the bookkeeping
+        ``put`` does: its hit-tally cell and the expiry counts.  No LRU eviction:
+        the caller sizes what it restores."""
+        entry.tally = self.tally.cell(key, entry.rcode)
+        self.entries[key] = entry
+        self._remember(entry)
+
     def remove(self, key: bytes) -> bool:
         entry = self.entries.pop(key, None)
         if entry is None:

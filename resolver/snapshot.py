@@ -219,6 +219,7 @@ def restore(cache: Cache, records: Iterable[tuple], now: float, wall_now: float,
     added = []
     intern: dict = {}
     new_entry = Entry.__new__
+    adopt = cache.adopt
     try:
         for key, kind, rcode, hdr, hdr_opt, body, offsets, stored_at, fresh_until, stale_until in records:
             if to_skip:
@@ -248,12 +249,12 @@ def restore(cache: Cache, records: Iterable[tuple], now: float, wall_now: float,
             e.recheck_until = 0.0
             e.aged_sec = -1
             e.stale_body = None
-            entries[key] = e
+            adopt(key, e)
             added.append(key)
             restored += 1
     except SnapshotError:
         for key in added:
-            del entries[key]
+            cache.remove(key)
         raise
     return LoadResult(restored, expired, skipped, written_at)
 
