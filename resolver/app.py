@@ -11,10 +11,12 @@ import logging
 from importlib import metadata
 
 from . import metrics
+from .acl import AccessControl
 from .admin import AdminServer
 from .cache import Cache
 from .clock import Clock, SystemClock
 from .config import Config
+from .limits import ClientLimits
 from .pipeline import Pipeline
 from .pool import UpstreamPool
 from .server import Listeners
@@ -46,7 +48,9 @@ class App:
         self.cache = Cache(config.cache.max_entries)
         self.pool = build_pool(config)
         self.pipeline = Pipeline(config, self.cache, self.pool, self.clock, self.stats)
-        self.listeners = Listeners(self.pipeline, config.server, self.stats)
+        self.acl = AccessControl(config.security)
+        self.limits = ClientLimits(config.security)
+        self.listeners = Listeners(self.pipeline, config.server, self.stats, self.acl, self.limits)
         self.collector = metrics.ResolverCollector(self.stats, self.cache, lambda: self.pool,
                                                    self.clock.monotonic, version())
         self.registry = metrics.build_registry(self.collector)

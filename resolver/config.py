@@ -94,6 +94,29 @@ class ServerConfig:
     shutdown_grace: float = 2.0  # time to finish in-flight queries on SIGTERM
 
 
+# RFC 1918 private ranges, RFC 6598 shared address space (CGNAT), loopback, RFC 4193
+# unique-local and RFC 4291 link-local: the networks a sidecar or host resolver serves.
+DEFAULT_ALLOW = ("127.0.0.0/8", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10",
+                 "::1/128", "fc00::/7", "fe80::/10")
+REFUSED_ACTIONS = ("refuse", "drop")
+
+
+@dataclass(frozen=True, slots=True)
+class SecurityConfig:
+    """Who may ask, and how much work one client may cause (see resolver/acl.py, limits.py).
+
+    The allow-list defaults to loopback and private ranges, so a forwarder bound to a
+    public address by mistake is not an open resolver (an amplification tool).
+    """
+
+    allow: tuple[str, ...] = DEFAULT_ALLOW  # client networks (CIDR); others are refused
+    refused_action: str = "refuse"  # refuse = REFUSED reply (never larger than the query) | drop
+    upstream_0x20: bool = False  # randomise qname case toward upstreams (draft-vixie-dnsext-dns0x20)
+    max_inflight_per_client: int = 100  # cache misses one client address may have in flight
+    tcp_max_connections_per_client: int = 16  # open TCP connections per client address
+    tcp_read_timeout: float = 2.0  # a started TCP message must be complete within this
+
+
 @dataclass(frozen=True, slots=True)
 class MetricsConfig:
     """Prometheus endpoint; loopback by default so it is not exposed by accident."""
@@ -119,6 +142,7 @@ class Config:
     cache: CacheConfig = CacheConfig()
     stale: StaleConfig = StaleConfig()
     server: ServerConfig = ServerConfig()
+    security: SecurityConfig = SecurityConfig()
     metrics: MetricsConfig = MetricsConfig()
     logging: LoggingConfig = LoggingConfig()
 
@@ -207,6 +231,24 @@ def parse_address(text: object, key: str, default_port: int | None = None) -> Ad
     return Address(str(ip), int(port_text))
 
 
+def parse_networks(value: object, key: str) -> tuple[str, ...]:
+    """A list of CIDR networks ("10.0.0.0/8", "2001:db8::/32", or a bare address), normalised.
+
+    Host bits must be zero ("10.1.2.3/8" is refused): such an entry is usually a typo
+    for a narrower network than the one it would silently allow.
+    """
+    networks = []
+    for path, item in _strings(value, key):
+        _expect(isinstance(item, str), item, path, "a network such as 10.0.0.0/8")
+        try:
+            networks.append(str(ipaddress.ip_network(item.strip(), strict=True)))
+        except ValueError as exc:
+            raise ConfigError(path, f"expected a network such as 10.0.0.0/8: {exc}") from None
+    if not networks:
+        raise ConfigError(key, "must list at least one network (0.0.0.0/0 and ::/0 allow everyone)")
+    return tuple(networks)
+
+
 def parse_upstream(text: object, key: str) -> UpstreamAddress:
     """"192.0.2.53", "192.0.2.53:53", "[2001:db8::1]:53", each optionally with udp:// or tcp://."""
     transport = "udp"
@@ -283,6 +325,8 @@ def _section(cls: type, data: object, key: str):
             values[name] = parse_duration(raw, path)
         elif kind is Address:
             values[name] = parse_address(raw, path)
+        elif kind == tuple[str, ...]:
+            values[name] = parse_networks(raw, path)
         else:
             values[name] = _str(raw, path)
     return cls(**values)
@@ -313,6 +357,12 @@ def _check_ranges(c: Config) -> None:
         ("stale.answer_ttl", c.stale.answer_ttl >= 1, "must be at least 1"),
         ("server.tcp_max_connections", srv.tcp_max_connections >= 1, "must be at least 1"),
         ("server.max_inflight", srv.max_inflight >= 1, "must be at least 1"),
+        ("security.refused_action", c.security.refused_action in REFUSED_ACTIONS,
+         f"must be one of: {', '.join(REFUSED_ACTIONS)}"),
+        ("security.max_inflight_per_client", c.security.max_inflight_per_client >= 1, "must be at least 1"),
+        ("security.tcp_max_connections_per_client", c.security.tcp_max_connections_per_client >= 1,
+         "must be at least 1"),
+        ("security.tcp_read_timeout", c.security.tcp_read_timeout > 0, "must be greater than 0"),
         ("logging.level", c.logging.level in LOG_LEVELS, f"must be one of: {levels}"),
         ("logging.format", c.logging.format in LOG_FORMATS, f"must be one of: {formats}"),
     ]

@@ -81,6 +81,8 @@ class ResolverCollector:
                                   "TCP connections closed at once because tcp_max_connections was reached.",
                                   value=s.tcp_refused)
 
+        yield from _security_families(s)
+
         now = self.now()
         fresh, stale = self.cache.counts(now)
         entries = GaugeMetricFamily("resolver_cache_entries", "Entries in the cache.", labels=["state"])
@@ -110,6 +112,28 @@ class ResolverCollector:
         yield up
         yield mism
         yield GaugeMetricFamily("resolver_upstream_inflight", "Upstream exchanges in progress.", value=pool.inflight)
+
+
+def _security_families(s: Stats):
+    """Access control, per-client limits and upstream scrubbing (README "Security")."""
+    acl = CounterMetricFamily("resolver_acl_refused",
+                              "Queries (UDP) and connections (TCP) from clients outside security.allow.",
+                              labels=["transport"])
+    acl.add_metric(["udp"], s.acl_refused_udp)
+    acl.add_metric(["tcp"], s.acl_refused_tcp)
+    yield acl
+    yield CounterMetricFamily("resolver_client_limit_dropped_queries",
+                              "Cache misses dropped because the client had max_inflight_per_client in flight.",
+                              value=s.dropped_client_limit)
+    yield CounterMetricFamily("resolver_tcp_connections_client_limited",
+                              "TCP connections closed at once: the client had tcp_max_connections_per_client open.",
+                              value=s.tcp_refused_client_limit)
+    yield CounterMetricFamily("resolver_tcp_connections_closed_slow",
+                              "TCP connections closed for trickling a message past tcp_read_timeout "
+                              "or not reading replies.", value=s.tcp_closed_slow)
+    yield CounterMetricFamily("resolver_upstream_scrubbed_records",
+                              "Upstream records removed before caching as unrelated to the question.",
+                              value=s.upstream_scrubbed)
 
 
 def build_registry(collector: ResolverCollector) -> CollectorRegistry:

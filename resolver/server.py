@@ -19,11 +19,17 @@ import socket
 import struct
 
 from . import wire
-from .config import Address, ServerConfig
+from .acl import AccessControl
+from .config import Address, SecurityConfig, ServerConfig
+from .limits import ClientLimits
 from .pipeline import Pipeline
 from .stats import Stats
 
 log = logging.getLogger("resolver.server")
+
+# Replies queued for a TCP client that is not reading them; past this the
+# connection is closed (bounded memory however many queries it pipelines).
+_TCP_MAX_UNSENT = 256 * 1024
 
 
 def _internal_error_reply(data: bytes) -> bytes | None:
@@ -35,10 +41,13 @@ def _internal_error_reply(data: bytes) -> bytes | None:
 class Listeners:
     """All listening sockets plus the tasks answering on them."""
 
-    def __init__(self, pipeline: Pipeline, config: ServerConfig, stats: Stats):
+    def __init__(self, pipeline: Pipeline, config: ServerConfig, stats: Stats,
+                 acl: AccessControl | None = None, limits: ClientLimits | None = None):
         self.pipeline = pipeline
         self.config = config
         self.stats = stats
+        self.acl = acl or AccessControl(SecurityConfig())
+        self.limits = limits or ClientLimits(SecurityConfig())
         self.udp_transports: list[asyncio.DatagramTransport] = []
         self.tcp_servers: list[asyncio.base_events.Server] = []
         self.tasks: set[asyncio.Task] = set()
@@ -89,15 +98,27 @@ class Listeners:
             transport.close()
 
     # ------------------------------------------------------------------- UDP
-    def spawn(self, coro) -> asyncio.Task | None:
+    def spawn(self, coro, host: str) -> asyncio.Task | None:
         if self.draining or len(self.tasks) >= self.config.max_inflight:
             coro.close()
             self.stats.dropped_overload += 1
             return None
+        if not self.limits.acquire_inflight(host):  # over this client's share
+            coro.close()
+            self.stats.dropped_client_limit += 1
+            return None
         task = asyncio.get_running_loop().create_task(coro)
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
+        task.add_done_callback(lambda _t: self.limits.release_inflight(host))
         return task
+
+    def refuse_udp(self, transport, data: bytes, addr) -> None:
+        """A datagram from a client outside ``security.allow``: REFUSED or silence."""
+        self.stats.acl_refused_udp += 1
+        reply = self.acl.refusal(data)
+        if reply is not None:
+            transport.sendto(reply, addr)
 
     async def udp_slow(self, transport, data: bytes, addr) -> None:
         try:
@@ -111,24 +132,53 @@ class Listeners:
 
     # ------------------------------------------------------------------- TCP
     async def _tcp_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername")
+        host = peer[0] if peer else ""
+        allowed = self.acl.admits(host)
+        if not allowed:
+            self.stats.acl_refused_tcp += 1
+            if self.acl.drop:
+                writer.transport.abort()
+                return
         if len(self.tcp_writers) >= self.config.tcp_max_connections:
             self.stats.tcp_refused += 1
+            writer.transport.abort()
+            return
+        if not self.limits.acquire_tcp(host):  # over this client's share of the slots
+            self.stats.tcp_refused_client_limit += 1
             writer.transport.abort()
             return
         self.stats.tcp_connections += 1
         self.tcp_writers.add(writer)
         pending: set[asyncio.Task] = set()
         idle = self.config.tcp_idle_timeout
+        read_timeout = self.limits.tcp_read_timeout
+        loop = asyncio.get_running_loop()
         try:
             while True:
+                started = False
                 try:
-                    async with asyncio.timeout(idle):
+                    async with asyncio.timeout(idle) as timer:
                         header = await reader.readexactly(2)
+                        # The message has started: the rest must come promptly, so a
+                        # client trickling bytes cannot hold a slot for idle × messages.
+                        started = True
+                        timer.reschedule(loop.time() + read_timeout)
                         size = struct.unpack(">H", header)[0]
                         data = await reader.readexactly(size)
-                except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
+                except (TimeoutError, asyncio.IncompleteReadError, ConnectionError) as e:
+                    if started and isinstance(e, TimeoutError):
+                        self.stats.tcp_closed_slow += 1
                     break  # idle, slow or gone client: RFC 7766 §6.2.3 lets us close
                 self.stats.queries_tcp += 1
+                if not allowed:  # outside security.allow: REFUSED per query, no work done
+                    reply = self.acl.refusal(data)
+                    if reply is not None:
+                        writer.write(struct.pack(">H", len(reply)) + reply)
+                    continue
+                if writer.transport.get_write_buffer_size() > _TCP_MAX_UNSENT:
+                    self.stats.tcp_closed_slow += 1
+                    break  # the client sends but does not read: bound what we buffer for it
                 try:
                     reply = self.pipeline.answer_fast(data, True)
                 except Exception:  # as on UDP: the hit path must not take the connection down
@@ -139,7 +189,7 @@ class Listeners:
                     writer.write(struct.pack(">H", len(reply)) + reply)
                     continue
                 # Pipelined queries are answered out of order, as each completes (RFC 7766 §6.2.1.1).
-                task = self.spawn(self._tcp_answer(writer, data))
+                task = self.spawn(self._tcp_answer(writer, data), host)
                 if task is not None:
                     pending.add(task)
                     task.add_done_callback(pending.discard)
@@ -147,6 +197,7 @@ class Listeners:
                 await asyncio.wait(set(pending), timeout=self.config.shutdown_grace)
         finally:
             self.tcp_writers.discard(writer)
+            self.limits.release_tcp(host)
             writer.transport.close()
 
     async def _tcp_answer(self, writer: asyncio.StreamWriter, data: bytes) -> None:
@@ -167,6 +218,8 @@ class _UdpProtocol(asyncio.DatagramProtocol):
         self.listeners = listeners
         self.fast = listeners.pipeline.answer_fast
         self.stats = listeners.stats
+        self.allowed = listeners.acl.allowed  # memo of admitted addresses: one lookup per datagram
+        self.admits = listeners.acl.admits
         self.transport = None
 
     def connection_made(self, transport) -> None:
@@ -174,6 +227,9 @@ class _UdpProtocol(asyncio.DatagramProtocol):
 
     def datagram_received(self, data: bytes, addr) -> None:
         self.stats.queries_udp += 1
+        if addr[0] not in self.allowed and not self.admits(addr[0]):
+            self.listeners.refuse_udp(self.transport, data, addr)
+            return
         try:
             reply = self.fast(data, False)
         except Exception:  # the hit path must never take the listener down
@@ -183,7 +239,7 @@ class _UdpProtocol(asyncio.DatagramProtocol):
         if reply is not None:
             self.transport.sendto(reply, addr)
             return
-        self.listeners.spawn(self.listeners.udp_slow(self.transport, data, addr))
+        self.listeners.spawn(self.listeners.udp_slow(self.transport, data, addr), addr[0])
 
     def error_received(self, exc: Exception) -> None:
         # ICMP errors for earlier replies (client went away); nothing to do.

@@ -23,6 +23,9 @@ class Stats:
         "coalesced", "dropped_overload", "dropped_malformed", "formerr",
         "responses_by_rcode", "responses_by_source", "servfail_upstream",
         "tcp_connections", "tcp_refused", "internal_errors",
+        # security (issue 7): resolver/acl.py, resolver/limits.py, resolver/antispoof.py
+        "acl_refused_udp", "acl_refused_tcp", "dropped_client_limit", "tcp_refused_client_limit",
+        "tcp_closed_slow", "upstream_scrubbed",
     )
 
     def __init__(self):
@@ -41,3 +44,10 @@ class Stats:
         self.tcp_connections = 0
         self.tcp_refused = 0         # connections closed at once: over tcp_max_connections
         self.internal_errors = 0     # bugs caught at the listener boundary (→ SERVFAIL)
+        self.acl_refused_udp = 0     # datagrams from clients outside security.allow
+        self.acl_refused_tcp = 0     # TCP connections from clients outside security.allow
+        self.dropped_client_limit = 0       # misses dropped: client over max_inflight_per_client
+        self.tcp_refused_client_limit = 0   # connections closed: client over its connection cap
+        self.tcp_closed_slow = 0     # connections closed: message trickled past tcp_read_timeout,
+                                     # or replies piling up unread
+        self.upstream_scrubbed = 0   # upstream records removed as unrelated to the question

@@ -11,7 +11,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[2] / "resolver"
 
-SANS_IO = {"wire", "cache", "stale", "config", "errors", "stats"}
+SANS_IO = {"wire", "cache", "stale", "config", "errors", "stats", "acl", "limits"}
 FORBIDDEN_IN_CORE = {"asyncio", "socket", "time", "uvloop", "selectors", "threading"}
 
 # Who may import whom inside the package (the architecture's module map).
@@ -26,10 +26,12 @@ ALLOWED = {
     "upstream": {"wire", "errors", "config"},
     "pool": {"upstream", "wire", "errors", "config"},
     "pipeline": {"wire", "cache", "stale", "pool", "clock", "config", "errors", "stats"},
-    "server": {"wire", "pipeline", "config", "stats"},
+    "server": {"wire", "pipeline", "config", "stats", "acl", "limits"},
+    "acl": {"wire", "config", "errors"},
+    "limits": {"config"},
     "metrics": {"cache", "pool", "stats"},
     "admin": set(),
-    "app": {"metrics", "admin", "cache", "clock", "config", "pipeline", "pool", "server", "stats", "upstream"},
+    "app": {"acl", "limits", "metrics", "admin", "cache", "clock", "config", "pipeline", "pool", "server", "stats", "upstream"},
     "cli": {"app", "config", "errors"},
     "__main__": {"cli"},
     "__init__": set(),
