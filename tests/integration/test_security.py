@@ -1,0 +1,213 @@
+"""Hostile clients on real sockets: access control, per-client caps, slow TCP clients.
+
+Loopback traffic always comes from 127.0.0.1, so "a client outside the allow-list"
+is made by configuring an allow-list that leaves 127.0.0.1 out.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+import time
+
+import dns.message
+import dns.query
+import dns.rcode
+import pytest
+
+from resolver.config import SecurityConfig
+
+OUTSIDE = {"allow": ("192.0.2.0/24",)}  # 127.0.0.1 is not in it
+
+
+def query(name="www.test", qtype="A", qid=None) -> bytes:
+    msg = dns.message.make_query(name, qtype)
+    if qid is not None:
+        msg.id = qid
+    return msg.to_wire()
+
+
+def udp_ask(port: int, data: bytes, timeout: float = 0.7) -> bytes | None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(timeout)
+        s.sendto(data, ("127.0.0.1", port))
+        try:
+            return s.recv(65535)
+        except TimeoutError:
+            return None
+
+
+def tcp_connect(port: int) -> socket.socket:
+    s = socket.create_connection(("127.0.0.1", port), timeout=5)
+    s.settimeout(5)
+    return s
+
+
+def recv_exact(s: socket.socket, n: int) -> bytes:
+    out = b""
+    while len(out) < n:
+        chunk = s.recv(n - len(out))
+        if not chunk:
+            raise ConnectionError("closed")
+        out += chunk
+    return out
+
+
+def tcp_read(s: socket.socket) -> bytes:
+    size = struct.unpack(">H", recv_exact(s, 2))[0]
+    return recv_exact(s, size)
+
+
+def closed_by_peer(s: socket.socket, within: float) -> bool:
+    """True if the server closes ``s`` within ``within`` seconds."""
+    s.settimeout(within)
+    try:
+        return s.recv(1) == b""
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+
+
+def configure_acl(fwd, **values) -> None:
+    async def apply():
+        fwd.app.acl.configure(SecurityConfig(**values))
+    fwd.call(apply())
+
+
+# -- access control ------------------------------------------------------------------
+
+
+def test_client_outside_allow_list_gets_refused_udp(fake_upstream, start_forwarder):
+    fake_upstream.answer("www.test", "A", "192.0.2.1")
+    fwd = start_forwarder([fake_upstream.address], security=OUTSIDE)
+    reply = dns.message.from_wire(udp_ask(fwd.port, query(qid=777)))
+    assert reply.id == 777 and reply.rcode() == dns.rcode.REFUSED and not reply.answer
+    assert fake_upstream.calls == []  # no upstream work for strangers
+    assert fwd.metric("resolver_acl_refused_total", transport="udp") == 1
+
+
+def test_cached_answers_are_not_served_outside_the_allow_list(fake_upstream, start_forwarder):
+    """The hit path checks the client too; a reconfiguration forgets earlier verdicts."""
+    fake_upstream.answer("www.test", "A", "192.0.2.1")
+    fwd = start_forwarder([fake_upstream.address])
+    assert dns.message.from_wire(udp_ask(fwd.port, query())).answer  # cached, 127.0.0.1 admitted
+    configure_acl(fwd, allow=("192.0.2.0/24",))
+    reply = dns.message.from_wire(udp_ask(fwd.port, query()))
+    assert reply.rcode() == dns.rcode.REFUSED and not reply.answer
+    configure_acl(fwd)  # back to the defaults: served from cache again
+    assert dns.message.from_wire(udp_ask(fwd.port, query())).answer
+    assert len(fake_upstream.calls) == 1
+
+
+def test_drop_action_sends_nothing(fake_upstream, start_forwarder):
+    fake_upstream.answer("www.test", "A", "192.0.2.1")
+    fwd = start_forwarder([fake_upstream.address], security={**OUTSIDE, "refused_action": "drop"})
+    assert udp_ask(fwd.port, query()) is None
+    with tcp_connect(fwd.port) as s:
+        s.sendall(struct.pack(">H", len(query())) + query())
+        assert closed_by_peer(s, 3)
+    assert fwd.metric("resolver_acl_refused_total", transport="udp") == 1
+    assert fwd.metric("resolver_acl_refused_total", transport="tcp") == 1
+    assert fake_upstream.calls == []
+
+
+def test_client_outside_allow_list_gets_refused_tcp(fake_upstream, start_forwarder):
+    fake_upstream.answer("www.test", "A", "192.0.2.1")
+    fwd = start_forwarder([fake_upstream.address], security=OUTSIDE)
+    with tcp_connect(fwd.port) as s:
+        for qid in (1, 2):  # every query on the connection is refused
+            s.sendall(struct.pack(">H", len(query(qid=qid))) + query(qid=qid))
+            reply = dns.message.from_wire(tcp_read(s))
+            assert reply.id == qid and reply.rcode() == dns.rcode.REFUSED
+    assert fake_upstream.calls == []
+    assert fwd.metric("resolver_acl_refused_total", transport="tcp") == 1
+
+
+def test_garbage_from_outside_is_dropped_not_answered(fake_upstream, start_forwarder):
+    fwd = start_forwarder([fake_upstream.address], security=OUTSIDE)
+    for junk in (b"", b"\x00", b"\xff" * 11, b"\x12\x34\x01\x00\x00\x01" + b"\x00" * 6 + b"\x3f"):
+        assert udp_ask(fwd.port, junk, timeout=0.2) is None
+    assert dns.message.from_wire(udp_ask(fwd.port, query())).rcode() == dns.rcode.REFUSED
+
+
+# -- per-client limits -----------------------------------------------------------------
+
+
+def test_per_client_inflight_cap(fake_upstream, start_forwarder):
+    """One client may have only max_inflight_per_client misses resolving; the rest are dropped."""
+    for i in range(6):
+        fake_upstream.answer(f"n{i}.test", "A", "192.0.2.1")
+    fake_upstream.delay(1.0)
+    fwd = start_forwarder([fake_upstream.address], security={"max_inflight_per_client": 2},
+                          upstream={"attempt_timeout": 3.0, "total_timeout": 3.0})
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(5)
+        for i in range(6):
+            s.sendto(query(f"n{i}.test"), ("127.0.0.1", fwd.port))
+        answers = [dns.message.from_wire(s.recv(65535)) for _ in range(2)]
+        assert all(a.answer for a in answers)
+        s.settimeout(1.0)
+        with pytest.raises(TimeoutError):
+            s.recv(65535)
+    assert len(fake_upstream.calls) == 2
+    assert fwd.metric("resolver_client_limit_dropped_queries_total") == 4
+    assert fwd.app.limits.inflight == {}  # released once done
+
+
+def test_per_client_tcp_connection_cap(fake_upstream, start_forwarder):
+    fake_upstream.answer("www.test", "A", "192.0.2.1")
+    fwd = start_forwarder([fake_upstream.address], security={"tcp_max_connections_per_client": 2})
+    held = [tcp_connect(fwd.port) for _ in range(2)]
+    try:
+        for s in held:  # make sure both are accepted before the third
+            s.sendall(struct.pack(">H", len(query())) + query())
+            assert dns.message.from_wire(tcp_read(s)).answer
+        with tcp_connect(fwd.port) as extra:
+            assert closed_by_peer(extra, 3)
+        assert fwd.metric("resolver_tcp_connections_client_limited_total") == 1
+    finally:
+        for s in held:
+            s.close()
+    deadline = time.monotonic() + 5
+    while fwd.app.limits.tcp and time.monotonic() < deadline:
+        time.sleep(0.02)
+    with tcp_connect(fwd.port) as again:  # slots come back when connections close
+        again.sendall(struct.pack(">H", len(query())) + query())
+        assert dns.message.from_wire(tcp_read(again)).answer
+
+
+def test_trickling_tcp_client_is_closed_after_read_timeout(fake_upstream, start_forwarder):
+    """A message that has started must finish within tcp_read_timeout, whatever the idle timeout."""
+    fwd = start_forwarder([fake_upstream.address], server={"tcp_idle_timeout": 60},
+                          security={"tcp_read_timeout": 0.3})
+    with tcp_connect(fwd.port) as s:
+        s.sendall(b"\x00\x20\x12")  # length 32, then one byte of it, then nothing
+        assert closed_by_peer(s, 10)
+    assert fwd.metric("resolver_tcp_connections_closed_slow_total") == 1
+
+
+def test_tcp_client_that_never_reads_is_closed(fake_upstream, start_forwarder):
+    """Pipelining queries without reading the replies cannot grow our buffers without bound."""
+    fake_upstream.answer("www.test", "A", "192.0.2.1")
+    fwd = start_forwarder([fake_upstream.address])
+    udp_ask(fwd.port, query())  # cached: every TCP query below is a hit
+    framed = struct.pack(">H", len(query())) + query()
+    batch = framed * 500
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.connect(("127.0.0.1", fwd.port))
+    s.settimeout(5)
+    closed = False
+    deadline = time.monotonic() + 60
+    try:
+        for _ in range(2000):  # at most 1M queries, 60 s
+            s.sendall(batch)
+            if time.monotonic() > deadline:
+                break
+    except (ConnectionResetError, BrokenPipeError, TimeoutError):
+        closed = True
+    finally:
+        s.close()
+    assert closed
+    assert fwd.metric("resolver_tcp_connections_closed_slow_total") >= 1
