@@ -36,7 +36,8 @@ def version() -> str:
 
 
 def build_pool(config: Config) -> UpstreamPool:
-    upstreams = [Upstream(u, config.upstream.edns_buffer_size) for u in config.upstreams]
+    upstreams = [Upstream(u, config.upstream.edns_buffer_size, config.security.upstream_0x20)
+                 for u in config.upstreams]
     return UpstreamPool(upstreams, config.upstream)
 
 

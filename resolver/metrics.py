@@ -101,7 +101,11 @@ class ResolverCollector:
         mism = CounterMetricFamily("resolver_upstream_mismatched_replies",
                                    "Upstream replies ignored for a wrong ID or question (spoofing or late replies).",
                                    labels=["upstream"])
+        scrubbed = CounterMetricFamily("resolver_upstream_scrubbed_records",
+                                       "Upstream records removed before caching as unrelated to the question.",
+                                       labels=["upstream"])
         for u in pool.upstreams:
+            scrubbed.add_metric([u.label], u.scrubbed)
             req.add_metric([u.label], pool.requests.get(u.label, 0))
             up.add_metric([u.label], 1 if pool.health[u.label].up else 0)
             mism.add_metric([u.label], u.mismatched)
@@ -111,11 +115,12 @@ class ResolverCollector:
         yield err
         yield up
         yield mism
+        yield scrubbed
         yield GaugeMetricFamily("resolver_upstream_inflight", "Upstream exchanges in progress.", value=pool.inflight)
 
 
 def _security_families(s: Stats):
-    """Access control, per-client limits and upstream scrubbing (README "Security")."""
+    """Access control and per-client limits (README "Security")."""
     acl = CounterMetricFamily("resolver_acl_refused",
                               "Queries (UDP) and connections (TCP) from clients outside security.allow.",
                               labels=["transport"])
@@ -131,9 +136,6 @@ def _security_families(s: Stats):
     yield CounterMetricFamily("resolver_tcp_connections_closed_slow",
                               "TCP connections closed for trickling a message past tcp_read_timeout "
                               "or not reading replies.", value=s.tcp_closed_slow)
-    yield CounterMetricFamily("resolver_upstream_scrubbed_records",
-                              "Upstream records removed before caching as unrelated to the question.",
-                              value=s.upstream_scrubbed)
 
 
 def build_registry(collector: ResolverCollector) -> CollectorRegistry:

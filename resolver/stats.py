@@ -23,9 +23,9 @@ class Stats:
         "coalesced", "dropped_overload", "dropped_malformed", "formerr",
         "responses_by_rcode", "responses_by_source", "servfail_upstream",
         "tcp_connections", "tcp_refused", "internal_errors",
-        # security (issue 7): resolver/acl.py, resolver/limits.py, resolver/antispoof.py
+        # security (issue 7): resolver/acl.py, resolver/limits.py
         "acl_refused_udp", "acl_refused_tcp", "dropped_client_limit", "tcp_refused_client_limit",
-        "tcp_closed_slow", "upstream_scrubbed",
+        "tcp_closed_slow",
     )
 
     def __init__(self):
@@ -50,4 +50,3 @@ class Stats:
         self.tcp_refused_client_limit = 0   # connections closed: client over its connection cap
         self.tcp_closed_slow = 0     # connections closed: message trickled past tcp_read_timeout,
                                      # or replies piling up unread
-        self.upstream_scrubbed = 0   # upstream records removed as unrelated to the question

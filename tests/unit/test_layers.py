@@ -11,7 +11,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[2] / "resolver"
 
-SANS_IO = {"wire", "cache", "stale", "config", "errors", "stats", "acl", "limits"}
+SANS_IO = {"wire", "cache", "stale", "config", "errors", "stats", "acl", "limits", "antispoof"}
 FORBIDDEN_IN_CORE = {"asyncio", "socket", "time", "uvloop", "selectors", "threading"}
 
 # Who may import whom inside the package (the architecture's module map).
@@ -23,7 +23,8 @@ ALLOWED = {
     "config": {"errors"},
     "cache": {"wire"},
     "stale": {"cache", "config"},
-    "upstream": {"wire", "errors", "config"},
+    "upstream": {"antispoof", "wire", "errors", "config"},
+    "antispoof": {"errors"},
     "pool": {"upstream", "wire", "errors", "config"},
     "pipeline": {"wire", "cache", "stale", "pool", "clock", "config", "errors", "stats"},
     "server": {"wire", "pipeline", "config", "stats", "acl", "limits"},
