@@ -211,3 +211,50 @@ def test_tcp_client_that_never_reads_is_closed(fake_upstream, start_forwarder):
         s.close()
     assert closed
     assert fwd.metric("resolver_tcp_connections_closed_slow_total") >= 1
+
+
+# -- spoofing resistance toward upstreams ---------------------------------------------------
+
+
+def test_0x20_sends_mixed_case_and_accepts_the_exact_echo(fake_upstream, start_forwarder):
+    fake_upstream.answer("abcdefghijklmnop.test", "A", "192.0.2.1")
+    fwd = start_forwarder([fake_upstream.address], security={"upstream_0x20": True})
+    msg = dns.message.from_wire(udp_ask(fwd.port, query("abcdefghijklmnop.test"), timeout=3))
+    assert [rr.to_text() for rr in msg.answer[0]] == ["192.0.2.1"]
+    sent = fake_upstream.raw_names[0]
+    assert sent.lower() == "abcdefghijklmnop.test." and sent != sent.lower()  # 2**-20 chance of a false fail
+    assert fwd.metric("resolver_upstream_mismatched_replies_total") == 0
+
+
+def test_0x20_drops_a_reply_with_the_wrong_case(fake_upstream, start_forwarder):
+    """With 0x20 on, a reply that does not echo our spelling exactly is ignored and counted."""
+    fake_upstream.answer("www.test", "A", "192.0.2.1").mode("wrong_case")
+    fwd = start_forwarder([fake_upstream.address], security={"upstream_0x20": True},
+                          upstream={"attempt_timeout": 0.5, "total_timeout": 0.5}, stale={"enabled": False})
+    msg = dns.message.from_wire(udp_ask(fwd.port, query(), timeout=5))
+    assert msg.rcode() == dns.rcode.SERVFAIL and not msg.answer
+    label = f"udp://{fake_upstream.address}"
+    assert fwd.metric("resolver_upstream_mismatched_replies_total", upstream=label) >= 1
+
+
+def test_without_0x20_case_is_not_checked(fake_upstream, start_forwarder):
+    """The control for the test above: the same upstream behaviour is accepted when 0x20 is off."""
+    fake_upstream.answer("www.test", "A", "192.0.2.1").mode("wrong_case")
+    fwd = start_forwarder([fake_upstream.address])
+    msg = dns.message.from_wire(udp_ask(fwd.port, query(), timeout=3))
+    assert [rr.to_text() for rr in msg.answer[0]] == ["192.0.2.1"]
+    assert fake_upstream.raw_names == ["www.test."]  # sent lower-case when 0x20 is off
+
+
+@pytest.mark.parametrize("transport", ["udp", "tcp"])
+def test_unrelated_upstream_records_are_never_served(fake_upstream, start_forwarder, transport):
+    fake_upstream.answer("www.test", "A", "192.0.2.1").mode("pollute")
+    fwd = start_forwarder([f"{transport}://{fake_upstream.address}"])
+    for _ in range(2):  # from upstream, then from the cache
+        msg = dns.query.udp(dns.message.make_query("www.test", "A"), "127.0.0.1", port=fwd.port, timeout=3)
+        text = msg.to_text()
+        assert "203.0.113." not in text and "evil.example" not in text
+        assert [rr.to_text() for rr in msg.answer[0]] == ["192.0.2.1"]
+    assert len(fake_upstream.calls) == 1  # the scrubbed answer was cached
+    label = f"{transport}://{fake_upstream.address}"
+    assert fwd.metric("resolver_upstream_scrubbed_records_total", upstream=label) == 2
