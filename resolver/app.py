@@ -19,6 +19,7 @@ from .config import Config
 from .limits import ClientLimits
 from .pipeline import Pipeline
 from .pool import UpstreamPool
+from .ratelimit import RateLimiter
 from .server import Listeners
 from .stats import Stats
 from .upstream import Upstream
@@ -51,7 +52,8 @@ class App:
         self.pipeline = Pipeline(config, self.cache, self.pool, self.clock, self.stats)
         self.acl = AccessControl(config.security)
         self.limits = ClientLimits(config.security)
-        self.listeners = Listeners(self.pipeline, config.server, self.stats, self.acl, self.limits)
+        self.rrl = RateLimiter(config.security)
+        self.listeners = Listeners(self.pipeline, config.server, self.stats, self.acl, self.limits, self.rrl)
         self.collector = metrics.ResolverCollector(self.stats, self.cache, lambda: self.pool,
                                                    self.clock.monotonic, version())
         self.registry = metrics.build_registry(self.collector)

@@ -115,6 +115,8 @@ class SecurityConfig:
     max_inflight_per_client: int = 100  # cache misses one client address may have in flight
     tcp_max_connections_per_client: int = 16  # open TCP connections per client address
     tcp_read_timeout: float = 2.0  # a started TCP message must be complete within this
+    rate_limit: int = 0  # UDP responses per second per client address; 0 = off
+    rate_limit_slip: int = 2  # every Nth limited response goes out as TC=1 (0 = none, 1 = all)
 
 
 @dataclass(frozen=True, slots=True)
@@ -363,6 +365,8 @@ def _check_ranges(c: Config) -> None:
         ("security.tcp_max_connections_per_client", c.security.tcp_max_connections_per_client >= 1,
          "must be at least 1"),
         ("security.tcp_read_timeout", c.security.tcp_read_timeout > 0, "must be greater than 0"),
+        ("security.rate_limit", 0 <= c.security.rate_limit <= 1_000_000, "must be 0 (off) to 1000000"),
+        ("security.rate_limit_slip", 0 <= c.security.rate_limit_slip <= 10, "must be 0 to 10"),
         ("logging.level", c.logging.level in LOG_LEVELS, f"must be one of: {levels}"),
         ("logging.format", c.logging.format in LOG_FORMATS, f"must be one of: {formats}"),
     ]

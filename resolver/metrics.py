@@ -120,7 +120,7 @@ class ResolverCollector:
 
 
 def _security_families(s: Stats):
-    """Access control and per-client limits (README "Security")."""
+    """Access control, per-client limits and rate limiting (README "Security")."""
     acl = CounterMetricFamily("resolver_acl_refused",
                               "Queries (UDP) and connections (TCP) from clients outside security.allow.",
                               labels=["transport"])
@@ -136,6 +136,12 @@ def _security_families(s: Stats):
     yield CounterMetricFamily("resolver_tcp_connections_closed_slow",
                               "TCP connections closed for trickling a message past tcp_read_timeout "
                               "or not reading replies.", value=s.tcp_closed_slow)
+    rrl = CounterMetricFamily("resolver_rate_limited_responses",
+                              "UDP responses withheld (drop) or sent empty with TC=1 (slip): client over "
+                              "security.rate_limit.", labels=["action"])
+    rrl.add_metric(["drop"], s.rate_limited_dropped)
+    rrl.add_metric(["slip"], s.rate_limited_slipped)
+    yield rrl
 
 
 def build_registry(collector: ResolverCollector) -> CollectorRegistry:

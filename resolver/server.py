@@ -22,6 +22,7 @@ from . import wire
 from .acl import AccessControl
 from .config import Address, SecurityConfig, ServerConfig
 from .limits import ClientLimits
+from .ratelimit import SLIP, RateLimiter, slip_reply
 from .pipeline import Pipeline
 from .stats import Stats
 
@@ -42,12 +43,14 @@ class Listeners:
     """All listening sockets plus the tasks answering on them."""
 
     def __init__(self, pipeline: Pipeline, config: ServerConfig, stats: Stats,
-                 acl: AccessControl | None = None, limits: ClientLimits | None = None):
+                 acl: AccessControl | None = None, limits: ClientLimits | None = None,
+                 rrl: RateLimiter | None = None):
         self.pipeline = pipeline
         self.config = config
         self.stats = stats
         self.acl = acl or AccessControl(SecurityConfig())
         self.limits = limits or ClientLimits(SecurityConfig())
+        self.rrl = rrl or RateLimiter(SecurityConfig())
         self.udp_transports: list[asyncio.DatagramTransport] = []
         self.tcp_servers: list[asyncio.base_events.Server] = []
         self.tasks: set[asyncio.Task] = set()
@@ -57,10 +60,12 @@ class Listeners:
 
     async def start(self, addresses: tuple[Address, ...]) -> None:
         loop = asyncio.get_running_loop()
+        # Rate limiting costs nothing when off: the plain protocol has no check at all.
+        protocol = _RateLimitedUdpProtocol if self.rrl.enabled else _UdpProtocol
         for addr in addresses:
             family = socket.AF_INET6 if ":" in addr.host else socket.AF_INET
             transport, _ = await loop.create_datagram_endpoint(
-                lambda: _UdpProtocol(self), local_addr=(addr.host, addr.port), family=family,
+                lambda: protocol(self), local_addr=(addr.host, addr.port), family=family,
                 reuse_port=True)
             self.udp_transports.append(transport)
             port = transport.get_extra_info("sockname")[1]
@@ -129,6 +134,17 @@ class Listeners:
             reply = _internal_error_reply(data)
         if reply is not None and not transport.is_closing():
             transport.sendto(reply, addr)
+
+    def rate_limited(self, transport, data: bytes, addr, verdict: int) -> None:
+        """A UDP client over security.rate_limit: an empty TC=1 reply (slip) or nothing."""
+        self.stats.queries_udp += 1
+        if verdict == SLIP:
+            self.stats.rate_limited_slipped += 1
+            reply = slip_reply(data)
+            if reply is not None:
+                transport.sendto(reply, addr)
+        else:
+            self.stats.rate_limited_dropped += 1
 
     # ------------------------------------------------------------------- TCP
     async def _tcp_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -244,3 +260,23 @@ class _UdpProtocol(asyncio.DatagramProtocol):
     def error_received(self, exc: Exception) -> None:
         # ICMP errors for earlier replies (client went away); nothing to do.
         log.debug("UDP listener error: %s", exc)
+
+
+class _RateLimitedUdpProtocol(_UdpProtocol):
+    """The UDP listener with per-client response rate limiting (security.rate_limit > 0).
+
+    The limit comes first, so REFUSED answers to strangers are limited too: they
+    are responses a forged source could aim at a victim like any other.
+    """
+
+    def __init__(self, listeners: Listeners):
+        super().__init__(listeners)
+        self.check = listeners.rrl.check
+        self.now = listeners.pipeline.clock.monotonic
+
+    def datagram_received(self, data: bytes, addr) -> None:
+        verdict = self.check(addr[0], self.now())
+        if verdict:
+            self.listeners.rate_limited(self.transport, data, addr, verdict)
+            return
+        super().datagram_received(data, addr)

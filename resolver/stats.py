@@ -23,9 +23,9 @@ class Stats:
         "coalesced", "dropped_overload", "dropped_malformed", "formerr",
         "responses_by_rcode", "responses_by_source", "servfail_upstream",
         "tcp_connections", "tcp_refused", "internal_errors",
-        # security (issue 7): resolver/acl.py, resolver/limits.py
+        # security (issue 7): resolver/acl.py, resolver/limits.py, resolver/ratelimit.py
         "acl_refused_udp", "acl_refused_tcp", "dropped_client_limit", "tcp_refused_client_limit",
-        "tcp_closed_slow",
+        "tcp_closed_slow", "rate_limited_dropped", "rate_limited_slipped",
     )
 
     def __init__(self):
@@ -50,3 +50,5 @@ class Stats:
         self.tcp_refused_client_limit = 0   # connections closed: client over its connection cap
         self.tcp_closed_slow = 0     # connections closed: message trickled past tcp_read_timeout,
                                      # or replies piling up unread
+        self.rate_limited_dropped = 0  # UDP responses not sent: client over security.rate_limit
+        self.rate_limited_slipped = 0  # ... sent as an empty TC=1 reply instead (slip)

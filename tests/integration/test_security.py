@@ -10,6 +10,7 @@ import socket
 import struct
 import time
 
+import dns.flags
 import dns.message
 import dns.query
 import dns.rcode
@@ -258,3 +259,67 @@ def test_unrelated_upstream_records_are_never_served(fake_upstream, start_forwar
     assert len(fake_upstream.calls) == 1  # the scrubbed answer was cached
     label = f"{transport}://{fake_upstream.address}"
     assert fwd.metric("resolver_upstream_scrubbed_records_total", upstream=label) == 2
+
+
+# -- response rate limiting --------------------------------------------------------------
+
+
+def test_rate_limit_with_slip(fake_upstream, start_forwarder):
+    """Past the rate, every 2nd response is an empty TC=1 reply and the rest are dropped;
+    TCP is not limited; time refills the bucket (the forwarder's fake clock, no sleeping)."""
+    fake_upstream.answer("www.test", "A", "192.0.2.1")
+    fwd = start_forwarder([fake_upstream.address], security={"rate_limit": 5, "rate_limit_slip": 2})
+    msg = dns.query.tcp(dns.message.make_query("www.test", "A"), "127.0.0.1", port=fwd.port, timeout=5)
+    assert msg.answer  # cached now (over TCP, which is not limited)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        for qid in range(20):
+            s.sendto(query(qid=qid), ("127.0.0.1", fwd.port))
+        s.settimeout(2.0)
+        full, tc = 0, 0
+        while True:
+            try:
+                msg = dns.message.from_wire(s.recv(65535))
+            except TimeoutError:
+                break
+            if msg.flags & dns.flags.TC:
+                assert not msg.answer
+                tc += 1
+            else:
+                assert msg.answer
+                full += 1
+        assert (full, tc) == (5, 7)  # 5 in the burst; of the 15 limited, every 2nd slips
+        assert fwd.metric("resolver_rate_limited_responses_total", action="slip") == 7
+        assert fwd.metric("resolver_rate_limited_responses_total", action="drop") == 8
+        msg = dns.query.tcp(dns.message.make_query("www.test", "A"), "127.0.0.1", port=fwd.port, timeout=3)
+        assert msg.answer  # the retry a slip asks for works
+        fwd.advance(1.0)
+        s.settimeout(3)
+        s.sendto(query(qid=99), ("127.0.0.1", fwd.port))
+        assert dns.message.from_wire(s.recv(65535)).answer
+
+
+def test_no_rate_limit_by_default(fake_upstream, start_forwarder):
+    fake_upstream.answer("www.test", "A", "192.0.2.1")
+    fwd = start_forwarder([fake_upstream.address])
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(3)
+        for qid in range(50):
+            s.sendto(query(qid=qid), ("127.0.0.1", fwd.port))
+            assert dns.message.from_wire(s.recv(65535)).answer
+
+
+def test_bad_security_config_exits_2_naming_the_key(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from tests.conftest import resolv_conf
+
+    path = tmp_path / "bad.yaml"
+    path.write_text("security:\n  allow: ['10.0.0.1/8']\n")
+    out = subprocess.run([sys.executable, "-m", "resolver", "--config", str(path), "--resolv-conf",
+                          str(resolv_conf(tmp_path, "127.0.0.1"))], capture_output=True, text=True,
+                         timeout=20, cwd=Path(__file__).resolve().parents[2])
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "security.allow[0]" in lines[0] and "Traceback" not in out.stderr

@@ -562,3 +562,17 @@ def test_security_bad_values(section, key, problem, resolv):
     e = error({"security": section}, resolv)
     assert e.key == key
     assert problem in e.problem
+
+
+@pytest.mark.parametrize(
+    "section, key, problem",
+    [
+        ({"rate_limit": -1}, "security.rate_limit", "must be 0 (off) to 1000000"),
+        ({"rate_limit": "fast"}, "security.rate_limit", "an integer"),
+        ({"rate_limit_slip": 11}, "security.rate_limit_slip", "must be 0 to 10"),
+        ({"rate_limit_slip": 1.5}, "security.rate_limit_slip", "an integer"),
+    ],
+)
+def test_rate_limit_bad_values(section, key, problem, resolv):
+    e = error({"security": section}, resolv)
+    assert e.key == key and problem in e.problem

@@ -11,7 +11,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[2] / "resolver"
 
-SANS_IO = {"wire", "cache", "stale", "config", "errors", "stats", "acl", "limits", "antispoof"}
+SANS_IO = {"wire", "cache", "stale", "config", "errors", "stats", "acl", "limits", "antispoof", "ratelimit"}
 FORBIDDEN_IN_CORE = {"asyncio", "socket", "time", "uvloop", "selectors", "threading"}
 
 # Who may import whom inside the package (the architecture's module map).
@@ -27,12 +27,13 @@ ALLOWED = {
     "antispoof": {"errors"},
     "pool": {"upstream", "wire", "errors", "config"},
     "pipeline": {"wire", "cache", "stale", "pool", "clock", "config", "errors", "stats"},
-    "server": {"wire", "pipeline", "config", "stats", "acl", "limits"},
+    "server": {"wire", "pipeline", "config", "stats", "acl", "limits", "ratelimit"},
+    "ratelimit": {"wire", "config", "errors"},
     "acl": {"wire", "config", "errors"},
     "limits": {"config"},
     "metrics": {"cache", "pool", "stats"},
     "admin": set(),
-    "app": {"acl", "limits", "metrics", "admin", "cache", "clock", "config", "pipeline", "pool", "server", "stats", "upstream"},
+    "app": {"acl", "limits", "ratelimit", "metrics", "admin", "cache", "clock", "config", "pipeline", "pool", "server", "stats", "upstream"},
     "cli": {"app", "config", "errors"},
     "__main__": {"cli"},
     "__init__": set(),
