@@ -103,19 +103,21 @@ class Listeners:
             transport.close()
 
     # ------------------------------------------------------------------- UDP
-    def spawn(self, coro, host: str) -> asyncio.Task | None:
+    def spawn(self, coro, host: str | None = None) -> asyncio.Task | None:
+        """Run ``coro`` as a task, within the global cap and, given the client ``host``, its share."""
         if self.draining or len(self.tasks) >= self.config.max_inflight:
             coro.close()
             self.stats.dropped_overload += 1
             return None
-        if not self.limits.acquire_inflight(host):  # over this client's share
+        if host is not None and not self.limits.acquire_inflight(host):  # over this client's share
             coro.close()
             self.stats.dropped_client_limit += 1
             return None
         task = asyncio.get_running_loop().create_task(coro)
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
-        task.add_done_callback(lambda _t: self.limits.release_inflight(host))
+        if host is not None:
+            task.add_done_callback(lambda _t: self.limits.release_inflight(host))
         return task
 
     def refuse_udp(self, transport, data: bytes, addr) -> None:
