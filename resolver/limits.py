@@ -15,41 +15,43 @@ from __future__ import annotations
 from .config import SecurityConfig
 
 
+class _PerClient:
+    """Open things per client address, each address capped at ``limit``."""
+
+    __slots__ = ("counts", "limit")
+
+    def __init__(self):
+        self.counts: dict[str, int] = {}
+        self.limit = 1
+
+    def acquire(self, host: str) -> bool:
+        n = self.counts.get(host, 0)
+        if n >= self.limit:
+            return False
+        self.counts[host] = n + 1
+        return True
+
+    def release(self, host: str) -> None:
+        n = self.counts.get(host, 0) - 1
+        if n > 0:
+            self.counts[host] = n
+        else:
+            self.counts.pop(host, None)
+
+
 class ClientLimits:
     def __init__(self, config: SecurityConfig):
-        self.inflight: dict[str, int] = {}   # client address -> cache misses being resolved
-        self.tcp: dict[str, int] = {}        # client address -> open TCP connections
+        self._inflight = _PerClient()  # cache misses being resolved
+        self._tcp = _PerClient()       # open TCP connections
+        self.inflight = self._inflight.counts
+        self.tcp = self._tcp.counts
+        self.acquire_inflight = self._inflight.acquire
+        self.release_inflight = self._inflight.release
+        self.acquire_tcp = self._tcp.acquire
+        self.release_tcp = self._tcp.release
         self.configure(config)
 
     def configure(self, config: SecurityConfig) -> None:
-        self.max_inflight = config.max_inflight_per_client
-        self.max_tcp = config.tcp_max_connections_per_client
+        self._inflight.limit = config.max_inflight_per_client
+        self._tcp.limit = config.tcp_max_connections_per_client
         self.tcp_read_timeout = config.tcp_read_timeout
-
-    def acquire_inflight(self, host: str) -> bool:
-        n = self.inflight.get(host, 0)
-        if n >= self.max_inflight:
-            return False
-        self.inflight[host] = n + 1
-        return True
-
-    def release_inflight(self, host: str) -> None:
-        n = self.inflight.get(host, 0) - 1
-        if n > 0:
-            self.inflight[host] = n
-        else:
-            self.inflight.pop(host, None)
-
-    def acquire_tcp(self, host: str) -> bool:
-        n = self.tcp.get(host, 0)
-        if n >= self.max_tcp:
-            return False
-        self.tcp[host] = n + 1
-        return True
-
-    def release_tcp(self, host: str) -> None:
-        n = self.tcp.get(host, 0) - 1
-        if n > 0:
-            self.tcp[host] = n
-        else:
-            self.tcp.pop(host, None)

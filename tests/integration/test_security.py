@@ -17,6 +17,7 @@ import dns.rcode
 import pytest
 
 from resolver.config import SecurityConfig
+from tests.integration.test_bad_input import _read_msg, _tcp_connect, udp_exchange
 
 OUTSIDE = {"allow": ("192.0.2.0/24",)}  # 127.0.0.1 is not in it
 
@@ -29,34 +30,13 @@ def query(name="www.test", qtype="A", qid=None) -> bytes:
 
 
 def udp_ask(port: int, data: bytes, timeout: float = 0.7) -> bytes | None:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.settimeout(timeout)
-        s.sendto(data, ("127.0.0.1", port))
-        try:
-            return s.recv(65535)
-        except TimeoutError:
-            return None
+    return udp_exchange(port, data, timeout)
 
 
 def tcp_connect(port: int) -> socket.socket:
-    s = socket.create_connection(("127.0.0.1", port), timeout=5)
+    s = _tcp_connect(port)
     s.settimeout(5)
     return s
-
-
-def recv_exact(s: socket.socket, n: int) -> bytes:
-    out = b""
-    while len(out) < n:
-        chunk = s.recv(n - len(out))
-        if not chunk:
-            raise ConnectionError("closed")
-        out += chunk
-    return out
-
-
-def tcp_read(s: socket.socket) -> bytes:
-    size = struct.unpack(">H", recv_exact(s, 2))[0]
-    return recv_exact(s, size)
 
 
 def closed_by_peer(s: socket.socket, within: float) -> bool:
@@ -119,7 +99,7 @@ def test_client_outside_allow_list_gets_refused_tcp(fake_upstream, start_forward
     with tcp_connect(fwd.port) as s:
         for qid in (1, 2):  # every query on the connection is refused
             s.sendall(struct.pack(">H", len(query(qid=qid))) + query(qid=qid))
-            reply = dns.message.from_wire(tcp_read(s))
+            reply = dns.message.from_wire(_read_msg(s))
             assert reply.id == qid and reply.rcode() == dns.rcode.REFUSED
     assert fake_upstream.calls == []
     assert fwd.metric("resolver_acl_refused_total", transport="tcp") == 1
@@ -163,7 +143,7 @@ def test_per_client_tcp_connection_cap(fake_upstream, start_forwarder):
     try:
         for s in held:  # make sure both are accepted before the third
             s.sendall(struct.pack(">H", len(query())) + query())
-            assert dns.message.from_wire(tcp_read(s)).answer
+            assert dns.message.from_wire(_read_msg(s)).answer
         with tcp_connect(fwd.port) as extra:
             assert closed_by_peer(extra, 3)
         assert fwd.metric("resolver_tcp_connections_client_limited_total") == 1
@@ -175,7 +155,7 @@ def test_per_client_tcp_connection_cap(fake_upstream, start_forwarder):
         time.sleep(0.02)
     with tcp_connect(fwd.port) as again:  # slots come back when connections close
         again.sendall(struct.pack(">H", len(query())) + query())
-        assert dns.message.from_wire(tcp_read(again)).answer
+        assert dns.message.from_wire(_read_msg(again)).answer
 
 
 def test_trickling_tcp_client_is_closed_after_read_timeout(fake_upstream, start_forwarder):
