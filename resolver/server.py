@@ -189,14 +189,14 @@ class Listeners:
                         self.stats.tcp_closed_slow += 1
                     break  # idle, slow or gone client: RFC 7766 §6.2.3 lets us close
                 self.stats.queries_tcp += 1
+                if writer.transport.get_write_buffer_size() > _TCP_MAX_UNSENT:
+                    self.stats.tcp_closed_slow += 1
+                    break  # the client sends but does not read: bound what we buffer for it
                 if not allowed:  # outside security.allow: REFUSED per query, no work done
                     reply = self.acl.refusal(data)
                     if reply is not None:
                         writer.write(struct.pack(">H", len(reply)) + reply)
                     continue
-                if writer.transport.get_write_buffer_size() > _TCP_MAX_UNSENT:
-                    self.stats.tcp_closed_slow += 1
-                    break  # the client sends but does not read: bound what we buffer for it
                 try:
                     reply = self.pipeline.answer_fast(data, True)
                 except Exception:  # as on UDP: the hit path must not take the connection down
