@@ -64,15 +64,23 @@ class Listeners:
         protocol = _RateLimitedUdpProtocol if self.rrl.enabled else _UdpProtocol
         for addr in addresses:
             family = socket.AF_INET6 if ":" in addr.host else socket.AF_INET
-            transport, _ = await loop.create_datagram_endpoint(
-                lambda: protocol(self), local_addr=(addr.host, addr.port), family=family,
-                reuse_port=True)
+            for attempt in range(20 if addr.port == 0 else 1):
+                transport, _ = await loop.create_datagram_endpoint(
+                    lambda: protocol(self), local_addr=(addr.host, addr.port), family=family,
+                    reuse_port=True)
+                port = transport.get_extra_info("sockname")[1]
+                # The TCP listener takes the port UDP got, so "port 0" tests get one port for both;
+                # that TCP port may be in use (say, by an outgoing connection): then try another.
+                try:
+                    server = await asyncio.start_server(
+                        self._tcp_client, host=addr.host, port=port, family=family, reuse_port=True,
+                        backlog=1024)
+                    break
+                except OSError:
+                    transport.close()
+                    if addr.port != 0 or attempt == 19:
+                        raise
             self.udp_transports.append(transport)
-            port = transport.get_extra_info("sockname")[1]
-            # The TCP listener takes the port UDP got, so "port 0" tests get one port for both.
-            server = await asyncio.start_server(
-                self._tcp_client, host=addr.host, port=port, family=family, reuse_port=True,
-                backlog=1024)
             self.tcp_servers.append(server)
             self.bound.append((addr.host, port))
             log.info("listening on %s port %d (UDP and TCP)", addr.host, port)

@@ -160,18 +160,26 @@ def test_soak_valid_and_garbage_udp_and_tcp(fake_upstream, tmp_path):
     for i, name in enumerate(NAMES):
         fake_upstream.answer(name, "A", f"192.0.2.{i % 250 + 1}", ttl=1 if name in SHORT else 300)
     fake_upstream.answer("probe.soak.test", "A", "192.0.2.254")
-    port = free_port()
-    config = tmp_path / "soak.yaml"
-    config.write_text(f'listen: ["127.0.0.1:{port}"]\nupstreams: ["{fake_upstream.address}"]\n'
-                      "metrics: {enabled: false}\nlogging: {level: warning}\n")
     stderr_path = tmp_path / "stderr.log"
-    with open(stderr_path, "w") as stderr:
-        proc = subprocess.Popen([sys.executable, "-m", "resolver", "--config", str(config),
-                                 "--resolv-conf", str(resolv_conf(tmp_path, "127.0.0.1"))],
-                                stdout=subprocess.DEVNULL, stderr=stderr, cwd=REPO)
+    for _ in range(5):  # free_port() can race with other processes on a busy machine
+        port = free_port()
+        config = tmp_path / "soak.yaml"
+        config.write_text(f'listen: ["127.0.0.1:{port}"]\nupstreams: ["{fake_upstream.address}"]\n'
+                          "metrics: {enabled: false}\nlogging: {level: warning}\n")
+        with open(stderr_path, "w") as stderr:
+            proc = subprocess.Popen([sys.executable, "-m", "resolver", "--config", str(config),
+                                     "--resolv-conf", str(resolv_conf(tmp_path, "127.0.0.1"))],
+                                    stdout=subprocess.DEVNULL, stderr=stderr, cwd=REPO)
+        try:
+            wait_for_dns(port)
+            break
+        except AssertionError:
+            proc.kill()
+            proc.wait(5)
+            if "cannot start" not in stderr_path.read_text():
+                raise
     client = None
     try:
-        wait_for_dns(port)
         client = Client(port, random.Random(42))
         start = time.monotonic()
         rss_warm = None
