@@ -155,11 +155,11 @@ def scrub(reply: bytes, question: bytes) -> tuple[bytes, int]:
     removed = len(drop_answer) + len(drop_auth)
     if not removed:
         return reply, 0
+    gone_an, gone_ns = set(drop_answer), set(drop_auth)
     try:
         record = dnslib.DNSRecord.parse(reply)
+        record.rr = [rr for i, rr in enumerate(record.rr) if i not in gone_an]
+        record.auth = [rr for i, rr in enumerate(record.auth) if i not in gone_ns]
+        return bytes(record.pack()), removed
     except Exception as e:  # dnslib raises several types for bad input; all mean "malformed"
         raise UpstreamBadResponse(f"malformed reply: {e}") from None
-    gone_an, gone_ns = set(drop_answer), set(drop_auth)
-    record.rr = [rr for i, rr in enumerate(record.rr) if i not in gone_an]
-    record.auth = [rr for i, rr in enumerate(record.auth) if i not in gone_ns]
-    return bytes(record.pack()), removed
