@@ -22,6 +22,7 @@ the harness exits non-zero).  The resolver modules are imported under
 from __future__ import annotations
 
 import asyncio
+import logging
 import sys
 from pathlib import Path
 
@@ -35,9 +36,11 @@ with atheris.instrument_imports(include=["resolver"]):
     from resolver.cache import Cache
     from resolver.clock import FakeClock
     from resolver.config import Config, SecurityConfig
-    from resolver.errors import UpstreamBadResponse, UpstreamError
+    from resolver.errors import UpstreamBadResponse, UpstreamError, UpstreamServfail
     from resolver.pipeline import Pipeline
     from resolver.stats import Stats
+
+import dnslib  # noqa: E402
 
 from tests.component.fake_pool import FakePool  # noqa: E402
 
@@ -55,7 +58,22 @@ class _ScriptedPool(FakePool):
             data = self.reply
             antispoof.scrub(data, question)  # what Upstream.exchange does before returning
             return data, None
-        return await super().exchange(question, cd, do, deadline)
+        try:
+            return await super().exchange(question, cd, do, deadline)
+        except dnslib.DNSError:  # FakePool builds replies with dnslib, which knows only named types
+            raise UpstreamServfail("servfail") from None
+
+
+class _FailOnErrorLog(logging.Handler):
+    """The pipeline turns a bug in the forwarding stage into SERVFAIL plus an error log
+    line (house rule 9); for the fuzzer that log line is the crash."""
+
+    def __init__(self):
+        super().__init__(logging.ERROR)
+        self.seen: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.seen.append(self.format(record))
 
 
 LOOP = asyncio.new_event_loop()
@@ -63,6 +81,10 @@ CLOCK = FakeClock()
 POOL = _ScriptedPool().answer("www.test", "A", "192.0.2.1").answer("alias.test", "CNAME", "www.test")
 PIPELINE = Pipeline(Config(), Cache(500), POOL, CLOCK, Stats())
 ACL = AccessControl(SecurityConfig())
+ERRORS = _FailOnErrorLog()
+logging.getLogger().addHandler(ERRORS)
+logging.getLogger().setLevel(logging.ERROR)
+logging.lastResort = None
 
 
 def _check_reply(query: bytes, reply: bytes | None) -> None:
@@ -81,6 +103,12 @@ def _upstream_reply(data: bytes) -> bytes:
 
 
 def test_one_input(raw: bytes) -> None:
+    _one_input(raw)
+    if ERRORS.seen:
+        raise AssertionError("error logged:\n" + ERRORS.seen[0])
+
+
+def _one_input(raw: bytes) -> None:
     if not raw:
         return
     target, data = raw[0] % 3, raw[1:]
