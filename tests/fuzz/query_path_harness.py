@@ -14,8 +14,9 @@ Each input is split by its first byte into one of three targets:
 * the same upstream bytes served to ``resolve`` through the fake pool, then a
   cache hit for the same question.
 
-Any other exception, or a property violation, is a crash libFuzzer reports (and
-the harness exits non-zero).  The resolver modules are imported under
+Any other exception, a property violation, or an error logged by the
+pipeline (its catch-all turns a bug into SERVFAIL plus a log line) is a crash
+libFuzzer reports (and the harness exits non-zero).  The resolver modules are imported under
 ``atheris.instrument_imports`` so coverage guides the mutations.
 """
 
