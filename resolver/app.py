@@ -11,16 +11,20 @@ import logging
 from importlib import metadata
 
 from . import metrics, wire
+from .acl import AccessControl
 from .admin import AdminServer
 from .cache import Cache
 from .clock import Clock, SystemClock
 from .config import Config
+from .errors import ConfigError
 from .hosts import HostsFile
+from .limits import ClientLimits
 from .local import LocalAnswers, purge
 from .outagelog import StaleEpisodes
 from .persist import Persister
 from .pipeline import Pipeline
 from .pool import UpstreamPool
+from .ratelimit import RateLimiter
 from .reload import ReloadStats, check_reloadable
 from .routing import build_router
 from .server import Listeners
@@ -42,7 +46,8 @@ def version() -> str:
 
 def build_pool(config: Config, upstreams=None) -> UpstreamPool:
     """A pool for ``upstreams`` (default: the top-level ones); one per forward group."""
-    upstreams = [Upstream(u, config.upstream.edns_buffer_size) for u in (upstreams or config.upstreams)]
+    upstreams = [Upstream(u, config.upstream.edns_buffer_size, config.security.upstream_0x20)
+                 for u in (upstreams or config.upstreams)]
     return UpstreamPool(upstreams, config.upstream)
 
 
@@ -58,7 +63,10 @@ class App:
         self.local = LocalAnswers(config)  # localhost, local_records, hosts file, block_zones
         self.hosts = HostsFile(config.hosts_file, self._hosts_changed) if config.hosts_file.enabled else None
         self.pipeline = Pipeline(config, self.cache, self.pool, self.clock, self.stats, self.local)
-        self.listeners = Listeners(self.pipeline, config.server, self.stats)
+        self.acl = AccessControl(config.security)
+        self.limits = ClientLimits(config.security)
+        self.rrl = RateLimiter(config.security)
+        self.listeners = Listeners(self.pipeline, config.server, self.stats, self.acl, self.limits, self.rrl)
         self.listeners.group_size = workers
         self.persist = Persister(self.cache, self.clock, config.cache.persist, writer=worker == 0)
         self.reloads = ReloadStats()
@@ -120,6 +128,9 @@ class App:
         differs.  In-flight queries finish on the pool they started with.
         """
         check_reloadable(self.config, config)
+        if bool(config.security.rate_limit) != bool(self.config.security.rate_limit):
+            # The UDP protocol class (with or without the limiter) is chosen at bind time.
+            raise ConfigError("security.rate_limit", "turning rate limiting on or off needs a restart")
         self.config = config
         self.pool = self.router = build_router(config, lambda upstreams: build_pool(config, upstreams))
         self.pipeline.pool = self.pool
@@ -132,6 +143,8 @@ class App:
         self.pipeline.configure(config)
         self.cache.resize(config.cache.max_entries)
         self.listeners.config = config.server
+        for part in (self.acl, self.limits, self.rrl):
+            part.configure(config.security)
         self.persist.reconfigure(config.cache.persist)
         log.info("forwarding to %s", ", ".join(u.label for u in config.upstreams))
 

@@ -104,6 +104,31 @@ class ServerConfig:
     shutdown_grace: float = 2.0  # time to finish in-flight queries on SIGTERM
 
 
+# RFC 1918 private ranges, RFC 6598 shared address space (CGNAT), loopback, RFC 4193
+# unique-local and RFC 4291 link-local: the networks a sidecar or host resolver serves.
+DEFAULT_ALLOW = ("127.0.0.0/8", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10",
+                 "::1/128", "fc00::/7", "fe80::/10")
+REFUSED_ACTIONS = ("refuse", "drop")
+
+
+@dataclass(frozen=True, slots=True)
+class SecurityConfig:
+    """Who may ask, and how much work one client may cause (see resolver/acl.py, limits.py).
+
+    The allow-list defaults to loopback and private ranges, so a forwarder bound to a
+    public address by mistake is not an open resolver (an amplification tool).
+    """
+
+    allow: tuple[str, ...] = DEFAULT_ALLOW  # client networks (CIDR); others are refused
+    refused_action: str = "refuse"  # refuse = REFUSED reply (never larger than the query) | drop
+    upstream_0x20: bool = False  # randomise qname case toward upstreams (draft-vixie-dnsext-dns0x20)
+    max_inflight_per_client: int = 100  # cache misses one client address may have in flight
+    tcp_max_connections_per_client: int = 16  # open TCP connections per client address
+    tcp_read_timeout: float = 2.0  # a started TCP message must be complete within this
+    rate_limit: int = 0  # UDP responses per second per client address; 0 = off
+    rate_limit_slip: int = 2  # every Nth limited response goes out as TC=1 (0 = none, 1 = all)
+
+
 @dataclass(frozen=True, slots=True)
 class MetricsConfig:
     """Prometheus endpoint; loopback by default so it is not exposed by accident."""
@@ -152,6 +177,7 @@ class Config:
     cache: CacheConfig = CacheConfig()
     stale: StaleConfig = StaleConfig()
     server: ServerConfig = ServerConfig()
+    security: SecurityConfig = SecurityConfig()
     metrics: MetricsConfig = MetricsConfig()
     logging: LoggingConfig = LoggingConfig()
     # Conditional forwarding and local answers (resolver/routing.py, resolver/local.py).
@@ -249,6 +275,24 @@ def parse_address(text: object, key: str, default_port: int | None = None) -> Ad
     return Address(str(ip), int(port_text))
 
 
+def parse_networks(value: object, key: str) -> tuple[str, ...]:
+    """A list of CIDR networks ("10.0.0.0/8", "2001:db8::/32", or a bare address), normalised.
+
+    Host bits must be zero ("10.1.2.3/8" is refused): such an entry is usually a typo
+    for a narrower network than the one it would silently allow.
+    """
+    networks = []
+    for path, item in _strings(value, key):
+        _expect(isinstance(item, str), item, path, "a network such as 10.0.0.0/8")
+        try:
+            networks.append(str(ipaddress.ip_network(item.strip(), strict=True)))
+        except ValueError as exc:
+            raise ConfigError(path, f"expected a network such as 10.0.0.0/8: {exc}") from None
+    if not networks:
+        raise ConfigError(key, "must list at least one network (0.0.0.0/0 and ::/0 allow everyone)")
+    return tuple(networks)
+
+
 def parse_upstream(text: object, key: str) -> UpstreamAddress:
     """"192.0.2.53", "192.0.2.53:53", "[2001:db8::1]:53", each optionally with udp:// or tcp://."""
     transport = "udp"
@@ -332,6 +376,8 @@ def _section(cls: type, data: object, key: str):
             values[name] = _section(kind, raw, path)
         elif raw == "" and getattr(cls(), name) == "":
             values[name] = ""  # an empty string that is also the default means "off"
+        elif kind == tuple[str, ...]:
+            values[name] = parse_networks(raw, path)
         else:
             values[name] = _str(raw, path)
     return cls(**values)
@@ -363,6 +409,14 @@ def _check_ranges(c: Config) -> None:
         ("cache.persist.interval", cache.persist.interval > 0, "must be greater than 0"),
         ("server.tcp_max_connections", srv.tcp_max_connections >= 1, "must be at least 1"),
         ("server.max_inflight", srv.max_inflight >= 1, "must be at least 1"),
+        ("security.refused_action", c.security.refused_action in REFUSED_ACTIONS,
+         f"must be one of: {', '.join(REFUSED_ACTIONS)}"),
+        ("security.max_inflight_per_client", c.security.max_inflight_per_client >= 1, "must be at least 1"),
+        ("security.tcp_max_connections_per_client", c.security.tcp_max_connections_per_client >= 1,
+         "must be at least 1"),
+        ("security.tcp_read_timeout", c.security.tcp_read_timeout > 0, "must be greater than 0"),
+        ("security.rate_limit", 0 <= c.security.rate_limit <= 1_000_000, "must be 0 (off) to 1000000"),
+        ("security.rate_limit_slip", 0 <= c.security.rate_limit_slip <= 10, "must be 0 to 10"),
         ("logging.level", c.logging.level in LOG_LEVELS, f"must be one of: {levels}"),
         ("logging.format", c.logging.format in LOG_FORMATS, f"must be one of: {formats}"),
         ("hosts_file.check_interval", c.hosts_file.check_interval > 0, "must be greater than 0"),

@@ -127,6 +127,8 @@ class ResolverCollector:
                                   "TCP connections closed at once because tcp_max_connections was reached.",
                                   value=s.tcp_refused)
 
+        yield from _security_families(s)
+
         now = self.now()
         fresh, stale = self.cache.counts(now)
         entries = GaugeMetricFamily("resolver_cache_entries", "Entries in the cache.", labels=["state"])
@@ -149,7 +151,11 @@ class ResolverCollector:
                                         "Time from sending a query to an upstream to its reply (any rcode; "
                                         "timeouts and errors are in resolver_upstream_errors_total).",
                                         labels=["upstream"])
+        scrubbed = CounterMetricFamily("resolver_upstream_scrubbed_records",
+                                       "Upstream records removed before caching as unrelated to the question.",
+                                       labels=["upstream"])
         for u in pool.upstreams:
+            scrubbed.add_metric([u.label], u.scrubbed)
             req.add_metric([u.label], pool.requests.get(u.label, 0))
             if u.label in pool.latency:
                 buckets, total = _buckets(pool.latency[u.label])
@@ -163,6 +169,7 @@ class ResolverCollector:
         yield up
         yield mism
         yield latency
+        yield scrubbed
         yield GaugeMetricFamily("resolver_upstream_inflight", "Upstream exchanges in progress.", value=pool.inflight)
         if self.lifecycle is not None:
             yield from _lifecycle_families(self.lifecycle)
@@ -229,6 +236,31 @@ def _lifecycle_families(app):
     yield CounterMetricFamily("resolver_worker_restarts",
                               "Times the supervisor restarted this worker slot after it died.",
                               value=getattr(app, "worker_restarts", 0))
+
+
+def _security_families(s: Stats):
+    """Access control, per-client limits and rate limiting (README "Security")."""
+    acl = CounterMetricFamily("resolver_acl_refused",
+                              "Queries (UDP) and connections (TCP) from clients outside security.allow.",
+                              labels=["transport"])
+    acl.add_metric(["udp"], s.acl_refused_udp)
+    acl.add_metric(["tcp"], s.acl_refused_tcp)
+    yield acl
+    yield CounterMetricFamily("resolver_client_limit_dropped_queries",
+                              "Cache misses dropped because the client had max_inflight_per_client in flight.",
+                              value=s.dropped_client_limit)
+    yield CounterMetricFamily("resolver_tcp_connections_client_limited",
+                              "TCP connections closed at once: the client had tcp_max_connections_per_client open.",
+                              value=s.tcp_refused_client_limit)
+    yield CounterMetricFamily("resolver_tcp_connections_closed_slow",
+                              "TCP connections closed for trickling a message past tcp_read_timeout "
+                              "or not reading replies.", value=s.tcp_closed_slow)
+    rrl = CounterMetricFamily("resolver_rate_limited_responses",
+                              "UDP responses withheld (drop) or sent empty with TC=1 (slip): client over "
+                              "security.rate_limit.", labels=["action"])
+    rrl.add_metric(["drop"], s.rate_limited_dropped)
+    rrl.add_metric(["slip"], s.rate_limited_slipped)
+    yield rrl
 
 
 def build_registry(collector: ResolverCollector) -> CollectorRegistry:

@@ -19,13 +19,19 @@ import socket
 import struct
 
 from . import handover, wire
-from .config import Address, ServerConfig
+from .acl import AccessControl
+from .config import Address, SecurityConfig, ServerConfig
+from .limits import ClientLimits
+from .ratelimit import SLIP, RateLimiter, slip_reply
 from .pipeline import Pipeline
 from .stats import Stats
 
 log = logging.getLogger("resolver.server")
 
 TCP_LINGER = 0.3  # seconds open TCP connections get, at shutdown, after in-flight work is done
+# Replies queued for a TCP client that is not reading them; past this the
+# connection is closed (bounded memory however many queries it pipelines).
+_TCP_MAX_UNSENT = 256 * 1024
 
 
 def _internal_error_reply(data: bytes) -> bytes | None:
@@ -37,10 +43,15 @@ def _internal_error_reply(data: bytes) -> bytes | None:
 class Listeners:
     """All listening sockets plus the tasks answering on them."""
 
-    def __init__(self, pipeline: Pipeline, config: ServerConfig, stats: Stats):
+    def __init__(self, pipeline: Pipeline, config: ServerConfig, stats: Stats,
+                 acl: AccessControl | None = None, limits: ClientLimits | None = None,
+                 rrl: RateLimiter | None = None):
         self.pipeline = pipeline
         self.config = config
         self.stats = stats
+        self.acl = acl or AccessControl(SecurityConfig())
+        self.limits = limits or ClientLimits(SecurityConfig())
+        self.rrl = rrl or RateLimiter(SecurityConfig())
         self.udp_transports: list[asyncio.DatagramTransport] = []
         self.tcp_servers: list[asyncio.base_events.Server] = []
         self.tasks: set[asyncio.Task] = set()
@@ -53,25 +64,26 @@ class Listeners:
 
     async def start(self, addresses: tuple[Address, ...]) -> None:
         loop = asyncio.get_running_loop()
+        # Rate limiting costs nothing when off: the plain protocol has no check at all.
+        protocol = _RateLimitedUdpProtocol if self.rrl.enabled else _UdpProtocol
         for addr in addresses:
             family = socket.AF_INET6 if ":" in addr.host else socket.AF_INET
-            tries = 1 if addr.port else 10
-            for attempt in range(tries):
+            for attempt in range(20 if addr.port == 0 else 1):
                 transport, _ = await loop.create_datagram_endpoint(
-                    lambda: _UdpProtocol(self), local_addr=(addr.host, addr.port), family=family,
+                    lambda: protocol(self), local_addr=(addr.host, addr.port), family=family,
                     reuse_port=True)
                 port = transport.get_extra_info("sockname")[1]
-                # The TCP listener takes the port UDP got, so "port 0" tests get one port for both.
+                # The TCP listener takes the port UDP got, so "port 0" tests get one port for both;
+                # that TCP port may be in use (say, by an outgoing connection): then try another.
                 try:
                     server = await asyncio.start_server(
                         self._tcp_client, host=addr.host, port=port, family=family, reuse_port=True,
                         backlog=1024)
+                    break
                 except OSError:
                     transport.close()
-                    if attempt == tries - 1:
+                    if addr.port != 0 or attempt == 19:
                         raise
-                    continue  # port 0: free for UDP, but a TCP socket holds that number; another one
-                break
             self.udp_transports.append(transport)
             self.tcp_servers.append(server)
             self.bound.append((addr.host, port))
@@ -167,15 +179,29 @@ class Listeners:
             transport.close()
 
     # ------------------------------------------------------------------- UDP
-    def spawn(self, coro) -> asyncio.Task | None:
-        if len(self.tasks) >= self.config.max_inflight:
+    def spawn(self, coro, host: str | None = None) -> asyncio.Task | None:
+        """Run ``coro`` as a task, within the global cap and, given the client ``host``, its share."""
+        if self.draining or len(self.tasks) >= self.config.max_inflight:
             coro.close()
             self.stats.dropped_overload += 1
+            return None
+        if host is not None and not self.limits.acquire_inflight(host):  # over this client's share
+            coro.close()
+            self.stats.dropped_client_limit += 1
             return None
         task = asyncio.get_running_loop().create_task(coro)
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
+        if host is not None:
+            task.add_done_callback(lambda _t: self.limits.release_inflight(host))
         return task
+
+    def refuse_udp(self, transport, data: bytes, addr) -> None:
+        """A datagram from a client outside ``security.allow``: REFUSED or silence."""
+        self.stats.acl_refused_udp += 1
+        reply = self.acl.refusal(data)
+        if reply is not None:
+            transport.sendto(reply, addr)
 
     async def udp_slow(self, transport, data: bytes, addr) -> None:
         try:
@@ -187,26 +213,66 @@ class Listeners:
         if reply is not None and not transport.is_closing():
             transport.sendto(reply, addr)
 
+    def rate_limited(self, transport, data: bytes, addr, verdict: int) -> None:
+        """A UDP client over security.rate_limit: an empty TC=1 reply (slip) or nothing."""
+        self.stats.queries_udp += 1
+        if verdict == SLIP:
+            self.stats.rate_limited_slipped += 1
+            reply = slip_reply(data)
+            if reply is not None:
+                transport.sendto(reply, addr)
+        else:
+            self.stats.rate_limited_dropped += 1
+
     # ------------------------------------------------------------------- TCP
     async def _tcp_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername")
+        host = peer[0] if peer else ""
+        allowed = self.acl.admits(host)
+        if not allowed:
+            self.stats.acl_refused_tcp += 1
+            if self.acl.drop:
+                writer.transport.abort()
+                return
         if len(self.tcp_writers) >= self.config.tcp_max_connections:
             self.stats.tcp_refused += 1
+            writer.transport.abort()
+            return
+        if not self.limits.acquire_tcp(host):  # over this client's share of the slots
+            self.stats.tcp_refused_client_limit += 1
             writer.transport.abort()
             return
         self.stats.tcp_connections += 1
         self.tcp_writers.add(writer)
         pending: set[asyncio.Task] = set()
         idle = self.config.tcp_idle_timeout
+        read_timeout = self.limits.tcp_read_timeout
+        loop = asyncio.get_running_loop()
         try:
             while True:
+                started = False
                 try:
-                    async with asyncio.timeout(idle):
+                    async with asyncio.timeout(idle) as timer:
                         header = await reader.readexactly(2)
+                        # The message has started: the rest must come promptly, so a
+                        # client trickling bytes cannot hold a slot for idle × messages.
+                        started = True
+                        timer.reschedule(loop.time() + read_timeout)
                         size = struct.unpack(">H", header)[0]
                         data = await reader.readexactly(size)
-                except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
+                except (TimeoutError, asyncio.IncompleteReadError, ConnectionError) as e:
+                    if started and isinstance(e, TimeoutError):
+                        self.stats.tcp_closed_slow += 1
                     break  # idle, slow or gone client: RFC 7766 §6.2.3 lets us close
                 self.stats.queries_tcp += 1
+                if writer.transport.get_write_buffer_size() > _TCP_MAX_UNSENT:
+                    self.stats.tcp_closed_slow += 1
+                    break  # the client sends but does not read: bound what we buffer for it
+                if not allowed:  # outside security.allow: REFUSED per query, no work done
+                    reply = self.acl.refusal(data)
+                    if reply is not None:
+                        writer.write(struct.pack(">H", len(reply)) + reply)
+                    continue
                 try:
                     reply = self.pipeline.answer_fast(data, True)
                 except Exception:  # as on UDP: the hit path must not take the connection down
@@ -222,7 +288,7 @@ class Listeners:
                     # §6.2.3) rather than leave the client waiting out the grace period.
                     # It retries on a new connection, which reaches the successor.
                     break
-                task = self.spawn(self._tcp_answer(writer, data))
+                task = self.spawn(self._tcp_answer(writer, data), host)
                 if task is not None:
                     pending.add(task)
                     task.add_done_callback(pending.discard)
@@ -230,6 +296,7 @@ class Listeners:
                 await asyncio.wait(set(pending), timeout=self.config.shutdown_grace)
         finally:
             self.tcp_writers.discard(writer)
+            self.limits.release_tcp(host)
             writer.transport.close()
 
     async def _tcp_answer(self, writer: asyncio.StreamWriter, data: bytes) -> None:
@@ -250,6 +317,8 @@ class _UdpProtocol(asyncio.DatagramProtocol):
         self.listeners = listeners
         self.fast = listeners.pipeline.answer_fast
         self.stats = listeners.stats
+        self.allowed = listeners.acl.allowed  # memo of admitted addresses: one lookup per datagram
+        self.admits = listeners.acl.admits
         self.transport = None
 
     def connection_made(self, transport) -> None:
@@ -257,6 +326,9 @@ class _UdpProtocol(asyncio.DatagramProtocol):
 
     def datagram_received(self, data: bytes, addr) -> None:
         self.stats.queries_udp += 1
+        if addr[0] not in self.allowed and not self.admits(addr[0]):
+            self.listeners.refuse_udp(self.transport, data, addr)
+            return
         try:
             reply = self.fast(data, False)
         except Exception:  # the hit path must never take the listener down
@@ -266,8 +338,28 @@ class _UdpProtocol(asyncio.DatagramProtocol):
         if reply is not None:
             self.transport.sendto(reply, addr)
             return
-        self.listeners.spawn(self.listeners.udp_slow(self.transport, data, addr))
+        self.listeners.spawn(self.listeners.udp_slow(self.transport, data, addr), addr[0])
 
     def error_received(self, exc: Exception) -> None:
         # ICMP errors for earlier replies (client went away); nothing to do.
         log.debug("UDP listener error: %s", exc)
+
+
+class _RateLimitedUdpProtocol(_UdpProtocol):
+    """The UDP listener with per-client response rate limiting (security.rate_limit > 0).
+
+    The limit comes first, so REFUSED answers to strangers are limited too: they
+    are responses a forged source could aim at a victim like any other.
+    """
+
+    def __init__(self, listeners: Listeners):
+        super().__init__(listeners)
+        self.check = listeners.rrl.check
+        self.now = listeners.pipeline.clock.monotonic
+
+    def datagram_received(self, data: bytes, addr) -> None:
+        verdict = self.check(addr[0], self.now())
+        if verdict:
+            self.listeners.rate_limited(self.transport, data, addr, verdict)
+            return
+        super().datagram_received(data, addr)

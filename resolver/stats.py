@@ -110,6 +110,9 @@ class Stats:
         "responses_by_rcode", "responses_by_source", "servfail_upstream",
         "tcp_connections", "tcp_refused", "internal_errors",
         "queries_by_type", "tally", "durations",
+        # security (issue 7): resolver/acl.py, resolver/limits.py, resolver/ratelimit.py
+        "acl_refused_udp", "acl_refused_tcp", "dropped_client_limit", "tcp_refused_client_limit",
+        "tcp_closed_slow", "rate_limited_dropped", "rate_limited_slipped",
     )
 
     def __init__(self):
@@ -144,3 +147,11 @@ class Stats:
     def stale_total(self) -> int:
         """All stale answers, every reason, both paths."""
         return sum(self.stale_answers.values()) + self.tally.stale_hits()
+        self.acl_refused_udp = 0     # datagrams from clients outside security.allow
+        self.acl_refused_tcp = 0     # TCP connections from clients outside security.allow
+        self.dropped_client_limit = 0       # misses dropped: client over max_inflight_per_client
+        self.tcp_refused_client_limit = 0   # connections closed: client over its connection cap
+        self.tcp_closed_slow = 0     # connections closed: message trickled past tcp_read_timeout,
+                                     # or replies piling up unread
+        self.rate_limited_dropped = 0  # UDP responses not sent: client over security.rate_limit
+        self.rate_limited_slipped = 0  # ... sent as an empty TC=1 reply instead (slip)

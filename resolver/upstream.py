@@ -5,6 +5,9 @@ ID and a fresh socket (so a fresh random source port: RFC 5452 §9.2), replies a
 accepted only from the queried address (a connected UDP socket lets the kernel
 drop the rest) with the right ID and question; anything else is ignored and
 counted while we keep waiting, as dnspython's ``_matches_destination`` does.
+With ``security.upstream_0x20`` the question's letters go out in random case and
+must come back exactly so; accepted replies are scrubbed of records unrelated to
+the question before anyone caches them (resolver/antispoof.py).
 UDP replies with TC=1 are retried over TCP (RFC 7766 §5); ``tcp://`` upstreams use
 TCP only.  Failures are typed (errors.Upstream*) and carry a fixed metric label.
 """
@@ -16,7 +19,7 @@ import secrets
 import socket
 import struct
 
-from . import wire
+from . import antispoof, wire
 from .config import UpstreamAddress
 from .errors import UpstreamBadResponse, UpstreamError, UpstreamTimeout, UpstreamUnreachable
 
@@ -26,15 +29,12 @@ class _UdpExchange(asyncio.DatagramProtocol):
 
     def __init__(self, qid: int, question: bytes, future: asyncio.Future, owner: "Upstream"):
         self.qid = qid
-        self.question = question
+        self.question = question  # as sent: with 0x20 on, its case must come back exactly
         self.future = future
         self.owner = owner
 
     def datagram_received(self, data: bytes, addr) -> None:
-        try:
-            wire.check_reply_matches(data, self.qid, self.question)
-        except UpstreamBadResponse:
-            self.owner.mismatched += 1
+        if not self.owner.matches(data, self.qid, self.question):
             return
         if not self.future.done():
             self.future.set_result(data)
@@ -52,12 +52,26 @@ class _UdpExchange(asyncio.DatagramProtocol):
 class Upstream:
     """A single upstream resolver address and how to talk to it."""
 
-    def __init__(self, address: UpstreamAddress, udp_size: int = 1232):
+    def __init__(self, address: UpstreamAddress, udp_size: int = 1232, case_0x20: bool = False):
         self.address = address
         self.label = address.label
         self.udp_size = udp_size
+        self.case_0x20 = case_0x20
         self.family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
         self.mismatched = 0  # replies dropped for wrong ID/question: spoofing attempts or late replies
+        self.scrubbed = 0  # records removed from replies as unrelated to the question
+
+    def matches(self, reply: bytes, qid: int, sent: bytes) -> bool:
+        """Is ``reply`` the answer to the query we sent (ID, question, 0x20 case)?  Counts misses."""
+        try:
+            wire.check_reply_matches(reply, qid, sent)
+        except UpstreamBadResponse:
+            self.mismatched += 1
+            return False
+        if self.case_0x20 and not antispoof.case_matches(reply, sent):
+            self.mismatched += 1
+            return False
+        return True
 
     async def exchange(self, question: bytes, cd: bool, do: bool, deadline: float) -> bytes:
         """Send the question, return the matching reply; raise UpstreamError subclasses.
@@ -70,20 +84,28 @@ class Upstream:
         if self.address.transport == "udp":
             reply = await self._udp(loop, question, cd, do, deadline)
             if not reply[2] & 0x02:
-                return reply
+                return self._scrub(reply, question)
             # TC=1: the answer did not fit; ask again over TCP (RFC 7766 §5).
-        return await self._tcp(loop, question, cd, do, deadline)
+        return self._scrub(await self._tcp(loop, question, cd, do, deadline), question)
 
-    def _query(self, question: bytes, cd: bool, do: bool) -> tuple[int, bytes]:
+    def _scrub(self, reply: bytes, question: bytes) -> bytes:
+        reply, removed = antispoof.scrub(reply, question)
+        self.scrubbed += removed
+        return reply
+
+    def _query(self, question: bytes, cd: bool, do: bool) -> tuple[int, bytes, bytes]:
+        """(ID, the question as sent — case randomised with 0x20 on —, the query bytes)."""
         qid = secrets.randbits(16)
-        return qid, wire.build_upstream_query(qid, question, cd, do, self.udp_size)
+        if self.case_0x20:
+            question = antispoof.randomize_case(question)
+        return qid, question, wire.build_upstream_query(qid, question, cd, do, self.udp_size)
 
     async def _udp(self, loop, question, cd, do, deadline) -> bytes:
-        qid, query = self._query(question, cd, do)
+        qid, sent, query = self._query(question, cd, do)
         future = loop.create_future()
         try:
             transport, _ = await loop.create_datagram_endpoint(
-                lambda: _UdpExchange(qid, question, future, self),
+                lambda: _UdpExchange(qid, sent, future, self),
                 remote_addr=(self.address.host, self.address.port),
                 family=self.family,
             )
@@ -100,7 +122,7 @@ class Upstream:
             transport.abort()
 
     async def _tcp(self, loop, question, cd, do, deadline) -> bytes:
-        qid, query = self._query(question, cd, do)
+        qid, sent, query = self._query(question, cd, do)
         writer = None
         try:
             async with asyncio.timeout_at(deadline):
@@ -110,10 +132,7 @@ class Upstream:
                     while True:
                         size = struct.unpack(">H", await reader.readexactly(2))[0]
                         reply = await reader.readexactly(size)
-                        try:
-                            wire.check_reply_matches(reply, qid, question)
-                        except UpstreamBadResponse:
-                            self.mismatched += 1
+                        if not self.matches(reply, qid, sent):
                             continue
                         return reply
                 except asyncio.IncompleteReadError:

@@ -27,6 +27,11 @@ garbage    bytes that can never parse: the query's ID, then a header claiming
            65535 answers, then random bytes
 wrong_id   the normal answer with ID = query ID + 1
 empty      NOERROR, no answer records, the SOA in authority
+wrong_case the normal answer, but the question's letters in swapped case (0x20 tests)
+pollute    the normal answer plus unrelated records: an A record for
+           evil.example in the answer section and in authority (scrubbing tests)
+
+``raw_names`` lists the question names as received, case preserved.
 """
 
 from __future__ import annotations
@@ -42,7 +47,8 @@ from dnslib import (AAAA, CNAME, EDNS0, QTYPE, RCODE, RR, SOA, TXT, A, DNSHeader
                     DNSLabel, DNSRecord)
 
 HOST = "127.0.0.1"
-MODES = ("normal", "drop", "servfail", "refused", "truncate", "garbage", "wrong_id", "empty")
+MODES = ("normal", "drop", "servfail", "refused", "truncate", "garbage", "wrong_id", "empty",
+         "wrong_case", "pollute")
 EDNS_PAYLOAD = 1232
 
 
@@ -99,6 +105,7 @@ class FakeUpstream:
         self._delay = 0.0
         self._name_delay: dict[str, float] = {}
         self._calls: list[tuple[str, str, str]] = []
+        self.raw_names: list[str] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._udp: asyncio.DatagramTransport | None = None
@@ -332,6 +339,7 @@ class FakeUpstream:
         qtype = _qtype_name(query.q.qtype)
         with self._lock:
             self._calls.append((transport, qname, qtype))
+            self.raw_names.append(str(query.q.qname))
             mode = self._name_mode.get(qname, self._mode)
             delay = self._name_delay.get(qname, self._delay)
         if delay > 0:
@@ -352,6 +360,11 @@ class FakeUpstream:
             reply.header.tc = 1
         else:
             self._fill(reply, query, qname)
+        if mode == "wrong_case":
+            reply.questions[0].qname = DNSLabel(str(query.q.qname).swapcase())
+        if mode == "pollute":
+            reply.add_answer(RR("evil.example", QTYPE.A, rdata=A("203.0.113.66"), ttl=86400))
+            reply.add_auth(RR("evil.example", QTYPE.A, rdata=A("203.0.113.67"), ttl=86400))
         if mode == "wrong_id":
             reply.header.id = (query.header.id + 1) & 0xFFFF
         wire = reply.pack()

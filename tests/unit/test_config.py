@@ -539,3 +539,64 @@ def test_observability_keys_accepted(resolv):
                    resolv)
     assert config.metrics.allow_remote_admin and config.logging.queries
     assert config.logging.query_sample == 0.0 and isinstance(config.logging.query_sample, float)
+# -- security (issue 7) -----------------------------------------------------------------
+
+
+def test_security_defaults_allow_only_loopback_and_private(resolv):
+    from resolver.config import DEFAULT_ALLOW, SecurityConfig
+
+    config = parse(None, resolv)
+    assert config.security == SecurityConfig()
+    assert config.security.allow == DEFAULT_ALLOW
+    assert config.security.refused_action == "refuse" and config.security.upstream_0x20 is False
+
+
+def test_security_values(resolv):
+    config = parse({"security": {"allow": ["192.0.2.0/24", " 2001:db8::/32 ", "198.51.100.7"],
+                                 "refused_action": "drop", "upstream_0x20": True,
+                                 "max_inflight_per_client": 5, "tcp_max_connections_per_client": 2,
+                                 "tcp_read_timeout": "500ms"}}, resolv)
+    s = config.security
+    assert s.allow == ("192.0.2.0/24", "2001:db8::/32", "198.51.100.7/32")
+    assert (s.refused_action, s.upstream_0x20, s.max_inflight_per_client) == ("drop", True, 5)
+    assert (s.tcp_max_connections_per_client, s.tcp_read_timeout) == (2, 0.5)
+    assert parse({"security": {"allow": "0.0.0.0/0"}}, resolv).security.allow == ("0.0.0.0/0",)
+
+
+@pytest.mark.parametrize(
+    "section, key, problem",
+    [
+        ({"allow": []}, "security.allow", "at least one network"),
+        ({"allow": ["10.0.0.1/8"]}, "security.allow[0]", "has host bits set"),
+        ({"allow": ["10.0.0.0/8", "example.com"]}, "security.allow[1]", "expected a network"),
+        ({"allow": ["10.0.0.0/33"]}, "security.allow[0]", "expected a network"),
+        ({"allow": [10]}, "security.allow[0]", "expected a network"),
+        ({"allow": {"a": 1}}, "security.allow", "expected a list"),
+        ({"refused_action": "ignore"}, "security.refused_action", "must be one of: refuse, drop"),
+        ({"refused_action": ""}, "security.refused_action", "non-empty string"),
+        ({"upstream_0x20": "yes"}, "security.upstream_0x20", "true or false"),
+        ({"max_inflight_per_client": 0}, "security.max_inflight_per_client", "at least 1"),
+        ({"tcp_max_connections_per_client": "9"}, "security.tcp_max_connections_per_client", "an integer"),
+        ({"tcp_read_timeout": 0}, "security.tcp_read_timeout", "greater than 0"),
+        ({"tcp_read_timeout": "later"}, "security.tcp_read_timeout", "expected a duration"),
+        ({"allowed": ["10.0.0.0/8"]}, "security.allowed", "unknown key"),
+    ],
+)
+def test_security_bad_values(section, key, problem, resolv):
+    e = error({"security": section}, resolv)
+    assert e.key == key
+    assert problem in e.problem
+
+
+@pytest.mark.parametrize(
+    "section, key, problem",
+    [
+        ({"rate_limit": -1}, "security.rate_limit", "must be 0 (off) to 1000000"),
+        ({"rate_limit": "fast"}, "security.rate_limit", "an integer"),
+        ({"rate_limit_slip": 11}, "security.rate_limit_slip", "must be 0 to 10"),
+        ({"rate_limit_slip": 1.5}, "security.rate_limit_slip", "an integer"),
+    ],
+)
+def test_rate_limit_bad_values(section, key, problem, resolv):
+    e = error({"security": section}, resolv)
+    assert e.key == key and problem in e.problem

@@ -11,7 +11,8 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[2] / "resolver"
 
-SANS_IO = {"wire", "cache", "stale", "config", "errors", "stats", "records", "local"}
+SANS_IO = {"wire", "cache", "stale", "config", "errors", "stats", "records", "local", "acl", "limits", "antispoof",
+           "ratelimit"}
 FORBIDDEN_IN_CORE = {"asyncio", "socket", "time", "uvloop", "selectors", "threading"}
 
 # Who may import whom inside the package (the architecture's module map).
@@ -27,12 +28,16 @@ ALLOWED = {
     "routing": {"config", "pool"},
     "cache": {"wire", "stats"},
     "stale": {"cache", "config"},
-    "upstream": {"wire", "errors", "config"},
+    "upstream": {"antispoof", "wire", "errors", "config"},
+    "antispoof": {"errors"},
     "pool": {"upstream", "wire", "errors", "config", "stats"},
     "pipeline": {"wire", "cache", "stale", "pool", "clock", "config", "errors", "stats", "querylog", "local"},
     "querylog": {"wire", "stats"},
     "outagelog": {"pool", "stats"},
-    "server": {"wire", "pipeline", "config", "stats", "handover"},
+    "server": {"wire", "pipeline", "config", "stats", "handover", "acl", "limits", "ratelimit"},
+    "ratelimit": {"wire", "config", "errors"},
+    "acl": {"wire", "config", "errors"},
+    "limits": {"config"},
     "handover": set(),
     "reload": {"config", "errors"},
     "supervisor": set(),
@@ -42,7 +47,7 @@ ALLOWED = {
     "admin": {"cacheadmin", "cache"},
     "cacheadmin": {"wire", "cache", "stats"},
     "app": {"outagelog", "metrics", "admin", "cache", "clock", "config", "pipeline", "pool", "server", "stats",
-            "upstream", "routing", "local", "hosts", "wire", "persist", "reload"},
+            "upstream", "routing", "local", "hosts", "wire", "persist", "reload", "acl", "limits", "ratelimit"},
     "cli": {"app", "config", "errors", "reload", "supervisor"},
     "__main__": {"cli"},
     "__init__": set(),
