@@ -135,6 +135,14 @@ class Stats:
         self.tally = HitTally()      # hit-path answers by (qtype, rcode): shared with the cache
         # Slow-path request durations by source; hit-path answers are added at scrape.
         self.durations = {source: Histogram(DURATION_BUCKETS) for source in SOURCES}
+        self.acl_refused_udp = 0     # datagrams from clients outside security.allow
+        self.acl_refused_tcp = 0     # TCP connections from clients outside security.allow
+        self.dropped_client_limit = 0       # misses dropped: client over max_inflight_per_client
+        self.tcp_refused_client_limit = 0   # connections closed: client over its connection cap
+        self.tcp_closed_slow = 0     # connections closed: message trickled past tcp_read_timeout,
+                                     # or replies piling up unread
+        self.rate_limited_dropped = 0  # UDP responses not sent: client over security.rate_limit
+        self.rate_limited_slipped = 0  # ... sent as an empty TC=1 reply instead (slip)
 
     def hits(self) -> int:
         """All fresh cache answers: slow path plus hit path."""
@@ -147,11 +155,3 @@ class Stats:
     def stale_total(self) -> int:
         """All stale answers, every reason, both paths."""
         return sum(self.stale_answers.values()) + self.tally.stale_hits()
-        self.acl_refused_udp = 0     # datagrams from clients outside security.allow
-        self.acl_refused_tcp = 0     # TCP connections from clients outside security.allow
-        self.dropped_client_limit = 0       # misses dropped: client over max_inflight_per_client
-        self.tcp_refused_client_limit = 0   # connections closed: client over its connection cap
-        self.tcp_closed_slow = 0     # connections closed: message trickled past tcp_read_timeout,
-                                     # or replies piling up unread
-        self.rate_limited_dropped = 0  # UDP responses not sent: client over security.rate_limit
-        self.rate_limited_slipped = 0  # ... sent as an empty TC=1 reply instead (slip)
