@@ -61,7 +61,9 @@ class _ScriptedPool(FakePool):
             return data, None
         try:
             return await super().exchange(question, cd, do, deadline)
-        except dnslib.DNSError:  # FakePool builds replies with dnslib, which knows only named types
+        except (dnslib.DNSError, UnicodeError):
+            # FakePool builds replies with dnslib from the name's text: it knows only named
+            # types and IDNA-encodable labels.  A limit of the fake, not of the resolver.
             raise UpstreamServfail("servfail") from None
 
 
