@@ -15,6 +15,7 @@ from .admin import AdminServer
 from .cache import Cache
 from .clock import Clock, SystemClock
 from .config import Config
+from .health import Prober
 from .pipeline import Pipeline
 from .pool import UpstreamPool
 from .server import Listeners
@@ -45,6 +46,8 @@ class App:
         self.stats = Stats()
         self.cache = Cache(config.cache.max_entries)
         self.pool = build_pool(config)
+        self.prober = Prober(config.upstream)  # notices recovery of down upstreams
+        self.prober.attach(self.pool)
         self.pipeline = Pipeline(config, self.cache, self.pool, self.clock, self.stats)
         self.listeners = Listeners(self.pipeline, config.server, self.stats)
         self.collector = metrics.ResolverCollector(self.stats, self.cache, lambda: self.pool,
@@ -70,6 +73,7 @@ class App:
         self.listeners.close()
         await self.listeners.drain(grace)
         await self.pipeline.cancel_refreshes()
+        await self.prober.close()
         if self._sweeper is not None:
             self._sweeper.cancel()
         self.admin.close()

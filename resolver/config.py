@@ -60,6 +60,9 @@ class UpstreamOptions:
     backoff: float = 1.0  # first down period; doubles after each failed probe ...
     backoff_max: float = 30.0  # ... up to this, so a dead upstream costs little
     edns_buffer_size: int = 1232  # DNS flag day 2020: avoids IP fragmentation
+    probe_name: str = "."  # a down upstream is probed with "<probe_name> NS" in the background ...
+    probe_interval: float = 0.5  # ... this often at first, doubling after each failed probe ...
+    probe_interval_max: float = 1.0  # ... up to this: recovery is noticed within about a second
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +74,19 @@ class CacheConfig:
     max_ttl: int = 86_400  # caps absurd TTLs so fixed records are re-fetched daily
     max_negative_ttl: int = 3_600  # cap on NXDOMAIN/NODATA caching (RFC 2308 §5)
     servfail_ttl: int = 1  # SERVFAIL memory for never-cached names (RFC 9520 §3.2); 0 = off
+    prefetch: float = 0.1  # refresh in the background when asked in the last 10% of the TTL; 0 = off
+
+
+@dataclass(frozen=True, slots=True)
+class LastKnownGoodConfig:
+    """Keep serving a name's last positive records when upstream suddenly says it has none.
+
+    Opt-in per zone: it can hide a real deletion for up to ``max_age``.
+    """
+
+    zones: tuple[str, ...] = ()  # e.g. ["amazonaws.com"]; empty = off (the counter still runs)
+    max_age: float = 3_600.0  # positive records confirmed longer ago than this are not defended
+    mode: str = "enforce"  # enforce = serve the last records; shadow = count and log only
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +98,7 @@ class StaleConfig:
     answer_ttl: int = 30  # TTL written on stale records (RFC 8767 §4 recommends 30)
     client_timeout: float = 1.8  # client response timer: answer stale after this long
     recheck: float = 30.0  # failure recheck timer: after a failure, serve stale this long
+    last_known_good: LastKnownGoodConfig = LastKnownGoodConfig()
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +144,8 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
 TRANSPORTS = ("udp", "tcp")
 _SECTIONS = {f.name: f.type for f in fields(Config) if is_dataclass(f.type)}
+LKG_MODES = ("enforce", "shadow")
+_FRACTION_FIELDS = frozenset({"prefetch"})
 _TTL_FIELDS = frozenset({"min_ttl", "max_ttl", "max_negative_ttl", "answer_ttl", "servfail_ttl"})
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _DURATION = re.compile(r"([-+]?(?:\d+(?:\.\d*)?|\.\d+))\s*(ms|s|m|h|d)?", re.ASCII)
@@ -274,6 +293,13 @@ def _section(cls: type, data: object, key: str):
         path, kind = f"{key}.{name}", types[name]
         if kind is bool:
             values[name] = _expect(isinstance(raw, bool), raw, path, "true or false")
+        elif is_dataclass(kind) and kind is not Address:
+            values[name] = _section(kind, raw, path)
+        elif kind == tuple[str, ...]:
+            values[name] = tuple(_zone(item, k) for k, item in _strings(raw, path))
+        elif name in _FRACTION_FIELDS:
+            ok = isinstance(raw, (int, float)) and not isinstance(raw, bool) and 0 <= raw < 1
+            values[name] = float(_expect(ok, raw, path, "a fraction from 0 to below 1 (0.1 = last 10%)"))
         elif kind is int and name in _TTL_FIELDS:
             values[name] = _ttl(raw, path)
         elif kind is int:
@@ -286,6 +312,18 @@ def _section(cls: type, data: object, key: str):
         else:
             values[name] = _str(raw, path)
     return cls(**values)
+
+
+_LABEL = re.compile(r"(?!-)[a-z0-9_-]{1,63}(?<!-)", re.ASCII)
+
+
+def _zone(value: object, key: str) -> str:
+    """A domain name in presentation form, lower-cased, without the trailing dot ("" = root)."""
+    text = _str(value, key).strip().lower().rstrip(".")
+    labels = text.split(".") if text else []
+    if len(text) > 253 or not all(_LABEL.fullmatch(label) for label in labels):
+        raise ConfigError(key, f"expected a domain name such as example.com, got {_show(value)}")
+    return text
 
 
 def _unique(items: list, key: str) -> None:
@@ -306,6 +344,9 @@ def _check_ranges(c: Config) -> None:
         ("upstream.backoff_max", u.backoff_max >= u.backoff,
          f"must be at least upstream.backoff ({u.backoff:g})"),
         ("upstream.edns_buffer_size", 512 <= u.edns_buffer_size <= 4096, "must be 512 to 4096"),
+        ("upstream.probe_interval", u.probe_interval > 0, "must be greater than 0"),
+        ("upstream.probe_interval_max", u.probe_interval_max >= u.probe_interval,
+         f"must be at least upstream.probe_interval ({u.probe_interval:g})"),
         ("cache.max_entries", cache.max_entries >= 1, "must be at least 1"),
         ("cache.min_ttl", cache.min_ttl <= cache.max_ttl,
          f"must not exceed cache.max_ttl ({cache.max_ttl})"),
@@ -320,6 +361,10 @@ def _check_ranges(c: Config) -> None:
         if not ok:
             section, name = key.split(".")
             raise ConfigError(key, f"{problem}, got {_show(getattr(getattr(c, section), name))}")
+    _zone(u.probe_name, "upstream.probe_name")
+    lkg = c.stale.last_known_good
+    if lkg.mode not in LKG_MODES:
+        raise ConfigError("stale.last_known_good.mode", f"must be one of: {', '.join(LKG_MODES)}, got {_show(lkg.mode)}")
     if c.metrics.enabled and c.metrics.listen in c.listen:
         raise ConfigError("metrics.listen", f"is also a DNS listen address ({c.metrics.listen})")
 

@@ -110,6 +110,26 @@ class ResolverCollector:
         yield up
         yield mism
         yield GaugeMetricFamily("resolver_upstream_inflight", "Upstream exchanges in progress.", value=pool.inflight)
+        yield from outage_families(s, pool)
+
+
+def outage_families(s: Stats, pool: UpstreamPool):
+    """Outage policies (issue 5): probes, prefetch, vanished answers, last-known-good."""
+    probes = CounterMetricFamily("resolver_upstream_probes", "Background health probes of down upstreams.",
+                                 labels=["upstream", "result"])
+    for (label, result), count in sorted(pool.probes.items()):
+        probes.add_metric([label, result], count)
+    yield probes
+    yield CounterMetricFamily("resolver_prefetches", "Background refreshes of entries asked near the end of their TTL.",
+                              value=s.prefetches)
+    yield CounterMetricFamily("resolver_answers_vanished",
+                              "Upstream answered NXDOMAIN/NODATA for a name whose positive records were cached.",
+                              value=s.answers_vanished)
+    lkg = CounterMetricFamily("resolver_last_known_good", "Empty answers replaced (enforce) or that would "
+                              "have been (shadow) by the last positive records.", labels=["mode"])
+    for mode in ("enforce", "shadow"):
+        lkg.add_metric([mode], s.lkg_answers.get(mode, 0))
+    yield lkg
 
 
 def build_registry(collector: ResolverCollector) -> CollectorRegistry:

@@ -81,6 +81,7 @@ class Pipeline:
         self.stale = config.stale
         self.stale_window = stale_policy.stale_window(config.stale)
         self.edns_size = config.upstream.edns_buffer_size
+        self.prefetch = config.cache.prefetch
         size = self.edns_size
         # Pre-built OPT records for the hit path: [DO][kind] where kind 0 = fresh,
         # 1 = stale positive (EDE 3), 2 = stale NXDOMAIN (EDE 19).
@@ -144,6 +145,8 @@ class Pipeline:
             else:
                 body = entry.aged_body(sec)
                 self._touch(key)  # LRU, at one-second granularity
+                if now >= entry.prefetch_after:  # checked once per second per entry: ~free
+                    self._prefetch(key)
             if mode < 2:
                 reply = b"".join((data[:2], entry.hdr, question, body))
             else:
@@ -156,7 +159,7 @@ class Pipeline:
         # at once without asking upstream (same rule as stale.decide → ANSWER_STALE).
         stale = self.stale
         if (now < entry.recheck_until and now < entry.stale_until and stale.enabled
-                and now - entry.fresh_until < stale.max_age):
+                and now - entry.fresh_until < stale.max_age and entry.recheck_epoch == self.pool.epoch):
             body = entry.stale_answer_body(stale.answer_ttl)
             if mode < 2:
                 reply = b"".join((data[:2], entry.hdr, question, body))
@@ -204,17 +207,33 @@ class Pipeline:
         limit = _TCP_LIMIT if tcp else q.udp_size
         now = self.clock.monotonic()
         _, entry = self.cache.lookup(q.key, now)
-        action = stale_policy.decide(entry, now, self.stale)
+        action = stale_policy.decide(entry, now, self.stale, self.pool.epoch)
 
         if action == stale_policy.ANSWER_FRESH:
             stats.cache_hits += 1
             self.cache.touch(q.key)
+            if now >= entry.prefetch_after:
+                self._prefetch(q.key)
             return self._render(q, entry, self._aged(entry, now), limit, Source.CACHE)
         if action == stale_policy.ANSWER_STALE:
             return self._render_stale(q, entry, limit, "recheck")
+        if action == stale_policy.RESOLVE_OR_STALE and self.pool.known_down():
+            # Every upstream is known down (the prober watches for its return): answer
+            # stale at once instead of making each client wait client_timeout, and
+            # hold the name under the recheck timer until an upstream comes back.
+            # One background fetch still goes out (the pool tries the upstream due
+            # back soonest), so an upstream that fails our probes but answers real
+            # names is still noticed; the hold bounds it to one per name per recheck.
+            self._hold(entry, now)
+            if q.key not in self.inflight:
+                self._fetch(q)
+            return self._render_stale(q, entry, limit, "upstreams_down")
 
         stats.cache_misses += 1
         fetch = self._fetch(q)
+        if action == stale_policy.RESOLVE_OR_STALE and self.stale.client_timeout == 0:
+            # Answer-first mode: stale at once; the fetch refreshes the cache behind it.
+            return self._render_stale(q, entry, limit, "answer_first")
         if action == stale_policy.RESOLVE_OR_STALE:
             # RFC 8767 §5: wait at most client_timeout, then answer stale while the
             # fetch goes on in the background and repairs the cache if it succeeds.
@@ -265,13 +284,40 @@ class Pipeline:
         if task is not None:
             self.stats.coalesced += 1
             return task
-        upstream_question = q.qname.lower() + q.question[-4:]
+        return self._start_fetch(q.key, q.qname.lower() + q.question[-4:], bool(q.cd), q.do)
+
+    def _start_fetch(self, key: bytes, upstream_question: bytes, cd: bool, do: bool) -> asyncio.Task:
         loop = asyncio.get_running_loop()
-        task = loop.create_task(self._refresh(q.key, upstream_question, bool(q.cd), q.do))
+        task = loop.create_task(self._refresh(key, upstream_question, cd, do))
         task.started = loop.time()
-        self.inflight[q.key] = task
-        task.add_done_callback(lambda t, key=q.key: self._fetch_done(key, t))
+        self.inflight[key] = task
+        task.add_done_callback(lambda t, key=key: self._fetch_done(key, t))
         return task
+
+    def _prefetch(self, key: bytes) -> None:
+        """Refresh a popular entry before it expires (the last ``cache.prefetch`` of its TTL).
+
+        Called synchronously from the hit path, so it only schedules: one task per
+        key at most (the in-flight map), none while every upstream is known down
+        (the prober watches those; a prefetch could only fail and add load).
+        """
+        if key in self.inflight or self.pool.known_down():
+            return
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:  # no loop (a synchronous caller such as a benchmark): skip
+            return
+        # The key is the flag byte (if any) + the question with the name lower-cased.
+        flags = key[0] & 0x7F if key[0] & wire.KEY_FLAGGED else -1
+        question = key[1:] if flags >= 0 else key
+        self.stats.prefetches += 1
+        self._start_fetch(key, question, flags > 0 and bool(flags & wire.KEY_CD),
+                          flags > 0 and bool(flags & wire.KEY_DO))
+
+    def _hold(self, entry: Entry, now: float) -> None:
+        """Start the RFC 8767 §4 failure recheck timer on ``entry`` under the current epoch."""
+        entry.recheck_until = now + self.stale.recheck
+        entry.recheck_epoch = self.pool.epoch
 
     def _fetch_done(self, key: bytes, task: asyncio.Task) -> None:
         if self.inflight.get(key) is task:
@@ -297,7 +343,10 @@ class Pipeline:
             raise UpstreamError(f"internal error: {e}") from e
         now = self.clock.monotonic()
         if prepared.ttl > 0 and not prepared.tc:
-            return self.cache.put(key, prepared, now, self.stale_window)
+            entry = self.cache.put(key, prepared, now, self.stale_window)
+            if self.prefetch:
+                entry.prefetch_after = now + prepared.ttl * (1.0 - self.prefetch)
+            return entry
         return Entry(prepared, now, 0.0)  # answered, but not cacheable (TTL 0, no SOA, TC)
 
     def _refresh_failed(self, key: bytes) -> None:
@@ -305,7 +354,7 @@ class Pipeline:
         entry = self.cache.get(key)
         if entry is not None and now < entry.stale_until and entry.kind != wire.FAILURE:
             # RFC 8767 §4 failure recheck timer: answer this name stale at once for a while.
-            entry.recheck_until = now + self.stale.recheck
+            self._hold(entry, now)
             return
         servfail_ttl = self.config.cache.servfail_ttl
         if servfail_ttl > 0 and (entry is None or now >= entry.stale_until):

@@ -49,6 +49,11 @@ class UpstreamPool:
         self.requests: Counter = Counter()       # label -> exchanges started
         self.errors: Counter = Counter()         # (label, reason) -> failures
         self.inflight = 0
+        # Bumped each time an upstream comes back up: a failure recheck timer set
+        # under an older epoch no longer holds (see Pipeline, RFC 8767 §4 timers).
+        self.epoch = 0
+        self.probes: Counter = Counter()         # (label, "ok" | "fail") -> background probes
+        self.on_down = None                      # callback(pool, upstream) when one is marked down
 
     def _order(self, now: float) -> list[Upstream]:
         usable = [u for u in self.upstreams if self.health[u.label].down_until <= now]
@@ -101,11 +106,14 @@ class UpstreamPool:
                 h.up = False
                 log.warning("upstream %s marked down after %d consecutive failures (last: %s); retry in %.1fs",
                             upstream.label, h.failures, reason, h.backoff)
+                if self.on_down is not None:
+                    self.on_down(self, upstream)
 
     def _succeeded(self, upstream: Upstream) -> None:
         h = self.health[upstream.label]
         if not h.up:
             log.warning("upstream %s is back up", upstream.label)
+            self.epoch += 1
         h.failures = 0
         h.backoff = 0.0
         h.down_until = 0.0
@@ -113,3 +121,29 @@ class UpstreamPool:
 
     def all_down(self, now: float) -> bool:
         return all(self.health[u.label].down_until > now for u in self.upstreams)
+
+    def known_down(self) -> bool:
+        """True when every upstream is marked down (``max_failures`` reached, no good answer since)."""
+        for h in self.health.values():
+            if h.up:
+                return False
+        return True
+
+    async def probe(self, upstream: Upstream, question: bytes, deadline: float) -> bool:
+        """One background health check of ``upstream``; a usable reply marks it up.
+
+        A failed probe leaves the client-side back-off alone (the upstream is already
+        down) and is counted only under ``probes``, so that probing a dead upstream
+        does not inflate its per-query error figures.
+        """
+        try:
+            reply = await upstream.exchange(question, False, False, deadline)
+        except UpstreamError:
+            self.probes[(upstream.label, "fail")] += 1
+            return False
+        if reply[3] & 0x0F not in (wire.NOERROR, wire.NXDOMAIN):
+            self.probes[(upstream.label, "fail")] += 1
+            return False
+        self.probes[(upstream.label, "ok")] += 1
+        self._succeeded(upstream)
+        return True

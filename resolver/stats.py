@@ -11,7 +11,8 @@ from __future__ import annotations
 from collections import Counter
 
 # Fixed label sets, so a hostile client cannot create unbounded series.
-STALE_REASONS = ("timeout", "servfail", "refused", "rcode", "unreachable", "bad_response", "recheck", "error")
+STALE_REASONS = ("timeout", "servfail", "refused", "rcode", "unreachable", "bad_response", "recheck", "error",
+                 "upstreams_down", "answer_first", "last_known_good")
 SOURCES = ("cache", "stale", "upstream", "local")
 TRANSPORTS = ("udp", "tcp")
 
@@ -23,6 +24,7 @@ class Stats:
         "coalesced", "dropped_overload", "dropped_malformed", "formerr",
         "responses_by_rcode", "responses_by_source", "servfail_upstream",
         "tcp_connections", "tcp_refused", "internal_errors",
+        "prefetches", "answers_vanished", "lkg_answers",
     )
 
     def __init__(self):
@@ -41,3 +43,6 @@ class Stats:
         self.tcp_connections = 0
         self.tcp_refused = 0         # connections closed at once: over tcp_max_connections
         self.internal_errors = 0     # bugs caught at the listener boundary (→ SERVFAIL)
+        self.prefetches = 0          # background refreshes of entries asked in the last part of their TTL
+        self.answers_vanished = 0    # a name with cached positive records answered NXDOMAIN/NODATA
+        self.lkg_answers: Counter = Counter()  # "enforce" | "shadow" -> last-known-good decisions
