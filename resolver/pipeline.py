@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from . import last_known_good as lkg
 from . import stale as stale_policy
 from . import wire
 from .cache import Cache, Entry
@@ -82,6 +83,7 @@ class Pipeline:
         self.stale_window = stale_policy.stale_window(config.stale)
         self.edns_size = config.upstream.edns_buffer_size
         self.prefetch = config.cache.prefetch
+        self.lkg = lkg.LastKnownGood(config.stale.last_known_good)
         size = self.edns_size
         # Pre-built OPT records for the hit path: [DO][kind] where kind 0 = fresh,
         # 1 = stale positive (EDE 3), 2 = stale NXDOMAIN (EDE 19).
@@ -246,11 +248,13 @@ class Pipeline:
             except TimeoutError:
                 return self._render_stale(q, entry, limit, "timeout")
             except UpstreamError as e:
-                return self._render_stale(q, entry, limit, e.reason)
+                return self._render_stale(q, entry, limit, e.reason, getattr(e, "ede_text", b""))
             return self._render(q, fresh, fresh.body, limit, Source.UPSTREAM)
 
         try:
             fresh = await asyncio.shield(fetch)  # bounded by the fetch's own deadline
+        except lkg.LastKnownGoodHeld as e:
+            return self._render_stale(q, e.entry, limit, e.reason, e.ede_text)
         except UpstreamError as e:
             stats.servfail_upstream += 1
             stats.responses_by_source[Source.LOCAL] += 1
@@ -269,13 +273,13 @@ class Pipeline:
         self.stats.responses_by_rcode[entry.rcode] += 1
         return wire.render(q, entry.hdr, entry.hdr_opt, body, limit, self.edns_size)
 
-    def _render_stale(self, q: wire.Query, entry: Entry, limit: int, reason: str) -> bytes:
+    def _render_stale(self, q: wire.Query, entry: Entry, limit: int, reason: str, text: bytes = b"") -> bytes:
         self.stats.stale_answers[reason] += 1
         self.stats.responses_by_source[Source.STALE] += 1
         self.stats.responses_by_rcode[entry.rcode] += 1
         code = wire.EDE_STALE_NXDOMAIN if entry.rcode == wire.NXDOMAIN else wire.EDE_STALE_ANSWER
         body = entry.stale_answer_body(self.stale.answer_ttl)
-        return wire.render(q, entry.hdr, entry.hdr_opt, body, limit, self.edns_size, wire.ede_option(code))
+        return wire.render(q, entry.hdr, entry.hdr_opt, body, limit, self.edns_size, wire.ede_option(code, text))
 
     # ------------------------------------------------------------ forwarding stage
     def _fetch(self, q: wire.Query) -> asyncio.Task:
@@ -334,6 +338,7 @@ class Pipeline:
             cache_cfg = self.config.cache
             prepared = wire.parse_reply(reply, question, min_ttl=cache_cfg.min_ttl, max_ttl=cache_cfg.max_ttl,
                                         max_negative_ttl=cache_cfg.max_negative_ttl)
+            self._check_vanished(key, question, prepared)
         except UpstreamError:
             self._refresh_failed(key)
             raise
@@ -348,6 +353,24 @@ class Pipeline:
                 entry.prefetch_after = now + prepared.ttl * (1.0 - self.prefetch)
             return entry
         return Entry(prepared, now, 0.0)  # answered, but not cacheable (TTL 0, no SOA, TC)
+
+    def _check_vanished(self, key: bytes, question: bytes, prepared: wire.Prepared) -> None:
+        """Count (and under last-known-good, refuse) an empty answer replacing positive records."""
+        old = self.cache.get(key)
+        verdict = self.lkg.check(old, prepared, question, self.clock.monotonic())
+        if verdict is lkg.NONE:
+            return
+        self.stats.answers_vanished += 1
+        if verdict == lkg.VANISHED:
+            return
+        self.stats.lkg_answers[verdict] += 1
+        name = wire.name_to_text(question[:-4])
+        if verdict == lkg.SHADOW:
+            log.warning("last-known-good (shadow): %s now answers %s; enforce would keep its records",
+                        name, prepared.kind)
+            return
+        log.warning("last-known-good: %s now answers %s; serving its last records", name, prepared.kind)
+        raise lkg.LastKnownGoodHeld(old, prepared.kind)  # → _refresh_failed holds the entry (recheck)
 
     def _refresh_failed(self, key: bytes) -> None:
         now = self.clock.monotonic()

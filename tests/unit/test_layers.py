@@ -11,7 +11,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[2] / "resolver"
 
-SANS_IO = {"wire", "cache", "stale", "config", "errors", "stats"}
+SANS_IO = {"wire", "cache", "stale", "config", "errors", "stats", "last_known_good"}
 FORBIDDEN_IN_CORE = {"asyncio", "socket", "time", "uvloop", "selectors", "threading"}
 
 # Who may import whom inside the package (the architecture's module map).
@@ -25,7 +25,8 @@ ALLOWED = {
     "stale": {"cache", "config"},
     "upstream": {"wire", "errors", "config"},
     "pool": {"upstream", "wire", "errors", "config"},
-    "pipeline": {"wire", "cache", "stale", "pool", "clock", "config", "errors", "stats"},
+    "pipeline": {"wire", "cache", "stale", "pool", "clock", "config", "errors", "stats", "last_known_good"},
+    "last_known_good": {"wire", "cache", "config", "errors"},
     "server": {"wire", "pipeline", "config", "stats"},
     "metrics": {"cache", "pool", "stats"},
     "admin": set(),
