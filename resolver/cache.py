@@ -28,7 +28,7 @@ class Entry:
         "kind", "rcode", "hdr", "hdr_opt", "body", "ttl_offsets",
         "stored_at", "fresh_until", "stale_until", "recheck_until",
         "aged_sec", "aged", "stale_body",
-        "recheck_epoch", "prefetch_after",
+        "recheck_epoch", "prefetch_after", "lkg_text",
     )
 
     def __init__(self, prepared: wire.Prepared, now: float, max_stale: float):
@@ -47,6 +47,7 @@ class Entry:
         self.stale_body = None
         self.recheck_epoch = 0  # the upstream pool's epoch when recheck_until was set
         self.prefetch_after = self.fresh_until  # set by the pipeline (cache.prefetch); never by default
+        self.lkg_text = None  # EDE extra text while held by last-known-good (answered by the slow path)
 
     def aged_body(self, sec: int) -> bytes:
         """The body with TTLs aged to second ``sec``; computed once per second."""

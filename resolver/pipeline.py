@@ -161,7 +161,8 @@ class Pipeline:
         # at once without asking upstream (same rule as stale.decide → ANSWER_STALE).
         stale = self.stale
         if (now < entry.recheck_until and now < entry.stale_until and stale.enabled
-                and now - entry.fresh_until < stale.max_age and entry.recheck_epoch == self.pool.epoch):
+                and now - entry.fresh_until < stale.max_age and entry.recheck_epoch == self.pool.epoch
+                and entry.lkg_text is None):
             body = entry.stale_answer_body(stale.answer_ttl)
             if mode < 2:
                 reply = b"".join((data[:2], entry.hdr, question, body))
@@ -218,7 +219,7 @@ class Pipeline:
                 self._prefetch(q.key)
             return self._render(q, entry, self._aged(entry, now), limit, Source.CACHE)
         if action == stale_policy.ANSWER_STALE:
-            return self._render_stale(q, entry, limit, "recheck")
+            return self._render_stale(q, entry, limit, "recheck", entry.lkg_text or b"")
         if action == stale_policy.RESOLVE_OR_STALE and self.pool.known_down():
             # Every upstream is known down (the prober watches for its return): answer
             # stale at once instead of making each client wait client_timeout, and
@@ -370,7 +371,9 @@ class Pipeline:
                         name, prepared.kind)
             return
         log.warning("last-known-good: %s now answers %s; serving its last records", name, prepared.kind)
-        raise lkg.LastKnownGoodHeld(old, prepared.kind)  # → _refresh_failed holds the entry (recheck)
+        held = lkg.LastKnownGoodHeld(old, prepared.kind)
+        old.lkg_text = held.ede_text  # held answers carry the text too (via the slow path)
+        raise held  # → _refresh_failed holds the entry (recheck)
 
     def _refresh_failed(self, key: bytes) -> None:
         now = self.clock.monotonic()

@@ -80,6 +80,7 @@ def test_enforce_serves_last_records_and_rechecks_until_they_return():
     assert ede_codes(first) == [3]
     assert ede_texts(first) == ["upstream answered NXDOMAIN; serving last known good records"]
     assert answers(out["held"]) == [("192.0.2.1", 30)]
+    assert ede_texts(out["held"]) == ede_texts(first)  # held answers explain themselves too
     assert out["calls"] == (2, 3)
     assert answers(out["rechecked"]) == [("192.0.2.1", 30)]
     assert answers(out["back"]) == [("192.0.2.50", 300)] and not ede_codes(out["back"])
