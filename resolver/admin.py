@@ -27,6 +27,7 @@ class AdminServer:
         self.ready = ready
         self.server: asyncio.base_events.Server | None = None
         self.port = 0
+        self.handlers: list[Callable[[str, str], tuple[int, str, bytes] | None]] = []  # extra routes
 
     async def start(self, host: str, port: int) -> None:
         self.server = await asyncio.start_server(self._client, host=host, port=port, limit=_MAX_REQUEST)
@@ -39,6 +40,9 @@ class AdminServer:
 
     def handle(self, method: str, path: str) -> tuple[int, str, bytes]:
         """Route one request; returns (status, content type, body).  Pure, for tests."""
+        for handler in self.handlers:
+            if (answer := handler(method, path)) is not None:
+                return answer
         path = path.split("?", 1)[0]
         routes = {"/metrics", "/healthz", "/readyz"}
         if path not in routes:

@@ -16,6 +16,7 @@ from .cache import Cache
 from .clock import Clock, SystemClock
 from .config import Config
 from .health import Prober
+from .lkg_admin import PinHandler
 from .pipeline import Pipeline
 from .pool import UpstreamPool
 from .server import Listeners
@@ -54,6 +55,7 @@ class App:
                                                    self.clock.monotonic, version())
         self.registry = metrics.build_registry(self.collector)
         self.admin = AdminServer(lambda: metrics.render(self.registry), lambda: self.ready)
+        self.admin.handlers.append(PinHandler(lambda: self.pipeline))  # /lkg/pin, /lkg/unpin
         self.ready = False
         self._sweeper: asyncio.Task | None = None
 

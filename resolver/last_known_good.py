@@ -56,10 +56,16 @@ class LastKnownGood:
     def __init__(self, config: LastKnownGoodConfig):
         self.config = config
 
-    def check(self, old: Entry | None, new: wire.Prepared, question: bytes, now: float) -> str | None:
-        """The verdict for storing ``new`` (the upstream's reply to ``question``) over ``old``."""
+    def check(self, old: Entry | None, new: wire.Prepared, question: bytes, now: float,
+              pinned: bool = False) -> str | None:
+        """The verdict for storing ``new`` (the upstream's reply to ``question``) over ``old``.
+
+        ``pinned``: an operator pinned this question (lkg_admin): enforce whatever the config.
+        """
         if old is None or old.kind != wire.POSITIVE or new.kind not in (wire.NODATA, wire.NEGATIVE_NXDOMAIN):
             return NONE
+        if pinned and now < old.stale_until:
+            return ENFORCE
         config = self.config
         if not config.zones or now - old.stored_at >= config.max_age or now >= old.stale_until:
             return VANISHED

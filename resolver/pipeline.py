@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 
 from . import last_known_good as lkg
 from . import stale as stale_policy
@@ -69,6 +70,7 @@ class Pipeline:
         self.clock = clock
         self.stats = stats
         self.inflight: dict[bytes, asyncio.Task] = {}
+        self.lkg_pins: set[bytes] = set()  # upstream questions pinned by an operator (lkg_admin)
         # Bound methods looked up once: the hit path runs ~100k times a second.
         self._entries_get = cache.entries.get
         self._touch = cache.entries.move_to_end
@@ -352,13 +354,40 @@ class Pipeline:
             entry = self.cache.put(key, prepared, now, self.stale_window)
             if self.prefetch:
                 entry.prefetch_after = now + prepared.ttl * (1.0 - self.prefetch)
+            if self.lkg_pins and question in self.lkg_pins and prepared.kind == wire.POSITIVE:
+                entry.stale_until = math.inf  # pinned: kept however long the incident lasts
             return entry
         return Entry(prepared, now, 0.0)  # answered, but not cacheable (TTL 0, no SOA, TC)
+
+    def _pinned_entries(self, question: bytes) -> list[Entry]:
+        """Cached positive entries for ``question`` under every DO/CD variant of its key."""
+        found = []
+        for docd in range(4):
+            entry = self.cache.get(wire.question_key(question, docd))
+            if entry is not None and entry.kind == wire.POSITIVE:
+                found.append(entry)
+        return found
+
+    def pin(self, question: bytes) -> bool:
+        """Pin the last-known-good answer of ``question``; True if positive records are cached."""
+        self.lkg_pins.add(question)
+        entries = self._pinned_entries(question)
+        for entry in entries:
+            entry.stale_until = math.inf
+        return bool(entries)
+
+    def unpin(self, question: bytes) -> bool:
+        if question not in self.lkg_pins:
+            return False
+        self.lkg_pins.discard(question)
+        for entry in self._pinned_entries(question):
+            entry.stale_until = entry.fresh_until + self.stale_window
+        return True
 
     def _check_vanished(self, key: bytes, question: bytes, prepared: wire.Prepared) -> None:
         """Count (and under last-known-good, refuse) an empty answer replacing positive records."""
         old = self.cache.get(key)
-        verdict = self.lkg.check(old, prepared, question, self.clock.monotonic())
+        verdict = self.lkg.check(old, prepared, question, self.clock.monotonic(), question in self.lkg_pins)
         if verdict is lkg.NONE:
             return
         self.stats.answers_vanished += 1

@@ -180,3 +180,48 @@ def test_enforce_on_a_prefetch_keeps_the_fresh_entry():
     msg = run(scenario())
     assert stats.prefetches == 1 and stats.lkg_answers["enforce"] == 1
     assert answers(msg) == [("192.0.2.1", 10)]
+
+
+def test_operator_pin_holds_records_outside_zones_and_past_every_window():
+    """A pinned name keeps its records through empty answers, past max_age; unpin lets go."""
+    from resolver import wire
+
+    pipe, pool, clock, stats = make(stale={"max_age": 600.0, "recheck": 30})
+    question = wire.name_to_wire("www.test") + b"\x00\x01\x00\x01"
+
+    async def scenario():
+        out = {}
+        await ask_in_loop(pipe, query("www.test"))
+        await ask_in_loop(pipe, query("www.test", do=True))
+        out["pinned"] = pipe.pin(question)
+        vanish(pool)
+        clock.advance(300 + 7200)  # far past the stale window (600 s)
+        out["held"] = await ask_in_loop(pipe, query("www.test"))
+        out["held_do"] = await ask_in_loop(pipe, query("www.test", do=True))
+        out["unpinned"] = pipe.unpin(question)
+        clock.advance(31)
+        out["after"] = await ask_in_loop(pipe, query("www.test"))
+        return out
+
+    out = run(scenario())
+    assert out["pinned"] and out["unpinned"]
+    assert answers(out["held"]) == [("192.0.2.1", 30)] and ede_codes(out["held"]) == [3]
+    assert answers(out["held_do"]) == [("192.0.2.1", 30)]
+    assert out["after"].rcode() == dns.rcode.NXDOMAIN
+    assert pipe.unpin(question) is False
+
+
+def test_pin_before_records_arrive_applies_when_they_do():
+    from resolver import wire
+
+    pipe, pool, clock, stats = make(stale={"max_age": 60.0})
+    question = wire.name_to_wire("www.test") + b"\x00\x01\x00\x01"
+
+    async def scenario():
+        assert pipe.pin(question) is False
+        await ask_in_loop(pipe, query("www.test"))
+        vanish(pool)
+        clock.advance(300 + 3600)
+        return await ask_in_loop(pipe, query("www.test"))
+
+    assert answers(run(scenario())) == [("192.0.2.1", 30)]

@@ -47,3 +47,32 @@ def test_shadow_passes_nxdomain_and_counts(fake_upstream, start_forwarder):
     assert ask(fwd.port, "api.example.amazonaws.com").rcode() == dns.rcode.NXDOMAIN
     assert fwd.metric("resolver_last_known_good_total", mode="shadow") == 1
     assert fwd.metric("resolver_answers_vanished_total") == 1
+
+
+def post(fwd, target: str) -> tuple[int, str]:
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(f"http://127.0.0.1:{fwd.metrics_port}{target}", method="POST", data=b"")
+    try:
+        with urllib.request.urlopen(req, timeout=5) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def test_operator_pins_and_unpins_over_http(fake_upstream, start_forwarder):
+    """No zones configured: the pin alone holds the records through an NXDOMAIN."""
+    fake_upstream.answer("pay.example", "A", "192.0.2.20", ttl=60)
+    fwd = start_forwarder([fake_upstream.address])
+    assert ask(fwd.port, "pay.example").answer
+    assert post(fwd, "/lkg/pin?name=pay.example&type=A") == (200, "pinned (records held)\n")
+    assert fwd.http("/lkg/pins") == (200, "pay.example. A\n")
+    assert post(fwd, "/lkg/pin?name=bad..name")[0] == 400
+    fake_upstream.clear()
+    fwd.advance(61)
+    msg = ask(fwd.port, "pay.example")
+    assert [rr.to_text() for rr in msg.answer[0]] == ["192.0.2.20"] and ede(msg) == [3]
+    assert post(fwd, "/lkg/unpin?name=pay.example&type=A") == (200, "unpinned\n")
+    fwd.advance(31)  # past the recheck hold
+    assert ask(fwd.port, "pay.example").rcode() == dns.rcode.NXDOMAIN
