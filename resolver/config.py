@@ -90,6 +90,20 @@ class LastKnownGoodConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class StaleRule:
+    """Stale settings for names matching ``match``; the first matching rule wins.
+
+    ``match`` is "*.example.com" (any name below example.com) or "www.example.com"
+    (that name only).  Omitted values keep the global ones.
+    """
+
+    match: str = ""
+    enabled: bool = True  # false: names matching get no stale window at all
+    max_age: float = -1.0  # stale window for these names (at most stale.max_age); -1 = the global one
+    answer_ttl: int = 0  # TTL on their stale records; 0 = the global one
+
+
+@dataclass(frozen=True, slots=True)
 class StaleConfig:
     """Serve-stale (RFC 8767): answer from expired data while upstreams are failing."""
 
@@ -99,6 +113,7 @@ class StaleConfig:
     client_timeout: float = 1.8  # client response timer: answer stale after this long
     recheck: float = 30.0  # failure recheck timer: after a failure, serve stale this long
     last_known_good: LastKnownGoodConfig = LastKnownGoodConfig()
+    rules: tuple[StaleRule, ...] = ()  # per-name overrides, first match wins
 
 
 @dataclass(frozen=True, slots=True)
@@ -295,6 +310,8 @@ def _section(cls: type, data: object, key: str):
             values[name] = _expect(isinstance(raw, bool), raw, path, "true or false")
         elif is_dataclass(kind) and kind is not Address:
             values[name] = _section(kind, raw, path)
+        elif kind == tuple[StaleRule, ...]:
+            values[name] = tuple(_rule(item, k) for k, item in _list(raw, path))
         elif kind == tuple[str, ...]:
             values[name] = tuple(_zone(item, k) for k, item in _strings(raw, path))
         elif name in _FRACTION_FIELDS:
@@ -324,6 +341,24 @@ def _zone(value: object, key: str) -> str:
     if len(text) > 253 or not all(_LABEL.fullmatch(label) for label in labels):
         raise ConfigError(key, f"expected a domain name such as example.com, got {_show(value)}")
     return text
+
+
+def _list(value: object, key: str) -> list[tuple[str, object]]:
+    """A YAML list as (key path, element) pairs; None is empty."""
+    value = [] if value is None else value
+    _expect(isinstance(value, list), value, key, "a list")
+    return [(f"{key}[{i}]", item) for i, item in enumerate(value)]
+
+
+def _rule(data: object, key: str) -> StaleRule:
+    rule = _section(StaleRule, data, key)
+    if not rule.match:
+        raise ConfigError(f"{key}.match", "is required (e.g. \"*.elb.amazonaws.com\")")
+    pattern = rule.match.strip().lower()
+    _zone(pattern[2:] if pattern.startswith("*.") else pattern, f"{key}.match")
+    if rule.answer_ttl < 0:
+        raise ConfigError(f"{key}.answer_ttl", f"must be at least 1, got {rule.answer_ttl}")
+    return replace(rule, match=pattern.rstrip("."))
 
 
 def _unique(items: list, key: str) -> None:
@@ -362,6 +397,10 @@ def _check_ranges(c: Config) -> None:
             section, name = key.split(".")
             raise ConfigError(key, f"{problem}, got {_show(getattr(getattr(c, section), name))}")
     _zone(u.probe_name, "upstream.probe_name")
+    for i, rule in enumerate(c.stale.rules):
+        if rule.max_age > c.stale.max_age:
+            raise ConfigError(f"stale.rules[{i}].max_age",
+                              f"must not exceed stale.max_age ({c.stale.max_age:g}), got {rule.max_age:g}")
     lkg = c.stale.last_known_good
     if lkg.mode not in LKG_MODES:
         raise ConfigError("stale.last_known_good.mode", f"must be one of: {', '.join(LKG_MODES)}, got {_show(lkg.mode)}")

@@ -29,6 +29,7 @@ import math
 
 from . import last_known_good as lkg
 from . import stale as stale_policy
+from .stale_rules import StaleRules
 from . import wire
 from .cache import Cache, Entry
 from .clock import Clock
@@ -86,6 +87,7 @@ class Pipeline:
         self.edns_size = config.upstream.edns_buffer_size
         self.prefetch = config.cache.prefetch
         self.lkg = lkg.LastKnownGood(config.stale.last_known_good)
+        self.rules = StaleRules(config.stale)
         size = self.edns_size
         # Pre-built OPT records for the hit path: [DO][kind] where kind 0 = fresh,
         # 1 = stale positive (EDE 3), 2 = stale NXDOMAIN (EDE 19).
@@ -351,7 +353,10 @@ class Pipeline:
             raise UpstreamError(f"internal error: {e}") from e
         now = self.clock.monotonic()
         if prepared.ttl > 0 and not prepared.tc:
-            entry = self.cache.put(key, prepared, now, self.stale_window)
+            rule = self.rules.find(question) if self.rules else None  # resolved at insert, never per hit
+            entry = self.cache.put(key, prepared, now, self.rules.window(rule, self.stale_window))
+            if rule is not None and rule.answer_ttl:
+                entry.stale_answer_body(rule.answer_ttl)  # pre-built: every stale answer uses it
             if self.prefetch:
                 entry.prefetch_after = now + prepared.ttl * (1.0 - self.prefetch)
             if self.lkg_pins and question in self.lkg_pins and prepared.kind == wire.POSITIVE:

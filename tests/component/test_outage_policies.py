@@ -208,3 +208,54 @@ def test_recovery_epoch_ends_the_recheck_hold():
     assert answers(held) == [("192.0.2.1", 30)]
     assert stats.stale_answers["recheck"] == 1
     assert answers(back) == [("192.0.2.8", 300)]  # no 30 s wait
+
+
+# ------------------------------------------------------------------ stale rules
+
+def test_stale_rules_give_per_name_windows_and_ttls():
+    """A rotating name gets a short window and its own stale TTL; a disabled one none; others the global."""
+    from resolver.config import StaleRule
+
+    pipe, pool, clock, stats = make()
+    config = pipe.config
+    rules = (StaleRule(match="*.elb.test", max_age=300.0, answer_ttl=10), StaleRule(match="*.cdn.test", enabled=False))
+    pipe.configure(dataclasses.replace(config, stale=dataclasses.replace(config.stale, rules=rules)))
+    for name in ("lb.elb.test", "img.cdn.test"):
+        pool.answer(name, "A", "192.0.2.30", ttl=60)
+
+    async def scenario():
+        out = {}
+        for name in ("lb.elb.test", "img.cdn.test", "www.test"):
+            await ask_in_loop(pipe, query(name))
+        pool.servfail()
+        clock.advance(300 + 200)  # www.test (TTL 300) 200 s expired; the others 440 s
+        for name in ("lb.elb.test", "img.cdn.test", "www.test"):
+            out[name] = await ask_in_loop(pipe, query(name))
+        return out
+
+    out = asyncio.run(scenario())
+    assert out["lb.elb.test"].rcode() == 2  # past its 300 s window: SERVFAIL
+    assert out["img.cdn.test"].rcode() == 2  # no stale window at all
+    assert answers(out["www.test"]) == [("192.0.2.1", 30)]
+
+
+def test_stale_rule_answer_ttl_on_both_paths():
+    from resolver.config import StaleRule
+
+    pipe, pool, clock, stats = make(stale={"recheck": 30})
+    config = pipe.config
+    rules = (StaleRule(match="*.elb.test", max_age=300.0, answer_ttl=10),)
+    pipe.configure(dataclasses.replace(config, stale=dataclasses.replace(config.stale, rules=rules)))
+    pool.answer("lb.elb.test", "A", "192.0.2.30", ttl=60)
+
+    async def scenario():
+        await ask_in_loop(pipe, query("lb.elb.test"))
+        pool.servfail()
+        clock.advance(120)
+        slow = await ask_in_loop(pipe, query("lb.elb.test"))   # refresh fails: slow path
+        fast = await ask_in_loop(pipe, query("lb.elb.test"))   # held: hit path
+        return slow, fast
+
+    slow, fast = asyncio.run(scenario())
+    assert answers(slow) == [("192.0.2.30", 10)] and answers(fast) == [("192.0.2.30", 10)]
+    assert stats.stale_answers["recheck"] == 1

@@ -11,7 +11,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[2] / "resolver"
 
-SANS_IO = {"wire", "cache", "stale", "config", "errors", "stats", "last_known_good"}
+SANS_IO = {"wire", "cache", "stale", "config", "errors", "stats", "last_known_good", "stale_rules"}
 FORBIDDEN_IN_CORE = {"asyncio", "socket", "time", "uvloop", "selectors", "threading"}
 
 # Who may import whom inside the package (the architecture's module map).
@@ -25,8 +25,10 @@ ALLOWED = {
     "stale": {"cache", "config"},
     "upstream": {"wire", "errors", "config"},
     "pool": {"upstream", "wire", "errors", "config"},
-    "pipeline": {"wire", "cache", "stale", "pool", "clock", "config", "errors", "stats", "last_known_good"},
+    "pipeline": {"wire", "cache", "stale", "pool", "clock", "config", "errors", "stats", "last_known_good",
+                 "stale_rules"},
     "last_known_good": {"wire", "cache", "config", "errors"},
+    "stale_rules": {"wire", "config"},
     "server": {"wire", "pipeline", "config", "stats"},
     "metrics": {"cache", "pool", "stats"},
     "admin": set(),
