@@ -63,6 +63,8 @@ class UpstreamOptions:
     probe_name: str = "."  # a down upstream is probed with "<probe_name> NS" in the background ...
     probe_interval: float = 0.5  # ... this often at first, doubling after each failed probe ...
     probe_interval_max: float = 1.0  # ... up to this: recovery is noticed within about a second
+    policy: str = "sequential"  # sequential | round_robin | fastest (lowest smoothed latency first)
+    hedge_after: float = -1.0  # ask the next upstream too after this long; -1 = "auto", 0 = "off"
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,6 +162,7 @@ LOG_FORMATS = ("text", "json")
 TRANSPORTS = ("udp", "tcp")
 _SECTIONS = {f.name: f.type for f in fields(Config) if is_dataclass(f.type)}
 LKG_MODES = ("enforce", "shadow")
+POLICIES = ("sequential", "round_robin", "fastest")
 _FRACTION_FIELDS = frozenset({"prefetch"})
 _TTL_FIELDS = frozenset({"min_ttl", "max_ttl", "max_negative_ttl", "answer_ttl", "servfail_ttl"})
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -322,6 +325,8 @@ def _section(cls: type, data: object, key: str):
         elif kind is int:
             ok = isinstance(raw, int) and not isinstance(raw, bool)
             values[name] = _expect(ok, raw, path, "an integer")
+        elif kind is float and name == "hedge_after" and raw in ("auto", "off"):
+            values[name] = -1.0 if raw == "auto" else 0.0
         elif kind is float:
             values[name] = parse_duration(raw, path)
         elif kind is Address:
@@ -397,6 +402,8 @@ def _check_ranges(c: Config) -> None:
             section, name = key.split(".")
             raise ConfigError(key, f"{problem}, got {_show(getattr(getattr(c, section), name))}")
     _zone(u.probe_name, "upstream.probe_name")
+    if u.policy not in POLICIES:
+        raise ConfigError("upstream.policy", f"must be one of: {', '.join(POLICIES)}, got {_show(u.policy)}")
     for i, rule in enumerate(c.stale.rules):
         if rule.max_age > c.stale.max_age:
             raise ConfigError(f"stale.rules[{i}].max_age",

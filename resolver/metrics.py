@@ -120,6 +120,8 @@ def outage_families(s: Stats, pool: UpstreamPool):
     for (label, result), count in sorted(pool.probes.items()):
         probes.add_metric([label, result], count)
     yield probes
+    yield CounterMetricFamily("resolver_upstream_hedges", "Second upstreams asked because the first was slow.",
+                              value=pool.hedges)
     yield CounterMetricFamily("resolver_prefetches", "Background refreshes of entries asked near the end of their TTL.",
                               value=s.prefetches)
     yield CounterMetricFamily("resolver_answers_vanished",

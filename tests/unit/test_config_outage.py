@@ -57,3 +57,23 @@ def test_bad_values_name_the_key(data, key, problem, resolv):
         parse_config(data, resolv_conf=resolv)
     assert info.value.key == key
     assert problem in info.value.problem
+
+
+def test_policy_and_hedge_values(resolv):
+    c = parse_config({"upstream": {"policy": "fastest", "hedge_after": "150ms"}}, resolv_conf=resolv)
+    assert (c.upstream.policy, c.upstream.hedge_after) == ("fastest", 0.15)
+    assert parse_config({"upstream": {"hedge_after": "off"}}, resolv_conf=resolv).upstream.hedge_after == 0.0
+    assert parse_config({"upstream": {"hedge_after": "auto"}}, resolv_conf=resolv).upstream.hedge_after == -1.0
+
+
+@pytest.mark.parametrize("data, key, problem", [
+    ({"upstream": {"policy": "random"}}, "upstream.policy", "sequential, round_robin, fastest"),
+    ({"upstream": {"policy": 1}}, "upstream.policy", "non-empty string"),
+    ({"upstream": {"hedge_after": "soon"}}, "upstream.hedge_after", "duration"),
+    ({"upstream": {"hedge_after": -1}}, "upstream.hedge_after", "non-negative"),
+    ({"upstream": {"hedge_after": "AUTO"}}, "upstream.hedge_after", "duration"),
+])
+def test_policy_errors(data, key, problem, resolv):
+    with pytest.raises(ConfigError) as info:
+        parse_config(data, resolv_conf=resolv)
+    assert info.value.key == key and problem in info.value.problem

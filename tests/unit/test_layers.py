@@ -11,7 +11,8 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[2] / "resolver"
 
-SANS_IO = {"wire", "cache", "stale", "config", "errors", "stats", "last_known_good", "stale_rules"}
+SANS_IO = {"wire", "cache", "stale", "config", "errors", "stats", "last_known_good", "stale_rules",
+           "upstream_policy"}
 FORBIDDEN_IN_CORE = {"asyncio", "socket", "time", "uvloop", "selectors", "threading"}
 
 # Who may import whom inside the package (the architecture's module map).
@@ -24,7 +25,8 @@ ALLOWED = {
     "cache": {"wire"},
     "stale": {"cache", "config"},
     "upstream": {"wire", "errors", "config"},
-    "pool": {"upstream", "wire", "errors", "config"},
+    "pool": {"upstream", "wire", "errors", "config", "upstream_policy"},
+    "upstream_policy": set(),
     "pipeline": {"wire", "cache", "stale", "pool", "clock", "config", "errors", "stats", "last_known_good",
                  "stale_rules"},
     "last_known_good": {"wire", "cache", "config", "errors"},
