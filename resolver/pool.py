@@ -133,7 +133,11 @@ class UpstreamPool:
                     start()
         finally:
             for task in pending:
-                task.cancel()
+                if task.done():
+                    if not task.cancelled():
+                        task.exception()  # retrieved: a loser's failure is not worth a log line
+                else:
+                    task.cancel()
         raise last_error or UpstreamTimeout("no time left to ask any upstream")
 
     async def _attempt(self, upstream: Upstream, question: bytes, cd: bool, do: bool, deadline: float) -> bytes:
