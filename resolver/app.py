@@ -10,7 +10,7 @@ import asyncio
 import logging
 from importlib import metadata
 
-from . import metrics
+from . import dot, metrics
 from .admin import AdminServer
 from .cache import Cache
 from .clock import Clock, SystemClock
@@ -36,7 +36,11 @@ def version() -> str:
 
 
 def build_pool(config: Config) -> UpstreamPool:
-    upstreams = [Upstream(u, config.upstream.edns_buffer_size) for u in config.upstreams]
+    size = config.upstream.edns_buffer_size
+    tls = dot.client_context(config.upstream.tls_ca_file) if any(
+        u.transport == "tls" for u in config.upstreams) else None
+    upstreams = [dot.TlsUpstream(u, size, tls) if u.transport == "tls" else Upstream(u, size)
+                 for u in config.upstreams]
     return UpstreamPool(upstreams, config.upstream)
 
 
@@ -76,6 +80,7 @@ class App:
         await self.listeners.drain(grace)
         await self.pipeline.cancel_refreshes()
         await self.prober.close()
+        self.pool.close()
         if self._sweeper is not None:
             self._sweeper.cancel()
         self.admin.close()

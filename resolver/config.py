@@ -10,6 +10,7 @@ to a default is otherwise discovered during the outage it was meant to soften.
 
 import ipaddress
 import math
+import os
 import re
 from dataclasses import dataclass, fields, is_dataclass, replace
 
@@ -43,6 +44,7 @@ class UpstreamAddress:
     host: str
     port: int = 53
     transport: str = "udp"
+    server_name: str = ""  # tls:// only: the name its certificate must carry ("" = the IP)
 
     @property
     def label(self) -> str:
@@ -65,6 +67,7 @@ class UpstreamOptions:
     probe_interval_max: float = 1.0  # ... up to this: recovery is noticed within about a second
     policy: str = "sequential"  # sequential | round_robin | fastest (lowest smoothed latency first)
     hedge_after: float = -1.0  # ask the next upstream too after this long; -1 = "auto", 0 = "off"
+    tls_ca_file: str = ""  # CA bundle (PEM) to verify tls:// upstreams; "" = the system store
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,7 +162,7 @@ class Config:
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
-TRANSPORTS = ("udp", "tcp")
+TRANSPORTS = ("udp", "tcp", "tls")
 _SECTIONS = {f.name: f.type for f in fields(Config) if is_dataclass(f.type)}
 LKG_MODES = ("enforce", "shadow")
 POLICIES = ("sequential", "round_robin", "fastest")
@@ -247,13 +250,22 @@ def parse_address(text: object, key: str, default_port: int | None = None) -> Ad
 def parse_upstream(text: object, key: str) -> UpstreamAddress:
     """"192.0.2.53", "192.0.2.53:53", "[2001:db8::1]:53", each optionally with udp:// or tcp://."""
     transport = "udp"
+    server_name = ""
     if isinstance(text, str) and "://" in text:
         scheme, _, text = text.strip().partition("://")
         transport = scheme.lower()
         if transport not in TRANSPORTS:
-            raise ConfigError(key, f"unsupported scheme {scheme!r} (expected udp:// or tcp://)")
-    address = parse_address(text, key, default_port=53)
-    return UpstreamAddress(address.host, address.port, transport)
+            raise ConfigError(key, f"unsupported scheme {scheme!r} (expected udp://, tcp:// or tls://)")
+    if isinstance(text, str) and "#" in text:
+        # DNS over TLS (RFC 7858): tls://192.0.2.53:853#dns.example verifies that name.
+        text, _, server_name = text.partition("#")
+        if transport != "tls":
+            raise ConfigError(key, "a #server-name is only for tls:// upstreams")
+        server_name = _zone(server_name, key)
+        if not server_name:
+            raise ConfigError(key, "empty #server-name")
+    address = parse_address(text, key, default_port=853 if transport == "tls" else 53)
+    return UpstreamAddress(address.host, address.port, transport, server_name)
 
 
 def read_resolv_conf(path: str) -> list[str]:
@@ -331,6 +343,8 @@ def _section(cls: type, data: object, key: str):
             values[name] = parse_duration(raw, path)
         elif kind is Address:
             values[name] = parse_address(raw, path)
+        elif name == "tls_ca_file":
+            values[name] = _expect(isinstance(raw, str), raw, path, "a file path (or \"\" for the system store)")
         else:
             values[name] = _str(raw, path)
     return cls(**values)
@@ -402,6 +416,8 @@ def _check_ranges(c: Config) -> None:
             section, name = key.split(".")
             raise ConfigError(key, f"{problem}, got {_show(getattr(getattr(c, section), name))}")
     _zone(u.probe_name, "upstream.probe_name")
+    if u.tls_ca_file and not os.access(u.tls_ca_file, os.R_OK):
+        raise ConfigError("upstream.tls_ca_file", f"cannot read {u.tls_ca_file!r}")
     if u.policy not in POLICIES:
         raise ConfigError("upstream.policy", f"must be one of: {', '.join(POLICIES)}, got {_show(u.policy)}")
     for i, rule in enumerate(c.stale.rules):

@@ -190,6 +190,13 @@ class UpstreamPool:
     def all_down(self, now: float) -> bool:
         return all(self.health[u.label].down_until > now for u in self.upstreams)
 
+    def close(self) -> None:
+        """Close kept-open upstream connections (DNS over TLS)."""
+        for upstream in self.upstreams:
+            close = getattr(upstream, "close", None)
+            if close is not None:
+                close()
+
     def known_down(self) -> bool:
         """True when every upstream is marked down (``max_failures`` reached, no good answer since)."""
         for h in self.health.values():

@@ -77,3 +77,31 @@ def test_policy_errors(data, key, problem, resolv):
     with pytest.raises(ConfigError) as info:
         parse_config(data, resolv_conf=resolv)
     assert info.value.key == key and problem in info.value.problem
+
+
+def test_tls_upstreams(resolv, tmp_path):
+    from resolver.config import UpstreamAddress, parse_upstream
+
+    assert parse_upstream("tls://192.0.2.53#DNS.Example.", "u") == UpstreamAddress("192.0.2.53", 853, "tls", "dns.example")
+    assert parse_upstream("tls://[2001:db8::1]:8853", "u") == UpstreamAddress("2001:db8::1", 8853, "tls", "")
+    assert parse_upstream("tls://192.0.2.53#x", "u").label == "tls://192.0.2.53:853"
+    ca = tmp_path / "ca.pem"
+    ca.write_text("x")
+    c = parse_config({"upstreams": ["tls://192.0.2.53#dns.example"], "upstream": {"tls_ca_file": str(ca)}},
+                     resolv_conf=resolv)
+    assert c.upstream.tls_ca_file == str(ca) and c.upstreams[0].server_name == "dns.example"
+
+
+@pytest.mark.parametrize("data, key, problem", [
+    ({"upstreams": ["192.0.2.53#dns.example"]}, "upstreams[0]", "only for tls://"),
+    ({"upstreams": ["tcp://192.0.2.53#dns.example"]}, "upstreams[0]", "only for tls://"),
+    ({"upstreams": ["tls://192.0.2.53#"]}, "upstreams[0]", "non-empty string"),
+    ({"upstreams": ["tls://192.0.2.53#bad name"]}, "upstreams[0]", "domain name"),
+    ({"upstreams": ["tls://dns.example"]}, "upstreams[0]", "not a hostname"),
+    ({"upstream": {"tls_ca_file": "/nonexistent/ca.pem"}}, "upstream.tls_ca_file", "cannot read"),
+    ({"upstream": {"tls_ca_file": 5}}, "upstream.tls_ca_file", "a file path"),
+])
+def test_tls_errors(data, key, problem, resolv):
+    with pytest.raises(ConfigError) as info:
+        parse_config(data, resolv_conf=resolv)
+    assert info.value.key == key and problem in info.value.problem
