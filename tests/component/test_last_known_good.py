@@ -34,6 +34,18 @@ def ede_texts(msg) -> list[str]:
     return [o.text for o in msg.options if o.otype == dns.edns.OptionType.EDE]
 
 
+def after_vanish(pipe, pool, clock, seconds: float):
+    """Cache www.test, make it vanish upstream, move the clock, ask again: what the client gets."""
+
+    async def scenario():
+        await ask_in_loop(pipe, query("www.test"))
+        vanish(pool)
+        clock.advance(seconds)
+        return await ask_in_loop(pipe, query("www.test"))
+
+    return run(scenario())
+
+
 def run(coro):
     return asyncio.run(coro)
 
@@ -42,13 +54,7 @@ def test_vanished_counter_is_always_on():
     """No zones configured: the empty answer goes through, but it is counted."""
     pipe, pool, clock, stats = make()
 
-    async def scenario():
-        await ask_in_loop(pipe, query("www.test"))
-        vanish(pool)
-        clock.advance(301)
-        return await ask_in_loop(pipe, query("www.test"))
-
-    msg = run(scenario())
+    msg = after_vanish(pipe, pool, clock, 301)
     assert msg.rcode() == dns.rcode.NXDOMAIN and not msg.answer
     assert stats.answers_vanished == 1 and not stats.lkg_answers
 
@@ -94,13 +100,7 @@ def test_enforce_on_nodata_too():
     pool.answer("www.test", "AAAA", "2001:db8::1")
     with_lkg(pipe, zones=("test",))
 
-    async def scenario():
-        await ask_in_loop(pipe, query("www.test"))
-        vanish(pool)
-        clock.advance(301)
-        return await ask_in_loop(pipe, query("www.test"))
-
-    msg = run(scenario())
+    msg = after_vanish(pipe, pool, clock, 301)
     assert answers(msg) == [("192.0.2.1", 30)]
     assert ede_texts(msg) == ["upstream answered NODATA; serving last known good records"]
 
@@ -110,13 +110,7 @@ def test_records_older_than_max_age_are_not_defended():
     pipe, pool, clock, stats = make()
     with_lkg(pipe, zones=("test",), max_age=600.0)
 
-    async def scenario():
-        await ask_in_loop(pipe, query("www.test"))
-        vanish(pool)
-        clock.advance(601)
-        return await ask_in_loop(pipe, query("www.test"))
-
-    msg = run(scenario())
+    msg = after_vanish(pipe, pool, clock, 601)
     assert msg.rcode() == dns.rcode.NXDOMAIN
     assert stats.answers_vanished == 1 and not stats.lkg_answers
 
@@ -125,13 +119,8 @@ def test_zone_not_listed_is_not_defended():
     pipe, pool, clock, stats = make()
     with_lkg(pipe, zones=("amazonaws.com", "xtest"))
 
-    async def scenario():
-        await ask_in_loop(pipe, query("www.test"))
-        vanish(pool)
-        clock.advance(301)
-        return await ask_in_loop(pipe, query("www.test"))
-
-    assert run(scenario()).rcode() == dns.rcode.NXDOMAIN
+    msg = after_vanish(pipe, pool, clock, 301)
+    assert msg.rcode() == dns.rcode.NXDOMAIN
     assert stats.answers_vanished == 1 and not stats.lkg_answers
 
 
@@ -139,13 +128,7 @@ def test_shadow_serves_the_real_answer_and_counts():
     pipe, pool, clock, stats = make()
     with_lkg(pipe, zones=("test",), mode="shadow")
 
-    async def scenario():
-        await ask_in_loop(pipe, query("www.test"))
-        vanish(pool)
-        clock.advance(301)
-        return await ask_in_loop(pipe, query("www.test"))
-
-    msg = run(scenario())
+    msg = after_vanish(pipe, pool, clock, 301)
     assert msg.rcode() == dns.rcode.NXDOMAIN
     assert stats.lkg_answers["shadow"] == 1 and stats.answers_vanished == 1
 
@@ -155,13 +138,8 @@ def test_enforce_with_stale_disabled_never_turns_an_answer_into_servfail():
     pipe, pool, clock, stats = make(stale={"enabled": False})
     with_lkg(pipe, zones=("test",))
 
-    async def scenario():
-        await ask_in_loop(pipe, query("www.test"))
-        vanish(pool)
-        clock.advance(301)
-        return await ask_in_loop(pipe, query("www.test"))
-
-    assert run(scenario()).rcode() == dns.rcode.NXDOMAIN
+    msg = after_vanish(pipe, pool, clock, 301)
+    assert msg.rcode() == dns.rcode.NXDOMAIN
 
 
 def test_enforce_on_a_prefetch_keeps_the_fresh_entry():

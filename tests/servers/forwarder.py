@@ -40,8 +40,17 @@ class RunningForwarder:
         self.loop = uvloop.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="forwarder", daemon=True)
         self.thread.start()
-        self.app: App = self.call(self._make(config))
-        self.call(self.app.start())
+        for attempt in range(3):
+            self.app: App = self.call(self._make(config))
+            try:
+                self.call(self.app.start())
+                break
+            except OSError:
+                # Port 0 gives UDP a free port; TCP then needs the same one, which a
+                # busy machine may have handed out meanwhile (EADDRINUSE): try again.
+                self.call(self.app.stop(0))
+                if attempt == 2:
+                    raise
 
     async def _make(self, config: Config) -> App:
         return App(config, self.clock)

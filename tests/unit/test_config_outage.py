@@ -4,13 +4,9 @@ import pytest
 
 from resolver.config import LastKnownGoodConfig, parse_config
 from resolver.errors import ConfigError
+from tests.unit.test_config import resolv  # noqa: F401  (fixture)
 
 
-@pytest.fixture
-def resolv(tmp_path):
-    path = tmp_path / "resolv.conf"
-    path.write_text("nameserver 127.0.0.1\n")
-    return str(path)
 
 
 def test_defaults(resolv):

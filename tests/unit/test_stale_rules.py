@@ -7,6 +7,7 @@ import pytest
 from resolver import wire
 from resolver.config import StaleConfig, StaleRule, parse_config
 from resolver.errors import ConfigError
+from tests.unit.test_config import resolv  # noqa: F401  (fixture)
 from resolver.stale_rules import StaleRules, matches
 
 ELB = StaleRule(match="*.elb.amazonaws.com", max_age=300.0, answer_ttl=10)
@@ -51,11 +52,6 @@ def test_window(rule, stale, expect):
     assert StaleRules(stale).window(rule, 86400.0 if stale.enabled else 0.0) == expect
 
 
-@pytest.fixture
-def resolv(tmp_path):
-    path = tmp_path / "resolv.conf"
-    path.write_text("nameserver 127.0.0.1\n")
-    return str(path)
 
 
 def test_config_parses_rules(resolv):
