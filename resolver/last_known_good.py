@@ -19,8 +19,10 @@ deliberate and documented: a real deletion is hidden for up to ``max_age``.
 
 from __future__ import annotations
 
+import math
+
 from . import wire
-from .cache import Entry
+from .cache import Cache, Entry
 from .config import LastKnownGoodConfig
 from .errors import UpstreamError
 
@@ -73,3 +75,35 @@ class LastKnownGood:
         if not in_zones(name, config.zones):
             return VANISHED
         return ENFORCE if config.mode == "enforce" else SHADOW
+
+
+# -- operator pins (lkg_admin) ------------------------------------------------------
+
+def _positive_entries(cache: Cache, question: bytes) -> list[Entry]:
+    """Cached positive entries for ``question`` under every DO/CD variant of its key."""
+    found = []
+    for docd in range(4):
+        entry = cache.get(wire.question_key(question, docd))
+        if entry is not None and entry.kind == wire.POSITIVE:
+            found.append(entry)
+    return found
+
+
+def pin(pins: set, cache: Cache, question: bytes) -> bool:
+    """Pin ``question``: its positive entries are kept past any stale window and defended
+    against empty answers whatever the config.  True if positive records are cached now."""
+    pins.add(question)
+    entries = _positive_entries(cache, question)
+    for entry in entries:
+        entry.stale_until = math.inf
+    return bool(entries)
+
+
+def unpin(pins: set, cache: Cache, question: bytes, stale_window: float) -> bool:
+    """Undo ``pin``: entries get back ``stale_window`` (the one a new entry for the name gets)."""
+    if question not in pins:
+        return False
+    pins.discard(question)
+    for entry in _positive_entries(cache, question):
+        entry.stale_until = entry.fresh_until + stale_window
+    return True

@@ -364,30 +364,13 @@ class Pipeline:
             return entry
         return Entry(prepared, now, 0.0)  # answered, but not cacheable (TTL 0, no SOA, TC)
 
-    def _pinned_entries(self, question: bytes) -> list[Entry]:
-        """Cached positive entries for ``question`` under every DO/CD variant of its key."""
-        found = []
-        for docd in range(4):
-            entry = self.cache.get(wire.question_key(question, docd))
-            if entry is not None and entry.kind == wire.POSITIVE:
-                found.append(entry)
-        return found
-
     def pin(self, question: bytes) -> bool:
-        """Pin the last-known-good answer of ``question``; True if positive records are cached."""
-        self.lkg_pins.add(question)
-        entries = self._pinned_entries(question)
-        for entry in entries:
-            entry.stale_until = math.inf
-        return bool(entries)
+        """Pin the last-known-good answer of ``question`` (admin); True if positive records are cached."""
+        return lkg.pin(self.lkg_pins, self.cache, question)
 
     def unpin(self, question: bytes) -> bool:
-        if question not in self.lkg_pins:
-            return False
-        self.lkg_pins.discard(question)
-        for entry in self._pinned_entries(question):
-            entry.stale_until = entry.fresh_until + self.stale_window
-        return True
+        window = self.rules.window(self.rules.find(question), self.stale_window) if self.rules else self.stale_window
+        return lkg.unpin(self.lkg_pins, self.cache, question, window)
 
     def _check_vanished(self, key: bytes, question: bytes, prepared: wire.Prepared) -> None:
         """Count (and under last-known-good, refuse) an empty answer replacing positive records."""
