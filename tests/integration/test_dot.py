@@ -116,3 +116,66 @@ def test_certificate_is_verified(dot_unbound, pki, start_forwarder, suffix, ca):
 def test_ip_in_certificate_verifies_without_a_server_name(dot_unbound, pki, start_forwarder):
     fwd = start_forwarder([f"tls://127.0.0.1:{dot_unbound.tls_port}"], upstream={"tls_ca_file": str(pki / "ca.pem")})
     assert ask(fwd.port, "www.test").answer
+
+
+def _serve_tls(pki, handler):
+    """An in-loop TLS server on 127.0.0.1 that runs ``handler(query, writer)`` per query."""
+    import ssl
+    import struct
+
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(pki / "server.pem", pki / "server.key")
+
+    async def client(reader, writer):
+        try:
+            while True:
+                size = struct.unpack(">H", await reader.readexactly(2))[0]
+                await handler(await reader.readexactly(size), writer)
+        except Exception:  # noqa: BLE001 - client gone
+            writer.close()
+
+    import asyncio
+
+    return asyncio.start_server(client, "127.0.0.1", 0, ssl=context)
+
+
+@pytest.mark.parametrize("behaviour", ["garbage", "wrong_id", "short", "close"])
+def test_bad_tls_replies_are_ignored_or_fail_typed(pki, behaviour):
+    """Garbage, wrong IDs and short frames are counted and ignored; a close is Unreachable."""
+    import asyncio
+    import struct
+
+    from resolver import dot, wire
+    from resolver.config import parse_upstream
+    from resolver.errors import UpstreamTimeout, UpstreamUnreachable
+
+    async def handler(query, writer):
+        if behaviour == "close":
+            writer.transport.abort()
+            return
+        bad = {"garbage": query[:2] + b"\x81\x80\xff\xff" + b"\x00" * 30,
+               "wrong_id": bytes([query[0] ^ 1, query[1]]) + query[2:],
+               "short": b"\x01"}[behaviour]
+        writer.write(struct.pack(">H", len(bad)) + bad)
+
+    async def scenario():
+        server = await _serve_tls(pki, handler)
+        port = server.sockets[0].getsockname()[1]
+        up = dot.TlsUpstream(parse_upstream(f"tls://127.0.0.1:{port}#dot.test", "u"), 1232,
+                             dot.client_context(str(pki / "ca.pem")))
+        question = wire.name_to_wire("www.test") + b"\x00\x01\x00\x01"
+        loop = asyncio.get_running_loop()
+        try:
+            await up.exchange(question, False, False, loop.time() + 0.5)
+        except (UpstreamTimeout, UpstreamUnreachable) as e:
+            return type(e), up.mismatched
+        finally:
+            up.close()
+            server.close()
+        return None, up.mismatched
+
+    error, mismatched = asyncio.run(scenario())
+    if behaviour == "close":
+        assert error is UpstreamUnreachable
+    else:
+        assert error is UpstreamTimeout and mismatched == 1
