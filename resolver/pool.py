@@ -32,7 +32,7 @@ _FAILURE_RCODES = {wire.SERVFAIL: "servfail", wire.REFUSED: "refused"}
 class Health:
     """Consecutive-failure tracking for one upstream (loop-time based)."""
 
-    __slots__ = ("failures", "down_until", "backoff", "up", "srtt", "rttvar", "samples")
+    __slots__ = ("failures", "down_until", "backoff", "up", "srtt", "rttvar", "samples", "recovered_at")
 
     def __init__(self):
         self.failures = 0
@@ -42,6 +42,7 @@ class Health:
         self.srtt = 0.0      # smoothed round-trip time of good answers (RFC 6298 style)
         self.rttvar = 0.0
         self.samples = 0
+        self.recovered_at = float("-inf")  # loop time it last came back up
 
 
 class UpstreamPool:
@@ -150,22 +151,27 @@ class UpstreamPool:
         try:
             reply = await upstream.exchange(question, cd, do, attempt_deadline)
         except UpstreamError as e:
-            self._failed(upstream, e.reason, loop.time())
+            self._failed(upstream, e.reason, loop.time(), start)
             raise
         finally:
             self.inflight -= 1
         rcode = reply[3] & 0x0F
         if rcode in _FAILURE_RCODES or rcode not in (wire.NOERROR, wire.NXDOMAIN):
             reason = _FAILURE_RCODES.get(rcode, "rcode")
-            self._failed(upstream, reason, loop.time())
+            self._failed(upstream, reason, loop.time(), start)
             raise UpstreamServfail(reason, f"{upstream.label} answered rcode {rcode}")
         upstream_policy.observe(self.health[upstream.label], loop.time() - start)
         self._succeeded(upstream)
         return reply
 
-    def _failed(self, upstream: Upstream, reason: str, now: float) -> None:
+    def _failed(self, upstream: Upstream, reason: str, now: float, started: float | None = None) -> None:
         self.errors[(upstream.label, reason)] += 1
         h = self.health[upstream.label]
+        if started is not None and started < h.recovered_at:
+            # Sent into the outage before the upstream came back (e.g. into a blackhole):
+            # its late timeout says nothing about the upstream now, so it must not
+            # mark it down again right after a probe found it up.
+            return
         h.failures += 1
         if h.failures >= self.options.max_failures:
             h.backoff = min(self.options.backoff_max, h.backoff * 2 if h.backoff else self.options.backoff)
@@ -182,6 +188,7 @@ class UpstreamPool:
         if not h.up:
             log.warning("upstream %s is back up", upstream.label)
             self.epoch += 1
+            h.recovered_at = asyncio.get_running_loop().time()
         h.failures = 0
         h.backoff = 0.0
         h.down_until = 0.0
