@@ -5,11 +5,11 @@ from then on, client queries skip it (and, once every upstream is down, stale
 answers go out at once).  Nothing client-driven would then ever find out that it
 came back, or only after a back-off that grows to ``backoff_max``.  So while an
 upstream is down, this module sends it one small query (``probe_name`` NS, RD=1)
-every ``probe_interval`` seconds, doubling up to ``probe_interval_max`` — a dead
+every ``probe_interval`` seconds, doubling up to ``probe_interval_max``: a dead
 upstream costs at most one query per interval, and a recovery is seen within about
-an interval plus a round trip — and the first usable reply marks
-it up, which bumps the pool's epoch so names held by the failure recheck timer
-are refreshed on their next query (fresh data within about a second of recovery).
+an interval plus a round trip.  The first usable reply marks it up, which bumps
+the pool's epoch so names held by the failure recheck timer are refreshed on
+their next query (fresh data within about a second of recovery).
 
 One probe loop per down upstream; the loop ends when the upstream is up again,
 from a probe or from client traffic.
