@@ -105,3 +105,29 @@ def test_real_unbound_blackholed_then_back(unbound, start_forwarder):
     msg = ask(fwd.port, "www.test")
     assert values(msg) == ["192.0.2.77"] and ttls(msg) == {300}
     assert noticed < 3.0  # probe_interval_max 0.2 s: generous bound for a loaded machine
+
+
+def test_prefetch_refreshes_a_popular_name_before_it_expires(unbound, start_forwarder):
+    """Asked in the last 10% of its TTL, a name is refreshed behind the answer; it never expires."""
+    fwd = start_forwarder([unbound.address])
+    assert values(ask(fwd.port, "www.test")) == ["192.0.2.1"]
+    unbound.set_record("www.test. 300 IN A 192.0.2.60")
+    fwd.advance(280)
+    msg = ask(fwd.port, "www.test")
+    assert values(msg) == ["192.0.2.1"] and ttls(msg) == {20}  # answered from cache at once
+    assert eventually(lambda: values(ask(fwd.port, "www.test")) == ["192.0.2.60"])
+    assert fwd.metric("resolver_prefetches_total") == 1
+    assert fwd.metric("resolver_cache_misses_total") == 1  # only the first query missed
+
+
+def test_client_timeout_zero_answers_stale_first(fake_upstream, start_forwarder):
+    fake_upstream.answer("www.test", "A", "192.0.2.1", ttl=60)
+    fwd = start_forwarder([fake_upstream.address], stale={"client_timeout": 0.0})
+    assert values(ask(fwd.port, "www.test")) == ["192.0.2.1"]
+    fake_upstream.clear().answer("www.test", "A", "192.0.2.2", ttl=60).delay(1.5)
+    fwd.advance(61)
+    t = time.monotonic()
+    msg = ask(fwd.port, "www.test")
+    assert time.monotonic() - t < 1.2 and values(msg) == ["192.0.2.1"] and ede(msg) == [3]
+    assert fwd.metric("resolver_stale_answers_total", reason="answer_first") == 1
+    assert eventually(lambda: values(ask(fwd.port, "www.test")) == ["192.0.2.2"], timeout=5)
