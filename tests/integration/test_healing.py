@@ -122,7 +122,8 @@ def test_prefetch_refreshes_a_popular_name_before_it_expires(unbound, start_forw
 
 def test_client_timeout_zero_answers_stale_first(fake_upstream, start_forwarder):
     fake_upstream.answer("www.test", "A", "192.0.2.1", ttl=60)
-    fwd = start_forwarder([fake_upstream.address], stale={"client_timeout": 0.0})
+    fwd = start_forwarder([fake_upstream.address], stale={"client_timeout": 0.0},
+                          upstream={"attempt_timeout": 3.0, "total_timeout": 3.0})
     assert values(ask(fwd.port, "www.test")) == ["192.0.2.1"]
     fake_upstream.clear().answer("www.test", "A", "192.0.2.2", ttl=60).delay(1.5)
     fwd.advance(61)
