@@ -11,10 +11,9 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 
-from .fake_pool import FakePool  # noqa: F401  (the pool make() builds)
-from .test_pipeline import answers, ede_codes, make, query
-
 import dns.message
+
+from .test_pipeline import answers, ede_codes, make, query
 
 
 def with_client_timeout(pipe, seconds: float):
