@@ -22,7 +22,7 @@ venv: $(VENV)/.installed
 # real client, promtool for the metrics/alert checks, systemd-analyze, unshare,
 # setpriv, getent and ip for the deployment tests.
 SYSTEM_DEPS := unbound:unbound unbound-control:unbound dig:bind9-dnsutils promtool:prometheus \
-	systemd-analyze:systemd unshare:util-linux setpriv:util-linux getent:libc-bin ip:iproute2
+	systemd-analyze:systemd unshare:util-linux setpriv:util-linux getent:libc-bin ip:iproute2 openssl:openssl
 
 # Debian's unbound and prometheus packages would start their daemons on install
 # (unbound-anchor even queries the root servers); a policy-rc.d that exits 101

@@ -44,6 +44,7 @@ class AdminServer:
         self.loopback = True  # set from the listen address in start()
         self.server: asyncio.base_events.Server | None = None
         self.port = 0
+        self.handlers: list[Callable[[str, str], tuple[int, str, bytes] | None]] = []  # extra routes
 
     async def start(self, host: str, port: int) -> None:
         self.loopback = ipaddress.ip_address(host).is_loopback
@@ -59,6 +60,9 @@ class AdminServer:
 
     def handle(self, method: str, path: str, headers: dict[str, str] | None = None) -> tuple[int, str, bytes]:
         """Route one request; returns (status, content type, body).  Pure, for tests."""
+        for handler in self.handlers:
+            if (answer := handler(method, path)) is not None:
+                return answer
         path, _, query = path.partition("?")
         if path in ("/cache", "/cache/flush") and self.cache is not None:
             return self._cache(method, path, query, headers or {})

@@ -10,15 +10,17 @@ import asyncio
 import logging
 from importlib import metadata
 
-from . import metrics, wire
+from . import dot, metrics, wire
 from .acl import AccessControl
 from .admin import AdminServer
 from .cache import Cache
 from .clock import Clock, SystemClock
 from .config import Config
 from .errors import ConfigError
+from .health import Prober
 from .hosts import HostsFile
 from .limits import ClientLimits
+from .lkg_admin import PinHandler
 from .local import LocalAnswers, purge
 from .outagelog import StaleEpisodes
 from .persist import Persister
@@ -46,8 +48,13 @@ def version() -> str:
 
 def build_pool(config: Config, upstreams=None) -> UpstreamPool:
     """A pool for ``upstreams`` (default: the top-level ones); one per forward group."""
-    upstreams = [Upstream(u, config.upstream.edns_buffer_size, config.security.upstream_0x20)
-                 for u in (upstreams or config.upstreams)]
+    upstreams = upstreams or config.upstreams
+    size = config.upstream.edns_buffer_size
+    tls = dot.client_context(config.upstream.tls_ca_file) if any(
+        u.transport == "tls" for u in upstreams) else None
+    upstreams = [dot.TlsUpstream(u, size, tls) if u.transport == "tls"
+                 else Upstream(u, size, config.security.upstream_0x20)
+                 for u in upstreams]
     return UpstreamPool(upstreams, config.upstream)
 
 
@@ -60,6 +67,9 @@ class App:
         self.cache = Cache(config.cache.max_entries, self.stats.tally)
         # Zone → upstream group (one pool each); reads as one pool for metrics and logs.
         self.pool = self.router = build_router(config, lambda upstreams: build_pool(config, upstreams))
+        self.prober = Prober(config.upstream)  # notices recovery of down upstreams
+        for pool in self.router.pools:
+            self.prober.attach(pool)
         self.local = LocalAnswers(config)  # localhost, local_records, hosts file, block_zones
         self.hosts = HostsFile(config.hosts_file, self._hosts_changed) if config.hosts_file.enabled else None
         self.pipeline = Pipeline(config, self.cache, self.pool, self.clock, self.stats, self.local)
@@ -77,6 +87,7 @@ class App:
         self.registry = metrics.build_registry(self.collector)
         self.admin = AdminServer(lambda: metrics.render(self.registry), lambda: self.ready, self.cache,
                                  self.clock.monotonic, config.metrics.allow_remote_admin)
+        self.admin.handlers.append(PinHandler(lambda: self.pipeline))  # /lkg/pin, /lkg/unpin
         self.episodes = StaleEpisodes(self.stats, lambda: self.pool, self.clock.monotonic)
         self.ready = False
         self._sweeper: asyncio.Task | None = None
@@ -114,6 +125,8 @@ class App:
         self.listeners.close()
         await self.listeners.drain(grace)
         await self.pipeline.cancel_refreshes()
+        await self.prober.close()
+        self.pool.close()
         if self._sweeper is not None:
             self._sweeper.cancel()
         if self._hosts_watch is not None:
@@ -132,8 +145,14 @@ class App:
             # The UDP protocol class (with or without the limiter) is chosen at bind time.
             raise ConfigError("security.rate_limit", "turning rate limiting on or off needs a restart")
         self.config = config
+        old = self.router
         self.pool = self.router = build_router(config, lambda upstreams: build_pool(config, upstreams))
+        for pool in self.router.pools:
+            self.prober.attach(pool)
         self.pipeline.pool = self.pool
+        # In-flight queries finish on the old pools; their kept-open (DoT) connections
+        # close once idle work is done.
+        asyncio.get_running_loop().call_later(self.config.upstream.total_timeout + 1, old.close)
         # Local data: new records and block zones, the hosts file's current data kept.
         local = LocalAnswers(config)
         local.set_hosts(self.local.hosts)

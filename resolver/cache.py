@@ -30,6 +30,7 @@ class Entry:
         "kind", "rcode", "hdr", "hdr_opt", "body", "ttl_offsets",
         "stored_at", "fresh_until", "stale_until", "recheck_until",
         "aged_sec", "aged", "stale_body", "tally",
+        "recheck_epoch", "prefetch_after", "lkg_text",
     )
 
     def __init__(self, prepared: wire.Prepared, now: float, max_stale: float):
@@ -47,6 +48,9 @@ class Entry:
         self.aged = prepared.body
         self.stale_body = None
         self.tally = Cell()  # hit counters; Cache.put shares a HitTally cell instead
+        self.recheck_epoch = 0  # the upstream pool's epoch when recheck_until was set
+        self.prefetch_after = self.fresh_until  # set by the pipeline (cache.prefetch); never by default
+        self.lkg_text = None  # EDE extra text while held by last-known-good (answered by the slow path)
 
     def aged_body(self, sec: int) -> bytes:
         """The body with TTLs aged to second ``sec``; computed once per second."""

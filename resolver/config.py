@@ -10,6 +10,7 @@ to a default is otherwise discovered during the outage it was meant to soften.
 
 import ipaddress
 import math
+import os
 import re
 from dataclasses import dataclass, fields, is_dataclass, replace
 
@@ -44,6 +45,7 @@ class UpstreamAddress:
     host: str
     port: int = 53
     transport: str = "udp"
+    server_name: str = ""  # tls:// only: the name its certificate must carry ("" = the IP)
 
     @property
     def label(self) -> str:
@@ -61,6 +63,12 @@ class UpstreamOptions:
     backoff: float = 1.0  # first down period; doubles after each failed probe ...
     backoff_max: float = 30.0  # ... up to this, so a dead upstream costs little
     edns_buffer_size: int = 1232  # DNS flag day 2020: avoids IP fragmentation
+    probe_name: str = "."  # a down upstream is probed with "<probe_name> NS" in the background ...
+    probe_interval: float = 0.5  # ... this often at first, doubling after each failed probe ...
+    probe_interval_max: float = 1.0  # ... up to this: recovery is noticed within about a second
+    policy: str = "sequential"  # sequential | round_robin | fastest (lowest smoothed latency first)
+    hedge_after: float = -1.0  # ask the next upstream too after this long; -1 = "auto", 0 = "off"
+    tls_ca_file: str = ""  # CA bundle (PEM) to verify tls:// upstreams; "" = the system store
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +89,33 @@ class CacheConfig:
     max_negative_ttl: int = 3_600  # cap on NXDOMAIN/NODATA caching (RFC 2308 §5)
     servfail_ttl: int = 1  # SERVFAIL memory for never-cached names (RFC 9520 §3.2); 0 = off
     persist: PersistConfig = PersistConfig()
+    prefetch: float = 0.1  # refresh in the background when asked in the last 10% of the TTL; 0 = off
+
+
+@dataclass(frozen=True, slots=True)
+class LastKnownGoodConfig:
+    """Keep serving a name's last positive records when upstream suddenly says it has none.
+
+    Opt-in per zone: it can hide a real deletion for up to ``max_age``.
+    """
+
+    zones: tuple[str, ...] = ()  # e.g. ["amazonaws.com"]; empty = off (the counter still runs)
+    max_age: float = 3_600.0  # positive records confirmed longer ago than this are not defended
+    mode: str = "enforce"  # enforce = serve the last records; shadow = count and log only
+
+
+@dataclass(frozen=True, slots=True)
+class StaleRule:
+    """Stale settings for names matching ``match``; the first matching rule wins.
+
+    ``match`` is "*.example.com" (any name below example.com) or "www.example.com"
+    (that name only).  Omitted values keep the global ones.
+    """
+
+    match: str = ""
+    enabled: bool = True  # false: names matching get no stale window at all
+    max_age: float = -1.0  # stale window for these names (at most stale.max_age); -1 = the global one
+    answer_ttl: int = 0  # TTL on their stale records; 0 = the global one
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +127,8 @@ class StaleConfig:
     answer_ttl: int = 30  # TTL written on stale records (RFC 8767 §4 recommends 30)
     client_timeout: float = 1.8  # client response timer: answer stale after this long
     recheck: float = 30.0  # failure recheck timer: after a failure, serve stale this long
+    last_known_good: LastKnownGoodConfig = LastKnownGoodConfig()
+    rules: tuple[StaleRule, ...] = ()  # per-name overrides, first match wins
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,9 +228,12 @@ class Config:
 WORKERS_AUTO = 0  # `workers: auto`, resolved to the number of usable cores by the supervisor
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
-TRANSPORTS = ("udp", "tcp")
+TRANSPORTS = ("udp", "tcp", "tls")
 _SECTIONS = {f.name: f.type for f in fields(Config) if is_dataclass(f.type)}
 _RATIO_FIELDS = frozenset({"query_sample"})
+LKG_MODES = ("enforce", "shadow")
+POLICIES = ("sequential", "round_robin", "fastest")
+_FRACTION_FIELDS = frozenset({"prefetch"})
 _TTL_FIELDS = frozenset({"min_ttl", "max_ttl", "max_negative_ttl", "answer_ttl", "servfail_ttl"})
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _DURATION = re.compile(r"([-+]?(?:\d+(?:\.\d*)?|\.\d+))\s*(ms|s|m|h|d)?", re.ASCII)
@@ -296,13 +336,22 @@ def parse_networks(value: object, key: str) -> tuple[str, ...]:
 def parse_upstream(text: object, key: str) -> UpstreamAddress:
     """"192.0.2.53", "192.0.2.53:53", "[2001:db8::1]:53", each optionally with udp:// or tcp://."""
     transport = "udp"
+    server_name = ""
     if isinstance(text, str) and "://" in text:
         scheme, _, text = text.strip().partition("://")
         transport = scheme.lower()
         if transport not in TRANSPORTS:
-            raise ConfigError(key, f"unsupported scheme {scheme!r} (expected udp:// or tcp://)")
-    address = parse_address(text, key, default_port=53)
-    return UpstreamAddress(address.host, address.port, transport)
+            raise ConfigError(key, f"unsupported scheme {scheme!r} (expected udp://, tcp:// or tls://)")
+    if isinstance(text, str) and "#" in text:
+        # DNS over TLS (RFC 7858): tls://192.0.2.53:853#dns.example verifies that name.
+        text, _, server_name = text.partition("#")
+        if transport != "tls":
+            raise ConfigError(key, "a #server-name is only for tls:// upstreams")
+        server_name = _zone(server_name, key)
+        if not server_name:
+            raise ConfigError(key, "empty #server-name")
+    address = parse_address(text, key, default_port=853 if transport == "tls" else 53)
+    return UpstreamAddress(address.host, address.port, transport, server_name)
 
 
 def read_resolv_conf(path: str) -> list[str]:
@@ -360,6 +409,15 @@ def _section(cls: type, data: object, key: str):
         path, kind = f"{key}.{name}", types[name]
         if kind is bool:
             values[name] = _expect(isinstance(raw, bool), raw, path, "true or false")
+        elif is_dataclass(kind) and kind is not Address:
+            values[name] = _section(kind, raw, path)
+        elif kind == tuple[StaleRule, ...]:
+            values[name] = tuple(_rule(item, k) for k, item in _list(raw, path))
+        elif kind == tuple[str, ...]:
+            values[name] = tuple(_zone(item, k) for k, item in _strings(raw, path))
+        elif name in _FRACTION_FIELDS:
+            ok = isinstance(raw, (int, float)) and not isinstance(raw, bool) and 0 <= raw < 1
+            values[name] = float(_expect(ok, raw, path, "a fraction from 0 to below 1 (0.1 = last 10%)"))
         elif kind is int and name in _TTL_FIELDS:
             values[name] = _ttl(raw, path)
         elif kind is int:
@@ -368,6 +426,8 @@ def _section(cls: type, data: object, key: str):
         elif kind is float and name in _RATIO_FIELDS:
             ok = isinstance(raw, (int, float)) and not isinstance(raw, bool) and 0.0 <= raw <= 1.0
             values[name] = float(_expect(ok, raw, path, "a number from 0 to 1"))
+        elif kind is float and name == "hedge_after" and raw in ("auto", "off"):
+            values[name] = -1.0 if raw == "auto" else 0.0
         elif kind is float:
             values[name] = parse_duration(raw, path)
         elif kind is Address:
@@ -378,9 +438,41 @@ def _section(cls: type, data: object, key: str):
             values[name] = ""  # an empty string that is also the default means "off"
         elif kind == tuple[str, ...]:
             values[name] = parse_networks(raw, path)
+        elif name == "tls_ca_file":
+            values[name] = _expect(isinstance(raw, str), raw, path, "a file path (or \"\" for the system store)")
         else:
             values[name] = _str(raw, path)
     return cls(**values)
+
+
+_LABEL = re.compile(r"(?!-)[a-z0-9_-]{1,63}(?<!-)", re.ASCII)
+
+
+def _zone(value: object, key: str) -> str:
+    """A domain name in presentation form, lower-cased, without the trailing dot ("" = root)."""
+    text = _str(value, key).strip().lower().rstrip(".")
+    labels = text.split(".") if text else []
+    if len(text) > 253 or not all(_LABEL.fullmatch(label) for label in labels):
+        raise ConfigError(key, f"expected a domain name such as example.com, got {_show(value)}")
+    return text
+
+
+def _list(value: object, key: str) -> list[tuple[str, object]]:
+    """A YAML list as (key path, element) pairs; None is empty."""
+    value = [] if value is None else value
+    _expect(isinstance(value, list), value, key, "a list")
+    return [(f"{key}[{i}]", item) for i, item in enumerate(value)]
+
+
+def _rule(data: object, key: str) -> StaleRule:
+    rule = _section(StaleRule, data, key)
+    if not rule.match:
+        raise ConfigError(f"{key}.match", "is required (e.g. \"*.elb.amazonaws.com\")")
+    pattern = rule.match.strip().lower()
+    _zone(pattern[2:] if pattern.startswith("*.") else pattern, f"{key}.match")
+    if rule.answer_ttl < 0:
+        raise ConfigError(f"{key}.answer_ttl", f"must be at least 1, got {rule.answer_ttl}")
+    return replace(rule, match=pattern.rstrip("."))
 
 
 def _unique(items: list, key: str) -> None:
@@ -401,6 +493,9 @@ def _check_ranges(c: Config) -> None:
         ("upstream.backoff_max", u.backoff_max >= u.backoff,
          f"must be at least upstream.backoff ({u.backoff:g})"),
         ("upstream.edns_buffer_size", 512 <= u.edns_buffer_size <= 4096, "must be 512 to 4096"),
+        ("upstream.probe_interval", u.probe_interval > 0, "must be greater than 0"),
+        ("upstream.probe_interval_max", u.probe_interval_max >= u.probe_interval,
+         f"must be at least upstream.probe_interval ({u.probe_interval:g})"),
         ("cache.max_entries", cache.max_entries >= 1, "must be at least 1"),
         ("cache.min_ttl", cache.min_ttl <= cache.max_ttl,
          f"must not exceed cache.max_ttl ({cache.max_ttl})"),
@@ -427,6 +522,18 @@ def _check_ranges(c: Config) -> None:
             for name in key.split("."):
                 value = getattr(value, name)
             raise ConfigError(key, f"{problem}, got {_show(value)}")
+    _zone(u.probe_name, "upstream.probe_name")
+    if u.tls_ca_file and not os.access(u.tls_ca_file, os.R_OK):
+        raise ConfigError("upstream.tls_ca_file", f"cannot read {u.tls_ca_file!r}")
+    if u.policy not in POLICIES:
+        raise ConfigError("upstream.policy", f"must be one of: {', '.join(POLICIES)}, got {_show(u.policy)}")
+    for i, rule in enumerate(c.stale.rules):
+        if rule.max_age > c.stale.max_age:
+            raise ConfigError(f"stale.rules[{i}].max_age",
+                              f"must not exceed stale.max_age ({c.stale.max_age:g}), got {rule.max_age:g}")
+    lkg = c.stale.last_known_good
+    if lkg.mode not in LKG_MODES:
+        raise ConfigError("stale.last_known_good.mode", f"must be one of: {', '.join(LKG_MODES)}, got {_show(lkg.mode)}")
     if c.metrics.enabled and c.metrics.listen in c.listen:
         raise ConfigError("metrics.listen", f"is also a DNS listen address ({c.metrics.listen})")
 

@@ -173,6 +173,7 @@ class ResolverCollector:
         yield GaugeMetricFamily("resolver_upstream_inflight", "Upstream exchanges in progress.", value=pool.inflight)
         if self.lifecycle is not None:
             yield from _lifecycle_families(self.lifecycle)
+        yield from outage_families(s, pool)
         yield from self._local()
 
     def _local(self):
@@ -261,6 +262,27 @@ def _security_families(s: Stats):
     rrl.add_metric(["drop"], s.rate_limited_dropped)
     rrl.add_metric(["slip"], s.rate_limited_slipped)
     yield rrl
+
+
+def outage_families(s: Stats, pool: UpstreamPool):
+    """Outage policies (issue 5): probes, prefetch, vanished answers, last-known-good."""
+    probes = CounterMetricFamily("resolver_upstream_probes", "Background health probes of down upstreams.",
+                                 labels=["upstream", "result"])
+    for (label, result), count in sorted(pool.probes.items()):
+        probes.add_metric([label, result], count)
+    yield probes
+    yield CounterMetricFamily("resolver_upstream_hedges", "Second upstreams asked because the first was slow.",
+                              value=pool.hedges)
+    yield CounterMetricFamily("resolver_prefetches", "Background refreshes of entries asked near the end of their TTL.",
+                              value=s.prefetches)
+    yield CounterMetricFamily("resolver_answers_vanished",
+                              "Upstream answered NXDOMAIN/NODATA for a name whose positive records were cached.",
+                              value=s.answers_vanished)
+    lkg = CounterMetricFamily("resolver_last_known_good", "Empty answers replaced (enforce) or that would "
+                              "have been (shadow) by the last positive records.", labels=["mode"])
+    for mode in ("enforce", "shadow"):
+        lkg.add_metric([mode], s.lkg_answers.get(mode, 0))
+    yield lkg
 
 
 def build_registry(collector: ResolverCollector) -> CollectorRegistry:

@@ -29,8 +29,11 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+import math
 
+from . import last_known_good as lkg
 from . import stale as stale_policy
+from .stale_rules import StaleRules
 from . import wire
 from .cache import Cache, Entry
 from .clock import Clock
@@ -80,6 +83,7 @@ class Pipeline:
         self.clock = clock
         self.stats = stats
         self.inflight: dict[bytes, asyncio.Task] = {}
+        self.lkg_pins: set[bytes] = set()  # upstream questions pinned by an operator (lkg_admin)
         # Bound methods looked up once: the hit path runs ~100k times a second.
         self._entries_get = cache.entries.get
         self._touch = cache.entries.move_to_end
@@ -95,6 +99,9 @@ class Pipeline:
         self.stale_window = stale_policy.stale_window(config.stale)
         self.edns_size = config.upstream.edns_buffer_size
         self._configure_query_log(config)
+        self.prefetch = config.cache.prefetch
+        self.lkg = lkg.LastKnownGood(config.stale.last_known_good)
+        self.rules = StaleRules(config.stale)
         size = self.edns_size
         # Pre-built OPT records for the hit path: [DO][kind] where kind 0 = fresh,
         # 1 = stale positive (EDE 3), 2 = stale NXDOMAIN (EDE 19).
@@ -169,6 +176,8 @@ class Pipeline:
             else:
                 body = entry.aged_body(sec)
                 self._touch(key)  # LRU, at one-second granularity
+                if now >= entry.prefetch_after:  # checked once per second per entry: ~free
+                    self._prefetch(key)
             if mode < 2:
                 reply = b"".join((data[:2], entry.hdr, question, body))
             else:
@@ -181,7 +190,8 @@ class Pipeline:
         # at once without asking upstream (same rule as stale.decide → ANSWER_STALE).
         stale = self.stale
         if (now < entry.recheck_until and now < entry.stale_until and stale.enabled
-                and now - entry.fresh_until < stale.max_age):
+                and now - entry.fresh_until < stale.max_age and entry.recheck_epoch == self.pool.epoch
+                and entry.lkg_text is None):
             body = entry.stale_answer_body(stale.answer_ttl)
             if mode < 2:
                 reply = b"".join((data[:2], entry.hdr, question, body))
@@ -265,17 +275,33 @@ class Pipeline:
                 return reply
         now = self.clock.monotonic()
         _, entry = self.cache.lookup(q.key, now)
-        action = stale_policy.decide(entry, now, self.stale)
+        action = stale_policy.decide(entry, now, self.stale, self.pool.epoch)
 
         if action == stale_policy.ANSWER_FRESH:
             stats.cache_hits += 1
             self.cache.touch(q.key)
+            if now >= entry.prefetch_after:
+                self._prefetch(q.key)
             return self._render(q, entry, self._aged(entry, now), limit, Source.CACHE)
         if action == stale_policy.ANSWER_STALE:
-            return self._render_stale(q, entry, limit, "recheck")
+            return self._render_stale(q, entry, limit, "recheck", entry.lkg_text or b"")
+        if action == stale_policy.RESOLVE_OR_STALE and self.pool.known_down(q.qname.lower()):
+            # Every upstream is known down (the prober watches for its return): answer
+            # stale at once instead of making each client wait client_timeout, and
+            # hold the name under the recheck timer until an upstream comes back.
+            # One background fetch still goes out (the pool tries the upstream due
+            # back soonest), so an upstream that fails our probes but answers real
+            # names is still noticed; the hold bounds it to one per name per recheck.
+            self._hold(entry, now)
+            if q.key not in self.inflight:
+                self._fetch(q)
+            return self._render_stale(q, entry, limit, "upstreams_down")
 
         stats.cache_misses += 1
         fetch = self._fetch(q)
+        if action == stale_policy.RESOLVE_OR_STALE and self.stale.client_timeout == 0:
+            # Answer-first mode: stale at once; the fetch refreshes the cache behind it.
+            return self._render_stale(q, entry, limit, "answer_first")
         if action == stale_policy.RESOLVE_OR_STALE:
             # RFC 8767 §5: wait at most client_timeout, then answer stale while the
             # fetch goes on in the background and repairs the cache if it succeeds.
@@ -288,11 +314,13 @@ class Pipeline:
             except TimeoutError:
                 return self._render_stale(q, entry, limit, "timeout")
             except UpstreamError as e:
-                return self._render_stale(q, entry, limit, e.reason)
+                return self._render_stale(q, entry, limit, e.reason, getattr(e, "ede_text", b""))
             return self._render(q, fresh, fresh.body, limit, Source.UPSTREAM)
 
         try:
             fresh = await asyncio.shield(fetch)  # bounded by the fetch's own deadline
+        except lkg.LastKnownGoodHeld as e:
+            return self._render_stale(q, e.entry, limit, e.reason, e.ede_text)
         except UpstreamError as e:
             stats.servfail_upstream += 1
             self._sent(Source.LOCAL, wire.SERVFAIL)
@@ -309,12 +337,12 @@ class Pipeline:
         self._sent(source, entry.rcode)
         return wire.render(q, entry.hdr, entry.hdr_opt, body, limit, self.edns_size)
 
-    def _render_stale(self, q: wire.Query, entry: Entry, limit: int, reason: str) -> bytes:
+    def _render_stale(self, q: wire.Query, entry: Entry, limit: int, reason: str, text: bytes = b"") -> bytes:
         self.stats.stale_answers[reason] += 1
         self._sent(Source.STALE, entry.rcode)
         code = wire.EDE_STALE_NXDOMAIN if entry.rcode == wire.NXDOMAIN else wire.EDE_STALE_ANSWER
         body = entry.stale_answer_body(self.stale.answer_ttl)
-        return wire.render(q, entry.hdr, entry.hdr_opt, body, limit, self.edns_size, wire.ede_option(code))
+        return wire.render(q, entry.hdr, entry.hdr_opt, body, limit, self.edns_size, wire.ede_option(code, text))
 
     # ------------------------------------------------------------ forwarding stage
     def _fetch(self, q: wire.Query) -> asyncio.Task:
@@ -323,13 +351,42 @@ class Pipeline:
         if task is not None:
             self.stats.coalesced += 1
             return task
-        upstream_question = q.qname.lower() + q.question[-4:]
+        return self._start_fetch(q.key, q.qname.lower() + q.question[-4:], bool(q.cd), q.do)
+
+    def _start_fetch(self, key: bytes, upstream_question: bytes, cd: bool, do: bool) -> asyncio.Task:
         loop = asyncio.get_running_loop()
-        task = loop.create_task(self._refresh(q.key, upstream_question, bool(q.cd), q.do))
+        task = loop.create_task(self._refresh(key, upstream_question, cd, do))
         task.started = loop.time()
-        self.inflight[q.key] = task
-        task.add_done_callback(lambda t, key=q.key: self._fetch_done(key, t))
+        self.inflight[key] = task
+        task.add_done_callback(lambda t, key=key: self._fetch_done(key, t))
         return task
+
+    def _prefetch(self, key: bytes) -> None:
+        """Refresh a popular entry before it expires (the last ``cache.prefetch`` of its TTL).
+
+        Called synchronously from the hit path, so it only schedules: one task per
+        key at most (the in-flight map), none while every upstream is known down
+        (the prober watches those; a prefetch could only fail and add load).
+        """
+        if key in self.inflight:
+            return
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:  # no loop (a synchronous caller such as a benchmark): skip
+            return
+        # The key is the flag byte (if any) + the question with the name lower-cased.
+        flags = key[0] & 0x7F if key[0] & wire.KEY_FLAGGED else -1
+        question = key[1:] if flags >= 0 else key
+        if self.pool.known_down(question[:-4]):
+            return
+        self.stats.prefetches += 1
+        self._start_fetch(key, question, flags > 0 and bool(flags & wire.KEY_CD),
+                          flags > 0 and bool(flags & wire.KEY_DO))
+
+    def _hold(self, entry: Entry, now: float) -> None:
+        """Start the RFC 8767 §4 failure recheck timer on ``entry`` under the current epoch."""
+        entry.recheck_until = now + self.stale.recheck
+        entry.recheck_epoch = self.pool.epoch
 
     def _fetch_done(self, key: bytes, task: asyncio.Task) -> None:
         if self.inflight.get(key) is task:
@@ -346,6 +403,7 @@ class Pipeline:
             cache_cfg = self.config.cache
             prepared = wire.parse_reply(reply, question, min_ttl=cache_cfg.min_ttl, max_ttl=cache_cfg.max_ttl,
                                         max_negative_ttl=cache_cfg.max_negative_ttl)
+            self._check_vanished(key, question, prepared)
         except UpstreamError:
             self._refresh_failed(key)
             raise
@@ -355,15 +413,51 @@ class Pipeline:
             raise UpstreamError(f"internal error: {e}") from e
         now = self.clock.monotonic()
         if prepared.ttl > 0 and not prepared.tc:
-            return self.cache.put(key, prepared, now, self.stale_window)
+            rule = self.rules.find(question) if self.rules else None  # resolved at insert, never per hit
+            entry = self.cache.put(key, prepared, now, self.rules.window(rule, self.stale_window))
+            if rule is not None and rule.answer_ttl:
+                entry.stale_answer_body(rule.answer_ttl)  # pre-built: every stale answer uses it
+            if self.prefetch:
+                entry.prefetch_after = now + prepared.ttl * (1.0 - self.prefetch)
+            if self.lkg_pins and question in self.lkg_pins and prepared.kind == wire.POSITIVE:
+                entry.stale_until = math.inf  # pinned: kept however long the incident lasts
+            return entry
         return Entry(prepared, now, 0.0)  # answered, but not cacheable (TTL 0, no SOA, TC)
+
+    def pin(self, question: bytes) -> bool:
+        """Pin the last-known-good answer of ``question`` (admin); True if positive records are cached."""
+        return lkg.pin(self.lkg_pins, self.cache, question)
+
+    def unpin(self, question: bytes) -> bool:
+        window = self.rules.window(self.rules.find(question), self.stale_window) if self.rules else self.stale_window
+        return lkg.unpin(self.lkg_pins, self.cache, question, window)
+
+    def _check_vanished(self, key: bytes, question: bytes, prepared: wire.Prepared) -> None:
+        """Count (and under last-known-good, refuse) an empty answer replacing positive records."""
+        old = self.cache.get(key)
+        verdict = self.lkg.check(old, prepared, question, self.clock.monotonic(), question in self.lkg_pins)
+        if verdict is lkg.NONE:
+            return
+        self.stats.answers_vanished += 1
+        if verdict == lkg.VANISHED:
+            return
+        self.stats.lkg_answers[verdict] += 1
+        name = wire.name_to_text(question[:-4])
+        if verdict == lkg.SHADOW:
+            log.warning("last-known-good (shadow): %s now answers %s; enforce would keep its records",
+                        name, prepared.kind)
+            return
+        log.warning("last-known-good: %s now answers %s; serving its last records", name, prepared.kind)
+        held = lkg.LastKnownGoodHeld(old, prepared.kind)
+        old.lkg_text = held.ede_text  # held answers carry the text too (via the slow path)
+        raise held  # → _refresh_failed holds the entry (recheck)
 
     def _refresh_failed(self, key: bytes) -> None:
         now = self.clock.monotonic()
         entry = self.cache.get(key)
         if entry is not None and now < entry.stale_until and entry.kind != wire.FAILURE:
             # RFC 8767 §4 failure recheck timer: answer this name stale at once for a while.
-            entry.recheck_until = now + self.stale.recheck
+            self._hold(entry, now)
             return
         servfail_ttl = self.config.cache.servfail_ttl
         if servfail_ttl > 0 and (entry is None or now >= entry.stale_until):

@@ -77,6 +77,16 @@ class Router:
             return sum(values)
         raise AttributeError(f"Router does not merge {name!r} across groups; use Router.pools")
 
+    def known_down(self, qname: bytes | None = None) -> bool:
+        """Is every upstream of the group serving ``qname`` known down (all groups if None)?"""
+        if qname is not None:
+            return self.pool_for(qname).known_down()
+        return all(pool.known_down() for pool in self.pools)
+
+    def close(self) -> None:
+        for pool in self.pools:
+            pool.close()
+
     async def exchange(self, question: bytes, cd: bool, do: bool, deadline: float):
         """``UpstreamPool.exchange`` on the group that serves ``question`` (lower-case)."""
         return await self.pool_for(question[:-4]).exchange(question, cd, do, deadline)

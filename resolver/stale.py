@@ -18,12 +18,14 @@ RESOLVE_OR_STALE = "resolve_or_stale"    # ask upstream; serve stale after clien
 RESOLVE = "resolve"                      # nothing usable cached: ask upstream, SERVFAIL on failure
 
 
-def decide(entry: Entry | None, now: float, stale: StaleConfig) -> str:
+def decide(entry: Entry | None, now: float, stale: StaleConfig, epoch: int | None = None) -> str:
     """Choose how to answer, given the cached entry (or None) at time ``now``.
 
     ``entry.stale_until`` already folds in max_age (the RFC 8767 max stale timer)
     as it was when the entry was stored; ``stale.max_age`` is re-checked here so a
-    reload that shortens it takes effect at once.
+    reload that shortens it takes effect at once.  ``epoch`` is the upstream pool's
+    recovery count: a recheck timer set before an upstream came back up no longer
+    holds, so fresh data returns on the next query instead of after ``recheck``.
     """
     if entry is None:
         return RESOLVE
@@ -31,7 +33,7 @@ def decide(entry: Entry | None, now: float, stale: StaleConfig) -> str:
         return ANSWER_FRESH
     if not stale.enabled or now >= entry.stale_until or now - entry.fresh_until >= stale.max_age:
         return RESOLVE
-    if now < entry.recheck_until:
+    if now < entry.recheck_until and (epoch is None or entry.recheck_epoch == epoch):
         return ANSWER_STALE
     return RESOLVE_OR_STALE
 

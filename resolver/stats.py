@@ -16,7 +16,8 @@ import bisect
 from collections import Counter
 
 # Fixed label sets, so a hostile client cannot create unbounded series.
-STALE_REASONS = ("timeout", "servfail", "refused", "rcode", "unreachable", "bad_response", "recheck", "error")
+STALE_REASONS = ("timeout", "servfail", "refused", "rcode", "unreachable", "bad_response", "recheck", "error",
+                 "upstreams_down", "answer_first", "last_known_good")
 SOURCES = ("cache", "stale", "upstream", "local")
 TRANSPORTS = ("udp", "tcp")
 # Query types by name: the common ones; every other type is counted as "other".
@@ -113,6 +114,7 @@ class Stats:
         # security (issue 7): resolver/acl.py, resolver/limits.py, resolver/ratelimit.py
         "acl_refused_udp", "acl_refused_tcp", "dropped_client_limit", "tcp_refused_client_limit",
         "tcp_closed_slow", "rate_limited_dropped", "rate_limited_slipped",
+        "prefetches", "answers_vanished", "lkg_answers",
     )
 
     def __init__(self):
@@ -143,6 +145,9 @@ class Stats:
                                      # or replies piling up unread
         self.rate_limited_dropped = 0  # UDP responses not sent: client over security.rate_limit
         self.rate_limited_slipped = 0  # ... sent as an empty TC=1 reply instead (slip)
+        self.prefetches = 0          # background refreshes of entries asked in the last part of their TTL
+        self.answers_vanished = 0    # a name with cached positive records answered NXDOMAIN/NODATA
+        self.lkg_answers: Counter = Counter()  # "enforce" | "shadow" -> last-known-good decisions
 
     def hits(self) -> int:
         """All fresh cache answers: slow path plus hit path."""

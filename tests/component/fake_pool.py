@@ -22,6 +22,11 @@ class FakePool:
         self.mode = "normal"
         self.delay_s = 0.0
         self.calls: list[tuple[str, str]] = []
+        self.epoch = 0       # as UpstreamPool: bumped when an upstream recovers
+        self.all_down = False
+
+    def known_down(self) -> bool:
+        return self.all_down
 
     # -- builder -------------------------------------------------------------
     def answer(self, name: str, rtype: str, value: str, ttl: int = 300) -> "FakePool":

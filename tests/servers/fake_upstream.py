@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import struct
 import threading
 import time
@@ -106,6 +107,8 @@ class FakeUpstream:
         self._name_delay: dict[str, float] = {}
         self._calls: list[tuple[str, str, str]] = []
         self.raw_names: list[str] = []
+        self._loss = 0.0
+        self._rng = random.Random(5)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._udp: asyncio.DatagramTransport | None = None
@@ -284,6 +287,13 @@ class FakeUpstream:
                 self._name_delay[_norm(name)] = float(seconds)
         return self
 
+    def loss(self, fraction: float, seed: int = 5) -> "FakeUpstream":
+        """Drop this fraction of UDP queries at random (seeded: runs repeat), as packet loss would."""
+        with self._lock:
+            self._loss = float(fraction)
+            self._rng = random.Random(seed)
+        return self
+
     @property
     def calls(self) -> list[tuple[str, str, str]]:
         """(transport "udp"/"tcp", qname lowercase without trailing dot, qtype) received."""
@@ -342,6 +352,9 @@ class FakeUpstream:
             self.raw_names.append(str(query.q.qname))
             mode = self._name_mode.get(qname, self._mode)
             delay = self._name_delay.get(qname, self._delay)
+            lost = transport == "udp" and self._loss > 0 and self._rng.random() < self._loss
+        if lost:
+            return
         if delay > 0:
             await asyncio.sleep(delay)
         if mode == "drop":

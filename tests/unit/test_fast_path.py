@@ -31,6 +31,11 @@ START = 1000.0
 class NoPool:
     """answer_fast never talks upstream; neither does resolve() on a cache hit."""
 
+    epoch = 0  # as UpstreamPool: no upstream ever recovers here
+
+    def known_down(self) -> bool:
+        return False
+
     async def exchange(self, *args, **kwargs):  # pragma: no cover - failing is the point
         raise AssertionError("the upstream pool must not be used on a cache hit")
 

@@ -12,7 +12,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[2] / "resolver"
 
 SANS_IO = {"wire", "cache", "stale", "config", "errors", "stats", "records", "local", "acl", "limits", "antispoof",
-           "ratelimit"}
+           "ratelimit", "last_known_good", "stale_rules", "upstream_policy"}
 FORBIDDEN_IN_CORE = {"asyncio", "socket", "time", "uvloop", "selectors", "threading"}
 
 # Who may import whom inside the package (the architecture's module map).
@@ -30,8 +30,15 @@ ALLOWED = {
     "stale": {"cache", "config"},
     "upstream": {"antispoof", "wire", "errors", "config"},
     "antispoof": {"errors"},
-    "pool": {"upstream", "wire", "errors", "config", "stats"},
-    "pipeline": {"wire", "cache", "stale", "pool", "clock", "config", "errors", "stats", "querylog", "local"},
+    "pool": {"upstream", "wire", "errors", "config", "stats", "upstream_policy"},
+    "upstream_policy": set(),
+    "dot": {"wire", "config", "errors"},
+    "pipeline": {"wire", "cache", "stale", "pool", "clock", "config", "errors", "stats", "querylog", "local",
+                 "last_known_good", "stale_rules"},
+    "last_known_good": {"wire", "cache", "config", "errors"},
+    "stale_rules": {"wire", "config"},
+    "lkg_admin": {"wire"},
+    "health": {"wire", "config", "pool", "upstream"},
     "querylog": {"wire", "stats"},
     "outagelog": {"pool", "stats"},
     "server": {"wire", "pipeline", "config", "stats", "handover", "acl", "limits", "ratelimit"},
@@ -48,7 +55,7 @@ ALLOWED = {
     "cacheadmin": {"wire", "cache", "stats"},
     "app": {"outagelog", "metrics", "admin", "cache", "clock", "config", "pipeline", "pool", "server", "stats",
             "upstream", "routing", "local", "hosts", "wire", "persist", "reload", "acl", "limits", "ratelimit",
-            "errors"},
+            "errors", "health", "lkg_admin", "dot"},
     "cli": {"app", "config", "errors", "reload", "supervisor"},
     "__main__": {"cli"},
     "__init__": set(),

@@ -106,3 +106,18 @@ def test_decide_with_the_cache_state():
                                            (StaleConfig(enabled=False, max_age=5.0), 0.0)])
 def test_stale_window(config, window):
     assert stale.stale_window(config) == window
+
+
+@pytest.mark.parametrize("held_epoch, epoch, expect", [
+    (0, None, stale.ANSWER_STALE),        # no epoch given: the timer alone decides
+    (0, 0, stale.ANSWER_STALE),           # same epoch: the hold stands
+    (0, 1, stale.RESOLVE_OR_STALE),       # an upstream recovered since: ask again now
+    (3, 4, stale.RESOLVE_OR_STALE),
+])
+def test_recovery_epoch_ends_the_recheck_hold(held_epoch, epoch, expect):
+    clock = FakeClock(T0)
+    entry = Cache(10).put(b"k", prepared(), clock.monotonic(), stale.stale_window(ON))
+    entry.recheck_until = entry.fresh_until + 30
+    entry.recheck_epoch = held_epoch
+    clock.advance(TTL + 5)
+    assert stale.decide(entry, clock.monotonic(), ON, epoch) == expect
