@@ -413,6 +413,8 @@ def _section(cls: type, data: object, key: str):
             values[name] = _section(kind, raw, path)
         elif kind == tuple[StaleRule, ...]:
             values[name] = tuple(_rule(item, k) for k, item in _list(raw, path))
+        elif kind == tuple[str, ...] and name == "allow":
+            values[name] = parse_networks(raw, path)
         elif kind == tuple[str, ...]:
             values[name] = tuple(_zone(item, k) for k, item in _strings(raw, path))
         elif name in _FRACTION_FIELDS:
@@ -436,8 +438,6 @@ def _section(cls: type, data: object, key: str):
             values[name] = _section(kind, raw, path)
         elif raw == "" and getattr(cls(), name) == "":
             values[name] = ""  # an empty string that is also the default means "off"
-        elif kind == tuple[str, ...]:
-            values[name] = parse_networks(raw, path)
         elif name == "tls_ca_file":
             values[name] = _expect(isinstance(raw, str), raw, path, "a file path (or \"\" for the system store)")
         else:

@@ -249,6 +249,9 @@ def restore(cache: Cache, records: Iterable[tuple], now: float, wall_now: float,
             e.recheck_until = 0.0
             e.aged_sec = -1
             e.stale_body = None
+            e.recheck_epoch = 0
+            e.prefetch_after = e.fresh_until  # no prefetch for restored entries until refreshed
+            e.lkg_text = None
             adopt(key, e)
             added.append(key)
             restored += 1

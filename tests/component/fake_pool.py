@@ -25,7 +25,7 @@ class FakePool:
         self.epoch = 0       # as UpstreamPool: bumped when an upstream recovers
         self.all_down = False
 
-    def known_down(self) -> bool:
+    def known_down(self, qname: bytes | None = None) -> bool:
         return self.all_down
 
     # -- builder -------------------------------------------------------------

@@ -61,7 +61,7 @@ def test_prefetch_in_last_tenth_of_ttl_refreshes_once_in_background():
     assert answers(again) == [("192.0.2.1", 29)]
     assert answers(after) == [("192.0.2.99", 300)]  # refreshed: the outage would find it fresh
     assert pool.calls == [("www.test", "A"), ("www.test", "A")]
-    assert stats.cache_hits == 4
+    assert stats.hits() == 4
 
 
 def test_prefetch_via_slow_path_keeps_do_and_cd_flags():

@@ -33,7 +33,7 @@ class NoPool:
 
     epoch = 0  # as UpstreamPool: no upstream ever recovers here
 
-    def known_down(self) -> bool:
+    def known_down(self, qname: bytes | None = None) -> bool:
         return False
 
     async def exchange(self, *args, **kwargs):  # pragma: no cover - failing is the point

@@ -29,7 +29,7 @@ TTLS = dict(min_ttl=0, max_ttl=86_400, max_negative_ttl=3_600)
 class NoPool:
     epoch = 0  # as UpstreamPool: no upstream ever recovers here
 
-    def known_down(self) -> bool:
+    def known_down(self, qname: bytes | None = None) -> bool:
         return False
 
     async def exchange(self, *args, **kwargs):  # pragma: no cover - failing is the point
