@@ -20,7 +20,7 @@ import secrets
 import ssl
 import struct
 
-from . import wire
+from . import antispoof, wire
 from .config import UpstreamAddress
 from .errors import UpstreamBadResponse, UpstreamTimeout, UpstreamUnreachable
 
@@ -89,6 +89,7 @@ class TlsUpstream:
         self.context = context
         self.server_name = address.server_name or address.host
         self.mismatched = 0
+        self.scrubbed = 0  # records removed from replies as unrelated to the question
         self._conn: _Connection | None = None
         self._connecting: asyncio.Lock | None = None
 
@@ -118,7 +119,9 @@ class TlsUpstream:
                 for _ in range(2):
                     conn, fresh = await self._connection()
                     try:
-                        return await self._send(conn, question, cd, do)
+                        reply, removed = antispoof.scrub(await self._send(conn, question, cd, do), question)
+                        self.scrubbed += removed
+                        return reply
                     except _Closed:
                         if fresh:
                             break

@@ -32,7 +32,7 @@ ALLOWED = {
     "antispoof": {"errors"},
     "pool": {"upstream", "wire", "errors", "config", "stats", "upstream_policy"},
     "upstream_policy": set(),
-    "dot": {"wire", "config", "errors"},
+    "dot": {"antispoof", "wire", "config", "errors"},
     "pipeline": {"wire", "cache", "stale", "pool", "clock", "config", "errors", "stats", "querylog", "local",
                  "last_known_good", "stale_rules"},
     "last_known_good": {"wire", "cache", "config", "errors"},
