@@ -135,7 +135,8 @@ def scrub(reply: bytes, question: bytes) -> tuple[bytes, int]:
     while grew:
         grew = False
         for section, owner, rtype, target in records:
-            if section == 0 and rtype == TYPE_CNAME and owner in chain and target not in chain:
+            if (section == 0 and rtype == TYPE_CNAME and owner in chain and target is not None
+                    and target not in chain):  # an empty CNAME rdata leads nowhere
                 chain.add(target)
                 grew = True
     drop_answer, drop_auth = [], []

@@ -168,3 +168,17 @@ def test_scrub_garbage_after_a_valid_question(tail):
     except UpstreamBadResponse:
         return
     assert isinstance(out, bytes) and removed >= 0
+
+
+def test_cname_with_empty_rdata_does_not_break_scrubbing():
+    """Found by the atheris harness: a CNAME with RDLENGTH 0 put None into the chain."""
+    import base64
+
+    from resolver.errors import UpstreamBadResponse
+
+    reply = base64.b64decode("ASQXgQAAAQACAAEAAMAMAAUACAEFAQAAAAEsAAAAAAAAAAEsAAEAAgTAwBAABgD//xeBAAABAAIAAQAAwAwABQABAAABeCwABAF4wMAQ")
+    question = wire.name_to_wire("www.test") + b"\x00\x01\x00\x01"
+    try:
+        antispoof.scrub(reply, question)
+    except UpstreamBadResponse:
+        pass  # a defined error is fine; anything else is a bug
