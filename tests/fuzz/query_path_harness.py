@@ -61,9 +61,12 @@ class _ScriptedPool(FakePool):
             return data, None
         try:
             return await super().exchange(question, cd, do, deadline)
-        except (dnslib.DNSError, UnicodeError):
-            # FakePool builds replies with dnslib from the name's text: it knows only named
-            # types and IDNA-encodable labels.  A limit of the fake, not of the resolver.
+        except UpstreamError:
+            raise
+        except Exception:
+            # FakePool (test code) builds replies with dnslib from the name's text: it knows
+            # only named types and text-safe labels.  Its limits are not the resolver's, so
+            # they become an upstream failure, which the resolver must handle anyway.
             raise UpstreamServfail("servfail") from None
 
 
