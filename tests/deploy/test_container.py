@@ -178,6 +178,7 @@ def derived_config(tmp_path: Path, upstream: FakeUpstream) -> tuple[Path, int, i
     data["listen"] = [f"127.0.0.1:{port}"]
     data["metrics"]["listen"] = f"127.0.0.1:{mport}"
     data["resolv_conf"] = str(resolv_conf(tmp_path, "127.0.0.1"))
+    data["cache"]["persist"]["path"] = str(tmp_path / "cache.snap")  # the image's volume, here
     if upstream.port != 53:
         data["upstreams"] = [upstream.address]
     path = tmp_path / "resolver.yaml"
@@ -255,9 +256,16 @@ def test_healthcheck_follows_metrics_listen(tmp_path, listen, url):
         healthcheck.healthz_url(str(config))
 
 
-def test_container_config_listens_on_loopback_only(tmp_path):
-    """Until client access control exists, the image must not be an open resolver: loopback only."""
+def test_container_config_is_never_an_open_resolver(tmp_path):
+    """Loopback listener, plus an explicit allow-list admitting no public client for when an
+    operator widens the listener."""
     config = load_config(str(CONTAINER_CONFIG), resolv_conf=str(resolv_conf(tmp_path, "192.0.2.53")))
     for address in config.listen:
         assert ipaddress.ip_address(address.host).is_loopback, address
+    assert "allow:" in CONTAINER_CONFIG.read_text()  # explicit, not the implicit default
+    for net in config.security.allow:
+        network = ipaddress.ip_network(net)
+        assert network.prefixlen > 0, net
+        assert network.is_private or network.is_loopback, net
+    assert config.cache.persist.path.startswith("/var/lib/resolver/")  # the image's state volume
     assert parse_address("0.0.0.0:9153", "x") == config.metrics.listen  # scraped on the pod IP

@@ -168,13 +168,14 @@ def test_address_in_use_exits_1_with_a_message(tmp_path, fake_upstream):
     assert "cannot start" in out.stderr and "Traceback" not in out.stderr
 
 
-def test_container_default_config_is_valid_and_loopback_only(tmp_path):
-    """The config the Dockerfile installs must load, and must not listen beyond loopback."""
+def test_container_default_config_is_valid_with_an_allow_list(tmp_path):
+    """The config the Dockerfile installs must load, and must restrict its clients."""
     from resolver.config import load_config
 
     rc = resolv_conf(tmp_path, "192.0.2.53")
     config = load_config(str(REPO / "config" / "container.yaml"), resolv_conf=str(rc))
     assert [str(a) for a in config.listen] == ["127.0.0.1:53"]
+    assert "0.0.0.0/0" not in config.security.allow
     assert [u.label for u in config.upstreams] == ["udp://192.0.2.53:53"]
     dockerfile = (REPO / "Dockerfile").read_text()
     assert "COPY config/container.yaml /etc/resolver/resolver.yaml" in dockerfile
