@@ -61,6 +61,7 @@ class UpstreamPool:
         self.epoch = 0
         self.probes: Counter = Counter()         # (label, "ok" | "fail") -> background probes
         self.on_down = None                      # callback(pool, upstream) when one is marked down
+        self.on_up = None                        # callback() when an upstream comes back (Router's epoch)
         self.hedges = 0                          # second upstreams asked because the first was slow
         self._turn = 0                           # round_robin position
 
@@ -194,6 +195,8 @@ class UpstreamPool:
             log.warning("upstream %s is back up", upstream.label,
                         extra={"event": "upstream_up", "upstream": upstream.label})
             self.epoch += 1
+            if self.on_up is not None:
+                self.on_up()
             h.recovered_at = asyncio.get_running_loop().time()
         h.failures = 0
         h.backoff = 0.0

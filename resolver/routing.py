@@ -38,6 +38,14 @@ class Router:
         for pool in self.zones.values():
             if all(pool is not p for p in self.pools):
                 self.pools.append(pool)
+        # A plain attribute, bumped when any group's upstream recovers: the hit path
+        # compares it with an entry's recheck epoch, and must not pay for a merge.
+        self.epoch = sum(getattr(pool, "epoch", 0) for pool in self.pools)
+        for pool in self.pools:
+            pool.on_up = self._recovered
+
+    def _recovered(self) -> None:
+        self.epoch += 1
 
     def pool_for(self, qname: bytes) -> UpstreamPool:
         """The group for a lower-case wire name: longest matching zone, else the default.

@@ -95,3 +95,18 @@ def test_router_reads_as_one_pool_for_metrics_and_logs():
         router.all_down  # per-group meaning: not merged
     with pytest.raises(AttributeError):
         router.options
+
+
+def test_router_epoch_is_a_plain_attribute_bumped_by_any_group():
+    """The hit path compares entry.recheck_epoch with pool.epoch on every stale hit: on a
+    Router it must be a plain attribute (no merge per read), bumped when any group recovers."""
+    from resolver.config import UpstreamOptions
+    from resolver.pool import UpstreamPool
+    from resolver.routing import Router
+
+    a, b = UpstreamPool([], UpstreamOptions()), UpstreamPool([], UpstreamOptions())
+    router = Router(a, {b"\x04corp\x00": b})
+    assert "epoch" in vars(router) and router.epoch == 0
+    b.on_up()
+    a.on_up()
+    assert router.epoch == 2
