@@ -207,3 +207,13 @@ def test_podmonitor_selects_the_resolver_pods_by_port_name():
             assert endpoint_ports <= {p.get("name") for p in container["ports"]}
     for endpoint in monitor["spec"]["podMetricsEndpoints"]:
         assert SERVED.handle("GET", endpoint["path"])[0] == 200
+
+
+@pytest.mark.parametrize("name, doc, docs", WORKLOADS_FOUND, ids=IDS)
+def test_cache_snapshot_lives_on_the_writable_state_volume(name, doc, docs, tmp_path):
+    """cache.persist must point into the writable state volume (the root filesystem is read-only)."""
+    for container in resolver_containers(pod_spec(doc)):
+        config, _ = embedded_config(doc, docs, container, tmp_path)
+        path = config.cache.persist.path
+        writable = [m["mountPath"] for m in container["volumeMounts"] if not m.get("readOnly")]
+        assert path and any(path.startswith(mount + "/") for mount in writable), (path, writable)

@@ -202,3 +202,16 @@ def test_exec_start_without_the_capability_cannot_bind_port_53(tmp_path):
     assert "answer" not in result
     assert result["exit"] == 1, result
     assert "cannot start" in result["stderr"]
+
+
+def test_host_config_keeps_its_snapshot_in_the_state_directory():
+    """StateDirectory=resolver is the only writable place under ProtectSystem=strict."""
+    import yaml
+
+    from resolver.config import parse_config
+
+    data = yaml.safe_load((REPO / "deploy" / "systemd" / "resolver.yaml").read_text())
+    data["upstreams"] = ["192.0.2.53"]
+    unit = (REPO / "deploy" / "systemd" / "resolver.service").read_text()
+    assert "StateDirectory=resolver" in unit
+    assert parse_config(data).cache.persist.path.startswith("/var/lib/resolver/")
