@@ -7,6 +7,7 @@ fake clock or ephemeral ports and drive it through ``start()`` / ``stop()``.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from importlib import metadata
 
@@ -36,6 +37,7 @@ from .upstream import Upstream
 log = logging.getLogger("resolver")
 
 SWEEP_INTERVAL = 10.0
+FREEZE_MIN_ENTRIES = 50_000  # below this, full collections are cheap enough
 UNSTEER_AFTER = 30.0  # seconds (plus twice the grace) after start: a predecessor's handover is over
 
 
@@ -92,6 +94,7 @@ class App:
         self.ready = False
         self._sweeper: asyncio.Task | None = None
         self._hosts_watch: asyncio.Task | None = None
+        self._frozen_at = 0  # cache size at the last gc.freeze()
 
     async def start(self) -> None:
         """Bind everything; raises OSError if an address cannot be bound.
@@ -185,5 +188,24 @@ class App:
             try:
                 self.cache.sweep(self.clock.monotonic())
                 self.episodes.tick()  # "serving stale" start/end log lines
+                self.freeze_long_lived()
             except Exception:  # background task boundary
                 log.exception("cache sweep failed")
+
+    def freeze_long_lived(self) -> bool:
+        """Move the grown cache out of the garbage collector's full passes.
+
+        Each full collection walks every tracked object, so with a large cache it
+        costs ~0.5 µs per entry (a 0.6 s stall at 1M entries, measured by the bench
+        while filling).  Cache entries hold no reference cycles, so once frozen they
+        are still freed by reference counting when evicted; one collection first keeps
+        cyclic garbage out of the frozen set.  Done only when the cache has grown by a
+        quarter since the last freeze, so it runs O(log n) times while filling.
+        """
+        size = len(self.cache)
+        if size < FREEZE_MIN_ENTRIES or size < self._frozen_at * 1.25:
+            return False
+        gc.collect()
+        gc.freeze()
+        self._frozen_at = size
+        return True
