@@ -170,12 +170,14 @@ SERVER_CPU = CLIENT_CPU = None  # set in main()
 QUIET_WAIT = 0.0                 # --quiet-wait
 
 
-def measured(server: Server, work) -> dict:
+def measured(server: Server, work, cores: list[int] | None = None) -> dict:
     """Run ``work()`` and add the server's CPU seconds, RSS and socket drops to its result.
 
-    Also how busy the two CPUs were with anything else (other users of a shared box):
-    ``foreign_server_core`` is the share of wall time the server's core spent on other
-    work; above a few percent the run was disturbed."""
+    Also how busy the CPUs were with anything else (other users of a shared box):
+    ``foreign_server_core`` is the share of wall time the server's core(s) spent on other
+    work; above a few percent the run was disturbed.  ``cores``: the server's cores
+    (default: the one server CPU)."""
+    cores = cores or [SERVER_CPU]
     if not server.alive():
         raise RuntimeError(f"{server.name} has exited (rc {server.proc.returncode}); log:\n{server.log_tail()}")
     quiet_before = wait_for_quiet(QUIET_WAIT) if QUIET_WAIT > 0 else None
@@ -186,12 +188,13 @@ def measured(server: Server, work) -> dict:
         raise RuntimeError(f"{server.name} died during the test (rc {server.proc.returncode}); log:\n{server.log_tail()}")
     cpu = cpu1 - cpu0
     result["server_cpu_s"] = round(cpu, 3)
-    result["server_cpu_util"] = round(cpu / (t1 - t0), 3) if t1 > t0 else None
+    result["server_cpu_util"] = round(cpu / (t1 - t0) / len(set(cores)), 3) if t1 > t0 else None
     result["qps_per_cpu_s"] = result["completed"] / cpu if cpu > 0 else None
     result["rss_bytes"] = server.rss()
     result["rcvbuf_drops"] = snmp1.get("RcvbufErrors", 0) - snmp0.get("RcvbufErrors", 0)
     wall = max(t1 - t0, 1e-9)
-    result["foreign_server_core"] = round(max(0.0, busy1[SERVER_CPU] - busy0[SERVER_CPU] - cpu) / wall, 3)
+    others = sum(busy1[c] - busy0[c] for c in set(cores)) - cpu
+    result["foreign_server_core"] = round(max(0.0, others) / wall / len(set(cores)), 3)
     result["client_core_busy"] = round((busy1[CLIENT_CPU] - busy0[CLIENT_CPU]) / wall, 3)
     result["server_core_busy_before"] = None if quiet_before is None else round(quiet_before, 3)
     return result
@@ -400,6 +403,53 @@ class Bench:
             self.check_log(server)
             self.stop(server)
 
+    # ---- e. workers
+    def test_workers(self, nsd: Server) -> None:
+        """Cache-hit floods against `workers: k` for k = 1, 2, 4 …, k workers on k cores."""
+        if not servers.resolver_supports("workers: 2\n", self.work):
+            self.results["tests"]["workers"] = {"resolver": "n/a (workers not implemented)"}
+            return
+        cores = [c for c in self.args.cpus if c != self.cpu_client]
+        forced = self.args.workers_force and len(cores) < 2
+        if len(cores) < 2 and not forced:
+            self.results["tests"]["workers"] = {"resolver": f"n/a (needs ≥ 3 CPUs, has {len(self.args.cpus)})"}
+            self.notes.append("e. workers: resolver has `workers`, but measuring its scaling needs at least "
+                              "3 CPUs (one for dnsperf, two or more for workers); see bench/README.md")
+            return
+        limit = min(self.args.workers_max or 8, 2 if forced else len(cores))
+        ks = [k for k in (1, 2, 4, 8, 16, 32) if k <= limit]
+        log(f"e. workers scaling: workers = {', '.join(map(str, ks))}"
+            + (" (forced: all on one CPU, oversubscribed)" if forced else ""))
+        out = {}
+        for k in ks:
+            mine = [cores[0]] if forced else cores[:k]
+            server = self.start(servers.start_resolver, self.work, nsd.port, ",".join(map(str, mine)),
+                                name=f"resolver-w{k}", extra=f"workers: {k}\n", metrics=False)
+            clients = 4 * k  # SO_REUSEPORT spreads client sockets over the workers
+            try:
+                time.sleep(1.0)  # all workers up
+                for _ in range(3):  # each worker keeps its own cache; each client socket maps to one worker
+                    dnsperf(server.port, self.hits_file, self.cpu_client, once=True, outstanding=50 * k,
+                            clients=clients)
+                runs = []
+                for run in range(self.args.runs):
+                    res = measured(server, lambda s=server: dnsperf(
+                        s.port, self.hits_file, self.cpu_client, duration=self.args.duration,
+                        outstanding=HIT_OUTSTANDING * k, clients=clients), cores=mine)
+                    runs.append(res)
+                    log(f"   workers {k} run {run + 1}: {res['qps']:.0f} qps, {res['server_cpu_s']:.2f} CPU-s, "
+                        f"{fmt_int(res['qps_per_cpu_s'])} q/CPU-s, server cores {res['server_cpu_util']:.0%} busy"
+                        f"{disturbed(res)}")
+                out[str(k)] = {**summarize(runs), "cpus": mine}
+            finally:
+                self.check_log(server)
+                self.stop(server)
+        base = out["1"]["median"]["qps"]
+        for k, entry in out.items():
+            qps = entry["median"]["qps"]
+            entry["scaling_efficiency"] = qps / (int(k) * base) if base else None
+        self.results["tests"]["workers"] = {"resolver": out, "forced_on_one_cpu": forced}
+
     # ---- f. memory
     def fill(self, server: Server, datafile: Path, target: int, count, budget: float) -> dict:
         """Query every name in ``datafile`` (up to 3 passes, at most ``budget`` seconds in all)
@@ -518,7 +568,8 @@ class Bench:
             self.test_misses(nsd)
         if "stale" not in a.skip:
             self.test_stale(nsd)
-        self.results["tests"]["workers"] = {"resolver": "n/a (workers not implemented)"}
+        if "workers" not in a.skip:
+            self.test_workers(nsd)
         if "memory" not in a.skip:
             self.test_memory(nsd)
         if "startup" not in a.skip:
@@ -618,8 +669,24 @@ def report(results: dict) -> str:
             rows.append(["d. serve-stale (recheck timer)", "**stale/resolver hits (test a)**",
                          ratio(s.get("qps"), h.get("qps")), ratio(s.get("qps_per_cpu_s"), h.get("qps_per_cpu_s")),
                          "", "", "", "", ""])
-    rows.append(["e. workers scaling", "resolver", "n/a (workers not implemented)", "", "", "", "", "", ""])
-    out += [md_table(head, rows), ""]
+    workers = t.get("workers", {}).get("resolver")
+    if isinstance(workers, str):
+        rows.append(["e. workers scaling", "resolver", workers, "", "", "", "", "", ""])
+    if rows:
+        out += [md_table(head, rows), ""]
+    if isinstance(workers, dict):
+        forced = t["workers"].get("forced_on_one_cpu")
+        out += ["**e. Workers scaling** (cache-hit flood, k workers pinned to k cores, dnsperf on CPU "
+                f"{meta['client_cpu']}; efficiency = QPS(k) / (k × QPS(1)))"
+                + (" — FORCED onto one CPU: exercises the code only, not a measurement" if forced else ""),
+                "",
+                md_table(["workers", "cores", "QPS", "QPS per server CPU-s", "server cores busy", "efficiency",
+                          "RSS (all processes)"],
+                         [[k, ",".join(map(str, v["cpus"])), fmt_int(v["median"].get("qps")),
+                           fmt_int(v["median"].get("qps_per_cpu_s")),
+                           f"{v['median']['server_cpu_util'] * 100:.0f}%" if v["median"].get("server_cpu_util") else "—",
+                           f"{v['scaling_efficiency']:.2f}" if v.get("scaling_efficiency") else "—",
+                           fmt_mib(v["median"].get("rss_bytes"))] for k, v in workers.items()]), ""]
 
     if "memory" in t:
         mem_rows = []
@@ -639,6 +706,7 @@ def report(results: dict) -> str:
                 md_table(["server", "median", "runs"],
                          [[n, f"{v['median']['first_answer_ms']:.0f} ms" if v["median"]["first_answer_ms"] else "—",
                            ", ".join(f"{x:.0f}" for x in v["runs_ms"])] for n, v in st.items()]), ""]
+    notes = list(results.get("notes", []))
     disturbed_tests = []
     for test, per_server in t.items():
         if isinstance(per_server, dict):
@@ -646,12 +714,12 @@ def report(results: dict) -> str:
                 if isinstance(entry, dict) and entry.get("disturbed_runs"):
                     disturbed_tests.append(f"{test}/{server} {entry['disturbed_runs']} of {len(entry['runs'])}")
     if disturbed_tests:
-        results.setdefault("notes", []).append(
+        notes.append(
             f"runs during which other processes used more than {DISTURBED:.0%} of the server's core "
             f"(a shared machine): {', '.join(disturbed_tests)}; load average {meta['loadavg_start'][0]:.1f} "
             f"at start, {meta['loadavg_end'][0]:.1f} at end")
-    if results.get("notes"):
-        out += ["Notes:", ""] + [f"- {n}" for n in results["notes"]] + [""]
+    if notes:
+        out += ["Notes:", ""] + [f"- {n}" for n in notes] + [""]
     return "\n".join(out)
 
 
@@ -691,7 +759,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--server-cpu", type=int, default=1, help="CPU the server under test is pinned to")
     p.add_argument("--client-cpu", type=int, default=0, help="CPU for dnsperf, the latency client and NSD")
     p.add_argument("--skip", action="append", default=[],
-                   choices=["hits", "latency", "misses", "stale", "memory", "startup"], help="skip a test")
+                   choices=["hits", "latency", "misses", "stale", "workers", "memory", "startup"], help="skip a test")
+    p.add_argument("--workers-max", type=int, default=0, metavar="K",
+                   help="largest `workers` value to test (default: the CPUs left after the client's, up to 8)")
+    p.add_argument("--workers-force", action="store_true",
+                   help="run the workers test even with only 2 CPUs (1 and 2 workers share the server CPU: "
+                        "checks the code path, measures nothing)")
     p.add_argument("--quiet-wait", type=float, default=5.0, metavar="S",
                    help="before each load run, wait up to S seconds for other processes to leave the "
                         "server's CPU alone (default 5; 0 = don't wait)")
@@ -699,6 +772,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="run this script and everything it starts at nice level N (e.g. -10 on a shared "
                         "machine to take CPU from other users' processes; needs root; default 0)")
     p.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    p.add_argument("--report", metavar="JSON", help="only print the Markdown report of a saved run "
+                   "(e.g. bench/results/latest.json)")
     args = p.parse_args(argv)
     args.runs = args.runs or (1 if args.quick else 3)
     args.duration = args.duration or (5.0 if args.quick else 10.0)
@@ -709,11 +784,14 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.report:  # re-print the Markdown report of an earlier run
+        print(report(json.loads(Path(args.report).read_text())))
+        return 0
     for tool in ("nsd", "unbound", "unbound-control", "dnsperf", "taskset", "/usr/sbin/dnsmasq"):
         if not shutil.which(tool):
             print(f"bench: {tool} not found (apt-get install nsd unbound dnsmasq-base dnsperf)", file=sys.stderr)
             return 2
-    cpus = sorted(os.sched_getaffinity(0))
+    cpus = args.cpus = sorted(os.sched_getaffinity(0))
     if args.server_cpu not in cpus or args.client_cpu not in cpus or args.server_cpu == args.client_cpu:
         print(f"bench: need two distinct usable CPUs (have {cpus}); see --server-cpu/--client-cpu", file=sys.stderr)
         return 2
@@ -742,6 +820,7 @@ def main(argv=None) -> int:
     finally:
         bench.stop_all()
         logs = RESULTS / "logs"
+        shutil.rmtree(logs, ignore_errors=True)  # only this run's logs
         logs.mkdir(parents=True, exist_ok=True)
         for f in workdir.glob("*.log"):
             shutil.copy(f, logs / f.name)

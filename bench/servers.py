@@ -118,12 +118,13 @@ def free_port() -> int:
 class Server:
     """One started server process (group), its port, its log."""
 
-    def __init__(self, name: str, argv: list[str], port: int, workdir: Path, cpu: int | None):
+    def __init__(self, name: str, argv: list[str], port: int, workdir: Path, cpu: int | str | None):
         self.name = name
         self.port = port
         self.log_path = workdir / f"{name}.log"
         if cpu is not None:
             argv = ["taskset", "-c", str(cpu), *argv]  # taskset execs: the PID is the server's
+            # (``cpu`` may be a taskset list such as "1-3" for a resolver with workers)
         self.argv = argv
         self._log = open(self.log_path, "wb")
         self.started = time.monotonic()
@@ -138,10 +139,12 @@ class Server:
         return self.proc.poll() is None
 
     def cpu(self) -> float:
-        return cpu_seconds(self.pid)
+        """CPU seconds of the whole process group (a resolver with workers is several processes)."""
+        return sum(_quiet(cpu_seconds, pid, 0.0) for pid in group_members(self.pid))
 
     def rss(self) -> int:
-        return rss_bytes(self.pid)
+        """Resident memory of the process group (shared pages of forked workers counted per process)."""
+        return sum(_quiet(rss_bytes, pid, 0) for pid in group_members(self.pid))
 
     def log_tail(self, lines: int = 30) -> str:
         try:
@@ -161,10 +164,11 @@ class Server:
             pass
 
     def stop(self, grace: float = 5.0) -> None:
-        """SIGTERM the process group, then SIGKILL whatever is left after ``grace``."""
+        """SIGTERM the leader (NSD and resolver's supervisor stop their own children), then
+        SIGKILL whatever is left of the process group after ``grace``."""
         if self.proc.returncode is None:
             self.signal_group(signal.SIGCONT)  # a stopped process cannot act on SIGTERM
-            self.proc.terminate()  # the leader first: NSD stops and reaps its own children
+            self.proc.terminate()
             try:
                 self.proc.wait(grace)
             except subprocess.TimeoutExpired:
@@ -191,6 +195,13 @@ class Server:
                 except ChildProcessError:  # not ours (no subreaper): nothing more we can do
                     pass
             time.sleep(0.02)
+
+
+def _quiet(fn, pid: int, default):
+    try:
+        return fn(pid)
+    except (OSError, ValueError, IndexError):  # the process went away meanwhile
+        return default
 
 
 def group_members(pgid: int) -> list[int]:
@@ -341,23 +352,43 @@ def start_dnsmasq(workdir: Path, nsd_port: int, cpu: int | None, name: str = "dn
     return server
 
 
-def write_resolver_config(path: Path, port: int, nsd_port: int, metrics_port: int, max_entries: int,
+# Only if this version of resolver knows the key (its configuration is strict): dnsperf
+# is one client address standing in for many clients, so the per-client cap on cache
+# misses in flight (a defence against one hostile client) would drop its queries.
+PER_CLIENT_OVERRIDE = "security:\n  max_inflight_per_client: 4096\n"
+_supported: dict[str, bool] = {}
+
+
+def resolver_supports(snippet: str, workdir: Path) -> bool:
+    """Does ``python -m resolver --check-config`` accept this YAML (added to a minimal config)?"""
+    if snippet not in _supported:
+        path = workdir / "check.yaml"
+        path.write_text(f'listen: ["{LOOPBACK}:{free_port()}"]\nupstreams: ["{LOOPBACK}:53"]\n{snippet}')
+        proc = subprocess.run([sys.executable, "-m", "resolver", "--config", str(path), "--check-config"],
+                              capture_output=True, text=True, timeout=60, cwd=workdir)
+        _supported[snippet] = proc.returncode == 0
+    return _supported[snippet]
+
+
+def write_resolver_config(path: Path, port: int, nsd_port: int, metrics_port: int | None, max_entries: int,
                           extra: str = "") -> None:
+    metrics = (f'metrics:\n  enabled: true\n  listen: "{LOOPBACK}:{metrics_port}"\n' if metrics_port
+               else "metrics:\n  enabled: false\n")
+    security = PER_CLIENT_OVERRIDE if resolver_supports(PER_CLIENT_OVERRIDE, path.parent) else ""
     path.write_text(f"""listen: ["{LOOPBACK}:{port}"]
 upstreams: ["{LOOPBACK}:{nsd_port}"]
 cache:
   max_entries: {max_entries}
-metrics:
-  enabled: true
-  listen: "{LOOPBACK}:{metrics_port}"
-logging:
+{metrics}{security}logging:
   level: info
 {extra}""")
 
 
-def start_resolver(workdir: Path, nsd_port: int, cpu: int | None, name: str = "resolver",
-                   max_entries: int = 1_100_000, extra: str = "", wait: bool = True) -> Server:
-    port, metrics_port = free_port(), free_port()
+def start_resolver(workdir: Path, nsd_port: int, cpu: int | str | None, name: str = "resolver",
+                   max_entries: int = 1_100_000, extra: str = "", wait: bool = True,
+                   metrics: bool = True) -> Server:
+    port = free_port()
+    metrics_port = free_port() if metrics else None
     conf = workdir / f"{name}.yaml"
     write_resolver_config(conf, port, nsd_port, metrics_port, max_entries, extra)
     argv = [sys.executable, "-m", "resolver", "--config", str(conf)]
