@@ -298,6 +298,16 @@ class Pipeline:
             return self._render_stale(q, entry, limit, "upstreams_down")
 
         stats.cache_misses += 1
+        if action == stale_policy.RESOLVE and q.key not in self.inflight:
+            # Nothing to fall back on and nobody asking yet: this task fetches itself
+            # (no second task, no shield: the cheapest miss); others join it.
+            try:
+                fresh = await self._lead(q)
+            except lkg.LastKnownGoodHeld as e:
+                return self._render_stale(q, e.entry, limit, e.reason, e.ede_text)
+            except UpstreamError as e:
+                return self._servfail(data, q, e)
+            return self._render(q, fresh, fresh.body, limit, Source.UPSTREAM)
         fetch = self._fetch(q)
         if action == stale_policy.RESOLVE_OR_STALE and self.stale.client_timeout == 0:
             # Answer-first mode: stale at once; the fetch refreshes the cache behind it.
@@ -322,12 +332,15 @@ class Pipeline:
         except lkg.LastKnownGoodHeld as e:
             return self._render_stale(q, e.entry, limit, e.reason, e.ede_text)
         except UpstreamError as e:
-            stats.servfail_upstream += 1
-            self._sent(Source.LOCAL, wire.SERVFAIL)
-            code = wire.EDE_NETWORK_ERROR if e.reason == "unreachable" else wire.EDE_NO_REACHABLE_AUTHORITY
-            return wire.error_reply(data, wire.SERVFAIL, q.qend, edns=q.edns, udp_size=self.edns_size,
-                                    ede=wire.ede_option(code))
+            return self._servfail(data, q, e)
         return self._render(q, fresh, fresh.body, limit, Source.UPSTREAM)
+
+    def _servfail(self, data: bytes, q: wire.Query, e: UpstreamError) -> bytes:
+        self.stats.servfail_upstream += 1
+        self._sent(Source.LOCAL, wire.SERVFAIL)
+        code = wire.EDE_NETWORK_ERROR if e.reason == "unreachable" else wire.EDE_NO_REACHABLE_AUTHORITY
+        return wire.error_reply(data, wire.SERVFAIL, q.qend, edns=q.edns, udp_size=self.edns_size,
+                                ede=wire.ede_option(code))
 
     def _aged(self, entry: Entry, now: float) -> bytes:
         sec = int(now)
@@ -360,6 +373,34 @@ class Pipeline:
         self.inflight[key] = task
         task.add_done_callback(lambda t, key=key: self._fetch_done(key, t))
         return task
+
+    async def _lead(self, q: wire.Query) -> Entry:
+        """Run the upstream fetch for ``q`` in the calling task; clients asking the
+        same question meanwhile join it through a future in the in-flight map.
+
+        Only for a client that waits for the fetch anyway (a plain miss: nothing
+        stale to answer after client_timeout); saves the fetch task and the shield
+        that ``_fetch`` costs.  The refresh's outcome goes to the joiners as is; if
+        the leading task is cancelled (shutdown), they get an upstream error.
+        """
+        key = q.key
+        loop = asyncio.get_running_loop()
+        joined = loop.create_future()
+        joined.started = loop.time()
+        self.inflight[key] = joined
+        try:
+            fresh = await self._refresh(key, q.qname.lower() + q.question[-4:], bool(q.cd), q.do)
+        except BaseException as e:
+            if not joined.done():
+                joined.set_exception(e if isinstance(e, UpstreamError) else UpstreamError("fetch cancelled"))
+                joined.exception()  # retrieved: each joiner handles it; nobody else must log it
+            raise
+        else:
+            joined.set_result(fresh)
+            return fresh
+        finally:
+            if self.inflight.get(key) is joined:
+                del self.inflight[key]
 
     def _prefetch(self, key: bytes) -> None:
         """Refresh a popular entry before it expires (the last ``cache.prefetch`` of its TTL).
