@@ -15,7 +15,7 @@ import signal
 import sys
 
 from . import reload as live_reload
-from .app import App, version
+from .app import App, tune_gc, version
 from .config import WORKERS_AUTO, Config, load_config
 from .errors import ConfigError
 from .supervisor import Supervisor, usable_cores
@@ -82,6 +82,7 @@ async def serve(config: Config, stop_event: asyncio.Event | None = None, *, conf
         log.error("cannot start: %s", e)
         await app.stop(0)
         return 1
+    tune_gc()
     stop = stop_event or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
