@@ -38,6 +38,9 @@ TYPE_RRSIG, TYPE_NSEC, TYPE_NSEC3, TYPE_ANY = 46, 47, 50, 255
 _AUTHORITY_PROOFS = frozenset({TYPE_NSEC, TYPE_NSEC3, TYPE_RRSIG})
 _AUTHORITY_ZONE = frozenset({TYPE_SOA, TYPE_NS, TYPE_DS})
 _MAX_POINTERS = 64  # compression pointers followed per name: no loops, bounded work
+_QNAME_POINTER = b"\xc0\x0c"  # compression pointer to offset 12: the question's name
+_COUNTS = struct.Struct(">HH")
+_RR_FIXED = struct.Struct(">HHIH")
 
 
 def randomize_case(question: bytes) -> bytes:
@@ -110,24 +113,35 @@ def scrub(reply: bytes, question: bytes) -> tuple[bytes, int]:
     otherwise it is re-encoded with dnslib, which re-compresses names, because cut
     records may be the targets of later compression pointers.
     """
-    an, ns = struct.unpack_from(">HH", reply, 6)
+    an, ns = _COUNTS.unpack_from(reply, 6)
     qname = question[:-4].lower()
-    qtype = struct.unpack_from(">H", question, len(question) - 4)[0]
+    qtype = (question[-4] << 8) | question[-3]
     off = 12 + len(question)
+    size = len(reply)
     records = []  # (section, owner, rtype, target name for CNAME/DNAME or None)
+    plain = True  # so far only records of the queried type owned by the query name
     for i in range(an + ns):
-        owner, off = _read_name(reply, off)
-        if off + 10 > len(reply):
+        if reply.startswith(_QNAME_POINTER, off):  # the usual owner: a pointer to the question's name
+            owner = qname
+            off += 2
+        else:
+            owner, off = _read_name(reply, off)
+            plain = False
+        if off + 10 > size:
             raise UpstreamBadResponse("malformed reply: record header truncated")
-        rtype, _rclass, _ttl, rdlen = struct.unpack_from(">HHIH", reply, off)
+        rtype, _rclass, _ttl, rdlen = _RR_FIXED.unpack_from(reply, off)
         off += 10
         target = None
-        if rtype in (TYPE_CNAME, TYPE_DNAME) and i < an and rdlen:
-            target, _ = _read_name(reply, off)
+        if rtype != qtype or i >= an:
+            plain = False
+            if rtype in (TYPE_CNAME, TYPE_DNAME) and i < an and rdlen:
+                target, _ = _read_name(reply, off)
         off += rdlen
-        if off > len(reply):
+        if off > size:
             raise UpstreamBadResponse("malformed reply: record data truncated")
         records.append((0 if i < an else 1, owner, rtype, target))
+    if plain:  # the common answer: nothing can be unrelated, skip the chain analysis
+        return reply, 0
 
     # The CNAME chain from the query name, in whatever order the records came.
     chain = {qname}

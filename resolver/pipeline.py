@@ -31,6 +31,7 @@ import contextvars
 import logging
 import math
 
+from .aio import running_loop
 from . import last_known_good as lkg
 from . import stale as stale_policy
 from .stale_rules import StaleRules
@@ -228,7 +229,7 @@ class Pipeline:
         Times the answer for the request-duration histogram, by the source that
         ``_answer`` reported (``_sent``), and feeds the sampled query log.
         """
-        loop = asyncio.get_running_loop()
+        loop = running_loop()
         started = loop.time()
         token = _SENT.set(None)
         try:
@@ -298,15 +299,33 @@ class Pipeline:
             return self._render_stale(q, entry, limit, "upstreams_down")
 
         stats.cache_misses += 1
-        if action == stale_policy.RESOLVE and q.key not in self.inflight:
+        key = q.key
+        if action == stale_policy.RESOLVE and key not in self.inflight:
             # Nothing to fall back on and nobody asking yet: this task fetches itself
-            # (no second task, no shield: the cheapest miss); others join it.
+            # (no fetch task, no shield: the cheapest miss, measured); clients asking
+            # the same question meanwhile join through a future in the in-flight map,
+            # which gets the outcome as is — an upstream error if this task is
+            # cancelled (shutdown).  Inline, not a method: a coroutine frame less.
+            loop = running_loop()
+            joined = loop.create_future()
+            joined.started = loop.time()
+            inflight = self.inflight
+            inflight[key] = joined
             try:
-                fresh = await self._lead(q)
-            except lkg.LastKnownGoodHeld as e:
-                return self._render_stale(q, e.entry, limit, e.reason, e.ede_text)
-            except UpstreamError as e:
-                return self._servfail(data, q, e)
+                fresh = await self._refresh(key, wire.key_question(key), bool(q.cd), q.do)
+            except BaseException as e:
+                joined.set_exception(e if isinstance(e, UpstreamError) else UpstreamError("fetch cancelled"))
+                joined.exception()  # retrieved: each joiner handles it; nobody else must log it
+                if isinstance(e, lkg.LastKnownGoodHeld):
+                    return self._render_stale(q, e.entry, limit, e.reason, e.ede_text)
+                if isinstance(e, UpstreamError):
+                    return self._servfail(data, q, e)
+                raise
+            else:
+                joined.set_result(fresh)
+            finally:
+                if inflight.get(key) is joined:
+                    del inflight[key]
             return self._render(q, fresh, fresh.body, limit, Source.UPSTREAM)
         fetch = self._fetch(q)
         if action == stale_policy.RESOLVE_OR_STALE and self.stale.client_timeout == 0:
@@ -317,7 +336,7 @@ class Pipeline:
             # fetch goes on in the background and repairs the cache if it succeeds.
             # The timer runs from the start of the fetch: a client that joins a
             # fetch which has already outlived client_timeout is answered at once.
-            wait = self.stale.client_timeout - (asyncio.get_running_loop().time() - fetch.started)
+            wait = self.stale.client_timeout - (running_loop().time() - fetch.started)
             try:
                 async with asyncio.timeout(max(0.0, wait)):
                     fresh = await asyncio.shield(fetch)
@@ -364,43 +383,15 @@ class Pipeline:
         if task is not None:
             self.stats.coalesced += 1
             return task
-        return self._start_fetch(q.key, q.qname.lower() + q.question[-4:], bool(q.cd), q.do)
+        return self._start_fetch(q.key, wire.key_question(q.key), bool(q.cd), q.do)
 
     def _start_fetch(self, key: bytes, upstream_question: bytes, cd: bool, do: bool) -> asyncio.Task:
-        loop = asyncio.get_running_loop()
+        loop = running_loop()
         task = loop.create_task(self._refresh(key, upstream_question, cd, do))
         task.started = loop.time()
         self.inflight[key] = task
         task.add_done_callback(lambda t, key=key: self._fetch_done(key, t))
         return task
-
-    async def _lead(self, q: wire.Query) -> Entry:
-        """Run the upstream fetch for ``q`` in the calling task; clients asking the
-        same question meanwhile join it through a future in the in-flight map.
-
-        Only for a client that waits for the fetch anyway (a plain miss: nothing
-        stale to answer after client_timeout); saves the fetch task and the shield
-        that ``_fetch`` costs.  The refresh's outcome goes to the joiners as is; if
-        the leading task is cancelled (shutdown), they get an upstream error.
-        """
-        key = q.key
-        loop = asyncio.get_running_loop()
-        joined = loop.create_future()
-        joined.started = loop.time()
-        self.inflight[key] = joined
-        try:
-            fresh = await self._refresh(key, q.qname.lower() + q.question[-4:], bool(q.cd), q.do)
-        except BaseException as e:
-            if not joined.done():
-                joined.set_exception(e if isinstance(e, UpstreamError) else UpstreamError("fetch cancelled"))
-                joined.exception()  # retrieved: each joiner handles it; nobody else must log it
-            raise
-        else:
-            joined.set_result(fresh)
-            return fresh
-        finally:
-            if self.inflight.get(key) is joined:
-                del self.inflight[key]
 
     def _prefetch(self, key: bytes) -> None:
         """Refresh a popular entry before it expires (the last ``cache.prefetch`` of its TTL).
@@ -412,12 +403,12 @@ class Pipeline:
         if key in self.inflight:
             return
         try:
-            asyncio.get_running_loop()
+            running_loop()
         except RuntimeError:  # no loop (a synchronous caller such as a benchmark): skip
             return
         # The key is the flag byte (if any) + the question with the name lower-cased.
         flags = key[0] & 0x7F if key[0] & wire.KEY_FLAGGED else -1
-        question = key[1:] if flags >= 0 else key
+        question = wire.key_question(key)
         if self.pool.known_down(question[:-4]):
             return
         self.stats.prefetches += 1
@@ -437,7 +428,7 @@ class Pipeline:
 
     async def _refresh(self, key: bytes, question: bytes, cd: bool, do: bool) -> Entry:
         """Ask upstream and store the answer.  Returns the (possibly uncached) entry."""
-        loop = asyncio.get_running_loop()
+        loop = running_loop()
         deadline = loop.time() + self.config.upstream.total_timeout
         try:
             reply, _upstream = await self.pool.exchange(question, cd, do, deadline)

@@ -19,6 +19,7 @@ import asyncio
 import logging
 from collections import Counter
 
+from .aio import running_loop
 from . import upstream_policy, wire
 from .config import UpstreamOptions
 from .errors import UpstreamError, UpstreamServfail, UpstreamTimeout
@@ -79,7 +80,7 @@ class UpstreamPool:
         Returns (reply, upstream).  A reply with SERVFAIL/REFUSED from every tried
         upstream raises UpstreamServfail; silence raises UpstreamTimeout; etc.
         """
-        loop = asyncio.get_running_loop()
+        loop = running_loop()
         order = self._order(loop.time())
         if len(order) > 1 and self.options.hedge_after != upstream_policy.HEDGE_OFF:
             return await self._hedged(order, question, cd, do, deadline)
@@ -100,7 +101,7 @@ class UpstreamPool:
         The first usable reply wins and the other attempts are cancelled; a failed
         attempt starts the next upstream at once, as in the sequential walk.
         """
-        loop = asyncio.get_running_loop()
+        loop = running_loop()
         pending: dict[asyncio.Task, Upstream] = {}
         last_error: UpstreamError | None = None
         nxt = 0
@@ -147,7 +148,7 @@ class UpstreamPool:
 
     async def _attempt(self, upstream: Upstream, question: bytes, cd: bool, do: bool, deadline: float) -> bytes:
         """One try at one upstream, with health and latency accounting; raises UpstreamError."""
-        loop = asyncio.get_running_loop()
+        loop = running_loop()
         start = loop.time()
         attempt_deadline = min(deadline, start + self.options.attempt_timeout)
         self.requests[upstream.label] += 1
@@ -197,7 +198,7 @@ class UpstreamPool:
             self.epoch += 1
             if self.on_up is not None:
                 self.on_up()
-            h.recovered_at = asyncio.get_running_loop().time()
+            h.recovered_at = running_loop().time()
         h.failures = 0
         h.backoff = 0.0
         h.down_until = 0.0

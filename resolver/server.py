@@ -18,6 +18,7 @@ import logging
 import socket
 import struct
 
+from .aio import running_loop
 from . import handover, wire
 from .acl import AccessControl
 from .config import Address, SecurityConfig, ServerConfig
@@ -63,7 +64,7 @@ class Listeners:
         self.drained_connections = 0  # taken from accept queues at close (handover)
 
     async def start(self, addresses: tuple[Address, ...]) -> None:
-        loop = asyncio.get_running_loop()
+        loop = running_loop()
         # Rate limiting costs nothing when off: the plain protocol has no check at all.
         protocol = _RateLimitedUdpProtocol if self.rrl.enabled else _UdpProtocol
         for addr in addresses:
@@ -120,7 +121,7 @@ class Listeners:
         for server in self.tcp_servers:
             for sock in server.sockets:
                 handover.steer_away(sock.fileno(), self.group_size)
-        loop = asyncio.get_running_loop()
+        loop = running_loop()
         for server in self.tcp_servers:
             for sock in server.sockets:
                 for conn in handover.accept_queued(sock.fileno()):
@@ -158,7 +159,7 @@ class Listeners:
 
     async def drain(self, grace: float) -> None:
         """Wait up to ``grace`` seconds for in-flight queries, then cancel the rest."""
-        loop = asyncio.get_running_loop()
+        loop = running_loop()
         end = loop.time() + grace
         while self.tasks and loop.time() < end:  # tasks may still be added (UDP, see close)
             await asyncio.wait(set(self.tasks), timeout=end - loop.time())
@@ -189,7 +190,7 @@ class Listeners:
             coro.close()
             self.stats.dropped_client_limit += 1
             return None
-        task = asyncio.get_running_loop().create_task(coro)
+        task = running_loop().create_task(coro)
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
         if host is not None:
@@ -247,7 +248,7 @@ class Listeners:
         pending: set[asyncio.Task] = set()
         idle = self.config.tcp_idle_timeout
         read_timeout = self.limits.tcp_read_timeout
-        loop = asyncio.get_running_loop()
+        loop = running_loop()
         try:
             while True:
                 started = False

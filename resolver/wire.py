@@ -94,6 +94,14 @@ def question_key(question: bytes, docd: int) -> bytes:
     return key_prefix(KEY_EXACT_TAIL | docd) + question[:-4].lower() + tail
 
 
+def key_question(key: bytes) -> bytes:
+    """The question a cache key stands for, as we ask it upstream (name lower-cased).
+
+    A flag byte, if any, is ≥ 0x80; an unflagged key starts with a label length
+    (≤ 63) or the root's 0, so the first byte tells them apart."""
+    return key[1:] if key[0] & KEY_FLAGGED else key
+
+
 class Query:
     """A validated client query: what the pipeline needs, nothing more."""
 
