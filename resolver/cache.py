@@ -33,7 +33,7 @@ class Entry:
         "recheck_epoch", "prefetch_after", "lkg_text",
     )
 
-    def __init__(self, prepared: wire.Prepared, now: float, max_stale: float):
+    def __init__(self, prepared: wire.Prepared, now: float, max_stale: float, tally: Cell | None = None):
         self.kind = prepared.kind
         self.rcode = prepared.rcode
         self.hdr = prepared.hdr
@@ -47,7 +47,7 @@ class Entry:
         self.aged_sec = -1
         self.aged = prepared.body
         self.stale_body = None
-        self.tally = Cell()  # hit counters; Cache.put shares a HitTally cell instead
+        self.tally = tally or Cell()  # hit counters; Cache.put passes a shared HitTally cell
         self.recheck_epoch = 0  # the upstream pool's epoch when recheck_until was set
         self.prefetch_after = self.fresh_until  # set by the pipeline (cache.prefetch); never by default
         self.lkg_text = None  # EDE extra text while held by last-known-good (answered by the slow path)
@@ -123,8 +123,7 @@ class Cache:
         prepared.hdr = intern.setdefault(prepared.hdr, prepared.hdr)
         prepared.hdr_opt = intern.setdefault(prepared.hdr_opt, prepared.hdr_opt)
         prepared.ttl_offsets = intern.setdefault(prepared.ttl_offsets, prepared.ttl_offsets)
-        entry = Entry(prepared, now, max_stale)
-        entry.tally = self.tally.cell(key, prepared.rcode)
+        entry = Entry(prepared, now, max_stale, self.tally.cell(key, prepared.rcode))
         entries = self.entries
         old = entries.get(key)
         if old is not None:

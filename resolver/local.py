@@ -80,6 +80,14 @@ def _zone_of(name: bytes, zones: dict) -> bytes | None:
     return None
 
 
+def _last_label(zone: bytes) -> bytes:
+    """The wire form of a zone's last label with the root ("\x03com\x00"); the root zone: "\x00"."""
+    off = 0
+    while zone[off] and zone[off + 1 + zone[off]]:
+        off += 1 + zone[off]
+    return zone[off:]
+
+
 class LocalAnswers:
     """The local data and the rules above; ``answer`` is called before the cache."""
 
@@ -90,6 +98,10 @@ class LocalAnswers:
         # Zone apex → kind, for one suffix walk per query: RFC 6761 localhost and block_zones.
         self.zones = {LOCALHOST: "localhost"}
         self.zones.update((zone, "blocked") for zone in config.block_zones)
+        # The zones' last labels ("\x09localhost\x00"): a name ending in none of them is
+        # in no zone, told by one bytes.endswith instead of a walk over its labels.
+        tails = {_last_label(zone) for zone in self.zones}
+        self._tails = tuple(tails) if len(tails) <= 64 else b""
         self.answers: Counter = Counter()  # kind (KINDS) → local answers sent
 
     def set_hosts(self, new: dict[bytes, dict[int, list[Record]]]) -> set[bytes]:
@@ -119,6 +131,8 @@ class LocalAnswers:
             data, kind = self._data(qname)
             if data is not None:
                 return self._from_data(q, qname, data, kind, limit, edns_size)
+        if not qname.endswith(self._tails):
+            return None
         zone = _zone_of(qname, self.zones)
         if zone is None:
             return None

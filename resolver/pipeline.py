@@ -467,6 +467,8 @@ class Pipeline:
     def _check_vanished(self, key: bytes, question: bytes, prepared: wire.Prepared) -> None:
         """Count (and under last-known-good, refuse) an empty answer replacing positive records."""
         old = self.cache.get(key)
+        if old is None:  # nothing cached: nothing can vanish (the common miss)
+            return
         verdict = self.lkg.check(old, prepared, question, self.clock.monotonic(), question in self.lkg_pins)
         if verdict is lkg.NONE:
             return

@@ -67,6 +67,8 @@ class UpstreamPool:
         self._turn = 0                           # round_robin position
 
     def _order(self, now: float) -> list[Upstream]:
+        if len(self.upstreams) == 1:  # nothing to choose: up, or down and due back soonest
+            return self.upstreams
         usable = [u for u in self.upstreams if self.health[u.label].down_until <= now]
         if usable:
             self._turn += 1

@@ -192,9 +192,10 @@ class Listeners:
             return None
         task = running_loop().create_task(coro)
         self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
-        if host is not None:
-            task.add_done_callback(lambda _t: self.limits.release_inflight(host))
+        if host is None:
+            task.add_done_callback(self.tasks.discard)
+        else:
+            task.add_done_callback(lambda t: (self.tasks.discard(t), self.limits.release_inflight(host)))
         return task
 
     def refuse_udp(self, transport, data: bytes, addr) -> None:

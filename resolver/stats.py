@@ -82,13 +82,23 @@ class HitTally:
     per entry).  The number of cells is bounded by the fixed label sets.
     """
 
-    __slots__ = ("cells",)
+    __slots__ = ("cells", "_by_wire")
 
     def __init__(self):
         self.cells: dict[tuple[str, str], Cell] = {}
+        self._by_wire: dict[tuple[bytes, int], Cell] = {}  # (qtype bytes, rcode) → cell: one lookup per put
 
     def cell(self, key: bytes, rcode: int) -> Cell:
         """The cell for a cache key (its last four bytes are qtype and qclass)."""
+        memo = (key[-4:-2], rcode)
+        cell = self._by_wire.get(memo)
+        if cell is None:
+            cell = self._cell(key, rcode)
+            if len(self._by_wire) < 1024:  # bounded whatever query types clients invent
+                self._by_wire[memo] = cell
+        return cell
+
+    def _cell(self, key: bytes, rcode: int) -> Cell:
         qtype = (key[-4] << 8 | key[-3]) if len(key) >= 4 else -1
         label = (qtype_label(qtype), rcode_label(rcode))
         cell = self.cells.get(label)

@@ -55,6 +55,8 @@ _U16 = struct.Struct(">H")
 _U32 = struct.Struct(">I")
 _RR_FIXED = struct.Struct(">HHIH")  # type, class, ttl, rdlength
 _HEADER = struct.Struct(">HBBHHHH")
+_COUNTS3 = struct.Struct(">HHH")
+_REPLY_HEADER = struct.Struct(">BBHHHH")  # flags, QD/AN/NS/AR counts: bytes 2..12 of a reply
 
 
 def opt_record(udp_size: int, do: bool, options: bytes = b"", ext_rcode: int = 0) -> bytes:
@@ -272,11 +274,15 @@ def build_upstream_query(qid: int, question: bytes, cd: bool, do: bool, udp_size
     The question is sent lower-cased (the cache is shared by every client; each
     client's own spelling is written back into its reply).
     """
-    flags2 = 0x10 if cd else 0
-    return (
-        _U16.pack(qid) + bytes((0x01, flags2)) + b"\x00\x01\x00\x00\x00\x00\x00\x01"
-        + question + opt_record(udp_size, do)
-    )
+    opt = _UPSTREAM_OPT.get((udp_size, do))
+    if opt is None:  # one per configured buffer size and DO bit
+        opt = _UPSTREAM_OPT[(udp_size, do)] = opt_record(udp_size, do)
+    return b"".join((_U16.pack(qid), _UPSTREAM_FLAGS[1 if cd else 0], question, opt))
+
+
+_UPSTREAM_FLAGS = (b"\x01\x00\x00\x01\x00\x00\x00\x00\x00\x01",  # RD; QD 1, AR 1 (OPT)
+                   b"\x01\x10\x00\x01\x00\x00\x00\x00\x00\x01")  # RD, CD
+_UPSTREAM_OPT: dict[tuple[int, bool], bytes] = {}
 
 
 class Prepared:
@@ -316,6 +322,8 @@ def check_reply_matches(reply: bytes, qid: int, question: bytes) -> None:
     if reply[4:6] != b"\x00\x01":
         raise UpstreamBadResponse("reply does not carry exactly one question")
     qend = 12 + len(question)
+    if reply[12:qend] == question:  # the usual echo, byte for byte
+        return
     # The name is compared case-insensitively (RFC 4343), type and class exactly:
     # bytes.lower() would fold type 65 (HTTPS, b"\x00A") into type 97 (b"\x00a").
     if reply[12 : qend - 4].lower() != question[:-4].lower() or reply[qend - 4 : qend] != question[-4:]:
@@ -334,9 +342,10 @@ def parse_reply(reply: bytes, question: bytes, *, min_ttl: int, max_ttl: int,
     """
     rcode = reply[3] & 0x0F
     tc = bool(reply[2] & 0x02)
-    an, ns, ar = struct.unpack_from(">HHH", reply, 6)
+    an, ns, ar = _COUNTS3.unpack_from(reply, 6)
     qend = 12 + len(question)
     off = qend
+    size = len(reply)
     ttl_offsets = []
     opt_span = None
     opt_index = 0
@@ -347,13 +356,16 @@ def parse_reply(reply: bytes, question: bytes, *, min_ttl: int, max_ttl: int,
     try:
         for i in range(an + ns + ar):
             start = off
-            off = _skip_name(reply, off)
-            if off + 10 > len(reply):
+            if off < size and reply[off] >= 0xC0:  # a compression pointer (the usual owner)
+                off += 2
+            else:
+                off = _skip_name(reply, off)
+            if off + 10 > size:
                 raise FormatError("record header truncated")
             rtype, _rclass, ttl, rdlen = _RR_FIXED.unpack_from(reply, off)
             ttl_off = off + 4
             off += 10 + rdlen
-            if off > len(reply):
+            if off > size:
                 raise FormatError("record data truncated")
             if rtype == TYPE_OPT:
                 if i < an + ns or opt_span is not None:
@@ -365,7 +377,8 @@ def parse_reply(reply: bytes, question: bytes, *, min_ttl: int, max_ttl: int,
                 ttl = 0
             ttl_offsets.append((ttl_off, ttl))
             if i < an:
-                answer_ttl = ttl if answer_ttl is None else min(answer_ttl, ttl)
+                if answer_ttl is None or ttl < answer_ttl:
+                    answer_ttl = ttl
             elif i < an + ns and rtype == TYPE_SOA and soa_ttl_off is None and rdlen >= 20:
                 soa_ttl_off = ttl_off
                 soa_ttl = ttl  # already zeroed if the high bit was set (RFC 2181 §8)
@@ -382,42 +395,39 @@ def parse_reply(reply: bytes, question: bytes, *, min_ttl: int, max_ttl: int,
     else:
         kind = FAILURE
 
-    body = bytearray(reply[qend:off])
     if opt_span is not None:
         # The OPT goes, and so do any records after it: their names may be compressed
         # against one another, and cutting the OPT's bytes out would shift those
         # pointer targets ("ns2.other.test" would read "ns2.").  Records after the OPT
         # are additional data, which a reply may always omit.
-        del body[opt_span[0] - qend :]
+        body = bytearray(reply[qend : opt_span[0]])
         ttl_offsets = [(o, t) for o, t in ttl_offsets if o < opt_span[0]]
         ar = opt_index - an - ns
+    else:
+        body = bytearray(reply[qend:off])
     offsets = []
     neg_ttl = 0
-    if kind in (NODATA, NEGATIVE_NXDOMAIN) and soa_ttl_off is not None:
-        neg_ttl = min(soa_ttl, soa_min, max_negative_ttl)
-    for ttl_off, ttl in ttl_offsets:
-        if kind == POSITIVE:
-            ttl = min(max(ttl, min_ttl), max_ttl)
-        elif ttl_off == soa_ttl_off:
-            ttl = neg_ttl  # RFC 2308 §5: the SOA TTL carries the negative TTL
-        else:
-            ttl = min(ttl, max_ttl)
-        rel = ttl_off - qend
-        body[rel : rel + 4] = _U32.pack(ttl)
-        offsets.append(rel)
     if kind == POSITIVE:
         entry_ttl = min(max(answer_ttl, min_ttl), max_ttl)
-    elif kind == FAILURE:
-        entry_ttl = 0
+        for ttl_off, ttl in ttl_offsets:
+            rel = ttl_off - qend
+            _U32.pack_into(body, rel, min(max(ttl, min_ttl), max_ttl))
+            offsets.append(rel)
     else:
-        entry_ttl = neg_ttl
+        if kind != FAILURE and soa_ttl_off is not None:
+            neg_ttl = min(soa_ttl, soa_min, max_negative_ttl)
+        entry_ttl = 0 if kind == FAILURE else neg_ttl
+        for ttl_off, ttl in ttl_offsets:
+            rel = ttl_off - qend
+            # RFC 2308 §5: the SOA TTL carries the negative TTL
+            _U32.pack_into(body, rel, neg_ttl if ttl_off == soa_ttl_off else min(ttl, max_ttl))
+            offsets.append(rel)
     # Flags: QR, RD (the client's RD is written back at render), RA; AA cleared
     # (a forwarder is never authoritative); AD cleared (we do not validate, RFC 6840
     # §5.8); CD kept as the upstream echoed it; TC cleared (TC replies are never cached).
-    flags1 = 0x81
     flags2 = 0x80 | (reply[3] & 0x10) | rcode
-    hdr = bytes((flags1, flags2)) + struct.pack(">HHHH", 1, an, ns, ar)
-    hdr_opt = bytes((flags1, flags2)) + struct.pack(">HHHH", 1, an, ns, ar + 1)
+    hdr = _REPLY_HEADER.pack(0x81, flags2, 1, an, ns, ar)
+    hdr_opt = _REPLY_HEADER.pack(0x81, flags2, 1, an, ns, ar + 1)
     return Prepared(kind, rcode, entry_ttl, hdr, hdr_opt, bytes(body), tuple(offsets), tc)
 
 
