@@ -412,9 +412,7 @@ class Bench:
         cores = [c for c in self.args.cpus if c != self.cpu_client]
         forced = self.args.workers_force and len(cores) < 2
         if len(cores) < 2 and not forced:
-            self.results["tests"]["workers"] = {"resolver": f"n/a (needs ≥ 3 CPUs, has {len(self.args.cpus)})"}
-            self.notes.append("e. workers: resolver has `workers`, but measuring its scaling needs at least "
-                              "3 CPUs (one for dnsperf, two or more for workers); see bench/README.md")
+            self.test_workers_shared(nsd)
             return
         limit = min(self.args.workers_max or 8, 2 if forced else len(cores))
         ks = [k for k in (1, 2, 4, 8, 16, 32) if k <= limit]
@@ -449,6 +447,53 @@ class Bench:
             qps = entry["median"]["qps"]
             entry["scaling_efficiency"] = qps / (int(k) * base) if base else None
         self.results["tests"]["workers"] = {"resolver": out, "forced_on_one_cpu": forced}
+
+    def test_workers_shared(self, nsd: Server) -> None:
+        """Workers on a 2-CPU machine: 1 vs 2 workers, nothing pinned, dnsperf sharing the CPUs.
+
+        Two workers cannot get two whole cores here (dnsperf needs most of one), so
+        the QPS gain is capped by what dnsperf leaves.  What this does measure: the
+        cost per query with 2 workers against 1 (QPS per server CPU-second: near 1.0
+        means a second worker adds no overhead of its own — no shared lock, no
+        cross-worker traffic) and how evenly SO_REUSEPORT spreads the load (each
+        worker's share of the server CPU).  Same dnsperf settings for both.
+        """
+        clients, outstanding = 8, 2 * HIT_OUTSTANDING
+        log(f"e. workers (2 CPUs: 1 vs 2 workers, server and dnsperf unpinned, {clients} client sockets)")
+        out = {}
+        for k in (1, 2):
+            server = self.start(servers.start_resolver, self.work, nsd.port, None,
+                                name=f"resolver-shared-w{k}", extra=f"workers: {k}\n", metrics=False)
+            try:
+                time.sleep(1.0)  # all workers up
+                for _ in range(3):  # each worker keeps its own cache; each client socket maps to one worker
+                    dnsperf(server.port, self.hits_file, None, once=True, outstanding=outstanding, clients=clients)
+                runs = []
+                for run in range(self.args.runs):
+                    workers = [pid for pid in servers.group_members(server.pid) if pid != server.pid] or [server.pid]
+                    before = {pid: servers.cpu_seconds(pid) for pid in workers}
+                    cpu0, t0 = server.cpu(), time.monotonic()
+                    res = dnsperf(server.port, self.hits_file, None, duration=self.args.duration,
+                                  outstanding=outstanding, clients=clients)
+                    cpu, wall = server.cpu() - cpu0, time.monotonic() - t0
+                    shares = sorted(servers.cpu_seconds(pid) - before[pid] for pid in workers)
+                    res.update(server_cpu_s=round(cpu, 3), qps_per_cpu_s=res["completed"] / cpu if cpu else None,
+                               server_cpus_busy=round(cpu / wall, 3), rss_bytes=server.rss(),
+                               worker_balance=round(shares[0] / shares[-1], 3) if shares[-1] else None)
+                    runs.append(res)
+                    log(f"   workers {k} run {run + 1}: {res['qps']:.0f} qps, {cpu:.2f} CPU-s "
+                        f"({res['server_cpus_busy']:.2f} CPUs busy), {fmt_int(res['qps_per_cpu_s'])} q/CPU-s, "
+                        f"worker balance {res['worker_balance']}")
+                out[str(k)] = summarize(runs)
+            finally:
+                self.check_log(server)
+                self.stop(server)
+        one, two = out["1"]["median"], out["2"]["median"]
+        self.results["tests"]["workers_shared"] = {
+            "resolver": out,
+            "qps_ratio": two["qps"] / one["qps"] if one.get("qps") else None,
+            "cost_ratio": two["qps_per_cpu_s"] / one["qps_per_cpu_s"] if one.get("qps_per_cpu_s") else None,
+        }
 
     # ---- f. memory
     def fill(self, server: Server, datafile: Path, target: int, count, budget: float) -> dict:
@@ -687,6 +732,21 @@ def report(results: dict) -> str:
                            f"{v['median']['server_cpu_util'] * 100:.0f}%" if v["median"].get("server_cpu_util") else "—",
                            f"{v['scaling_efficiency']:.2f}" if v.get("scaling_efficiency") else "—",
                            fmt_mib(v["median"].get("rss_bytes"))] for k, v in workers.items()]), ""]
+
+    shared = t.get("workers_shared")
+    if shared:
+        out += ["**e. Workers on 2 CPUs** (cache-hit flood; server and dnsperf unpinned and sharing both CPUs, "
+                "so 2 workers cannot get 2 whole cores; per-CPU-second cost is the scaling measure here: "
+                "1.00 = a second worker adds no overhead; balance = least busy / busiest worker)",
+                "",
+                md_table(["workers", "QPS", "server CPUs busy", "QPS per server CPU-s", "worker balance", "RSS"],
+                         [[k, fmt_int(v["median"].get("qps")), f"{v['median'].get('server_cpus_busy', 0):.2f}",
+                           fmt_int(v["median"].get("qps_per_cpu_s")),
+                           f"{v['median']['worker_balance']:.2f}" if v["median"].get("worker_balance") else "—",
+                           fmt_mib(v["median"].get("rss_bytes"))] for k, v in shared["resolver"].items()]),
+                "",
+                f"2 workers / 1 worker: QPS {shared['qps_ratio']:.2f}×, QPS per server CPU-s "
+                f"{shared['cost_ratio']:.2f}×", ""]
 
     if "memory" in t:
         mem_rows = []

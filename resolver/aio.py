@@ -1,33 +1,34 @@
-"""The running event loop, looked up once instead of per call.
+"""The running event loop, looked up once per thread instead of per call.
 
 On CPython 3.11 ``asyncio.get_running_loop()`` — and everything that calls it for
 you: ``asyncio.current_task()``, ``asyncio.shield``, ``asyncio.timeout`` — makes a
 ``getpid()`` system call each time, to notice a fork.  A cache miss used to call it
 eight times: ``getpid`` was 6% of the miss path's CPU in a native profile
-(``py-spy --native``).  ``running_loop()`` returns the loop it found last while that
-loop is still running (one method call); after a fork it looks again.
+(``py-spy --native``).  ``running_loop()`` returns the loop this thread found last
+while that loop is still running (an attribute read and one method call); after a
+fork it looks again.  Per thread, because tests (and embedders) may run loops in
+several threads at once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import threading
 
-_loop: asyncio.AbstractEventLoop | None = None
+_local = threading.local()
 
 
 def running_loop() -> asyncio.AbstractEventLoop:
     """``asyncio.get_running_loop()``, without a system call on the hot path."""
-    global _loop
-    loop = _loop
+    loop = getattr(_local, "loop", None)
     if loop is None or not loop.is_running():
-        loop = _loop = asyncio.get_running_loop()
+        loop = _local.loop = asyncio.get_running_loop()
     return loop
 
 
 def _forget() -> None:
-    global _loop
-    _loop = None
+    _local.loop = None
 
 
 os.register_at_fork(after_in_child=_forget)
