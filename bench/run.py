@@ -42,6 +42,7 @@ from servers import LOOPBACK, Server  # noqa: E402
 BENCH = Path(__file__).resolve().parent
 RESULTS = BENCH / "results"
 FORWARDERS = ("resolver", "unbound", "dnsmasq")
+CEILING = "uvloop-ceiling"  # bench/ceiling.py, in the cache-hit test only
 
 HIT_QUERIES = 1_000            # distinct questions in the cache-hit query file
 LATENCY_RATE = 5_000           # queries per second for the latency test
@@ -286,6 +287,8 @@ class Bench:
 
     def test_hits(self, fwd: dict[str, Server]) -> None:
         log("a. cache hits: warming")
+        ceiling = self.start(servers.start_ceiling, self.work, self.cpu_server)
+        fwd = {**fwd, CEILING: ceiling}
         for name, server in fwd.items():
             warm = self.warm(server, self.hits_file)
             if warm["lost"] or warm["rcodes"].get("NOERROR", 0) != len(self.hit_lines):
@@ -301,6 +304,8 @@ class Bench:
                     f"{fmt_int(res['qps_per_cpu_s'])} q/CPU-s, lost {res['lost']}, socket drops {res['rcvbuf_drops']}"
                     f"{disturbed(res)}")
         self.results["tests"]["hits"] = {name: summarize(r) for name, r in runs.items()}
+        self.check_log(ceiling)
+        self.stop(ceiling)
 
     # ---- b. latency at a fixed rate
     def test_latency(self, fwd: dict[str, Server]) -> None:
@@ -458,7 +463,7 @@ class Bench:
         cross-worker traffic) and how evenly SO_REUSEPORT spreads the load (each
         worker's share of the server CPU).  Same dnsperf settings for both.
         """
-        clients, outstanding = 8, 2 * HIT_OUTSTANDING
+        clients, outstanding = 64, 2 * HIT_OUTSTANDING  # many sockets: SO_REUSEPORT hashes each to one worker
         log(f"e. workers (2 CPUs: 1 vs 2 workers, server and dnsperf unpinned, {clients} client sockets)")
         out = {}
         for k in (1, 2):
@@ -670,7 +675,7 @@ def report(results: dict) -> str:
     def add(label: str, test: str, show_latency: bool = False) -> None:
         if test not in t:
             return
-        for server in FORWARDERS:
+        for server in (*FORWARDERS, CEILING):
             m = med(test, server)
             if m is None:
                 continue
@@ -681,7 +686,7 @@ def report(results: dict) -> str:
                          fmt_us(m.get("p50_us")), fmt_us(m.get("p99_us")),
                          fmt_int(m.get("lost")), fmt_mib(m.get("rss_bytes"))])
         r = med(test, "resolver")
-        for other in ("unbound", "dnsmasq"):
+        for other in ("unbound", "dnsmasq", CEILING):
             o = med(test, other)
             if r is None or o is None:
                 continue

@@ -399,6 +399,15 @@ def start_resolver(workdir: Path, nsd_port: int, cpu: int | str | None, name: st
     return server
 
 
+def start_ceiling(workdir: Path, cpu: int | None) -> Server:
+    """bench/ceiling.py: the bare uvloop server the hit path is compared with."""
+    port = free_port()
+    server = Server("uvloop-ceiling", [sys.executable, str(REPO / "bench" / "ceiling.py"), str(port)],
+                    port, workdir, cpu)
+    server.wait_ready("h0.bench.test")
+    return server
+
+
 def resolver_metric(server: Server, metric: str, label: str = "") -> float:
     """Sum of the samples of ``metric`` (or counter ``metric_total``) on the resolver's
     /metrics page whose labels contain ``label`` (e.g. 'state="fresh"')."""
