@@ -314,15 +314,17 @@ class Pipeline:
             try:
                 fresh = await self._refresh(key, wire.key_question(key), bool(q.cd), q.do)
             except BaseException as e:
-                joined.set_exception(e if isinstance(e, UpstreamError) else UpstreamError("fetch cancelled"))
-                joined.exception()  # retrieved: each joiner handles it; nobody else must log it
+                if not joined.done():  # (cancel_refreshes may have cancelled it at shutdown)
+                    joined.set_exception(e if isinstance(e, UpstreamError) else UpstreamError("fetch cancelled"))
+                    joined.exception()  # retrieved: each joiner handles it; nobody else must log it
                 if isinstance(e, lkg.LastKnownGoodHeld):
                     return self._render_stale(q, e.entry, limit, e.reason, e.ede_text)
                 if isinstance(e, UpstreamError):
                     return self._servfail(data, q, e)
                 raise
             else:
-                joined.set_result(fresh)
+                if not joined.done():
+                    joined.set_result(fresh)
             finally:
                 if inflight.get(key) is joined:
                     del inflight[key]

@@ -239,6 +239,40 @@ def test_concurrent_identical_misses_are_coalesced():
     assert stats.coalesced == 9
 
 
+def test_coalesced_clients_of_a_failed_miss_all_get_servfail():
+    """The first client of a plain miss fetches in its own task; a failure reaches every joiner."""
+    pipe, pool, clock, stats = make()
+    pool.delay(0.02)
+    pool.servfail()
+
+    async def many():
+        return await asyncio.gather(*(pipe.resolve(query("www.test"), False) for _ in range(5)))
+
+    replies = [dns.message.from_wire(r) for r in asyncio.run(many())]
+    assert [r.rcode() for r in replies] == [dns.rcode.SERVFAIL] * 5
+    assert pool.calls == [("www.test", "A")] and stats.coalesced == 4
+    assert not pipe.inflight
+
+
+def test_cancelled_leader_fails_its_joiners_instead_of_leaving_them_waiting():
+    """Shutdown cancels the task that leads a fetch: clients that joined it get SERVFAIL at once."""
+    pipe, pool, clock, stats = make(total_timeout=5.0)
+    pool.delay(1.0)
+
+    async def scenario():
+        leader = asyncio.get_running_loop().create_task(pipe.resolve(query("www.test"), False))
+        await asyncio.sleep(0.01)
+        joiner = asyncio.get_running_loop().create_task(pipe.resolve(query("www.test"), False))
+        await asyncio.sleep(0.01)
+        leader.cancel()
+        reply = await asyncio.wait_for(joiner, 0.5)
+        return dns.message.from_wire(reply), leader.cancelled()
+
+    msg, cancelled = asyncio.run(scenario())
+    assert cancelled and msg.rcode() == dns.rcode.SERVFAIL
+    assert not pipe.inflight
+
+
 def test_do_and_cd_take_part_in_the_key():
     """A DNSSEC-aware client (DO) or a CD client must not get an answer fetched for someone else."""
     pipe, pool, clock, stats = make()
