@@ -30,6 +30,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -498,7 +499,63 @@ class Bench:
             "resolver": out,
             "qps_ratio": two["qps"] / one["qps"] if one.get("qps") else None,
             "cost_ratio": two["qps_per_cpu_s"] / one["qps_per_cpu_s"] if one.get("qps_per_cpu_s") else None,
+            "misses": self.workers_misses(nsd),
         }
+
+    def workers_misses(self, nsd: Server) -> dict:
+        """Scaling where the server, not dnsperf, is the bottleneck on 2 CPUs: cache misses.
+
+        A miss costs resolver ~20× what it costs dnsperf and NSD, so one worker
+        saturates its CPU while the client side needs a fraction of the other: two
+        workers can show whether throughput doubles with cores.  A fresh server per
+        run (empty caches), unique names, nothing pinned.
+        """
+        paths = []
+        for j in range(2):  # one dnsperf per worker, each with names of its own
+            path = self.work / f"workers-miss-{j}.txt"
+            if not path.exists():
+                write_lines(path, (f"w{j}x{i}.miss.bench.test A" for i in range(int(25_000 * self.args.duration))))
+            paths.append(path)
+        log("e. workers, cache misses (2 CPUs: 1 vs 2 workers, one dnsperf per worker, a fresh server per run, "
+            "nothing pinned)")
+        out: dict[str, dict] = {"resolver": {}, "unbound": {}}
+        for name, k in (("resolver", 1), ("resolver", 2), ("unbound", 1), ("unbound", 2)):
+            runs = []
+            for run in range(self.args.runs):
+                if name == "unbound":  # the control: does a C server scale from 1 to 2 threads here?
+                    server = self.start(servers.start_unbound, self.work, nsd.port, None,
+                                        name=f"unbound-wmiss{k}-{run}", threads=k)
+                else:
+                    server = self.start(servers.start_resolver, self.work, nsd.port, None,
+                                        name=f"resolver-wmiss{k}-{run}", extra=f"workers: {k}\n", metrics=False)
+                try:
+                    time.sleep(1.0)  # all workers up
+                    cpu0, t0 = server.cpu(), time.monotonic()
+                    results: list[dict] = [{} for _ in range(k)]
+
+                    def load(j: int, port: int = server.port) -> None:
+                        results[j] = dnsperf(port, paths[j], None, duration=self.args.duration, once=True,
+                                             outstanding=MISS_OUTSTANDING, clients=8)
+
+                    threads = [threading.Thread(target=load, args=(j,)) for j in range(k)]
+                    for t in threads:
+                        t.start()
+                    for t in threads:
+                        t.join()
+                    cpu, wall = server.cpu() - cpu0, time.monotonic() - t0
+                    res = {key: sum(r[key] for r in results) for key in ("sent", "completed", "lost", "qps")}
+                    res.update(server_cpu_s=round(cpu, 3), server_cpus_busy=round(cpu / wall, 3),
+                               qps_per_cpu_s=res["completed"] / cpu if cpu else None)
+                    runs.append(res)
+                    log(f"   {name} × {k} misses run {run + 1}: {res['qps']:.0f} qps, "
+                        f"{res['server_cpus_busy']:.2f} CPUs busy, lost {res['lost']}")
+                finally:
+                    self.check_log(server)
+                    self.stop(server)
+            out[name][str(k)] = summarize(runs)
+        ratios = {name: rows["2"]["median"]["qps"] / rows["1"]["median"]["qps"] if rows["1"]["median"].get("qps")
+                  else None for name, rows in out.items()}
+        return {"servers": out, "qps_ratio": ratios}
 
     # ---- f. memory
     def fill(self, server: Server, datafile: Path, target: int, count, budget: float) -> dict:
@@ -752,6 +809,22 @@ def report(results: dict) -> str:
                 "",
                 f"2 workers / 1 worker: QPS {shared['qps_ratio']:.2f}×, QPS per server CPU-s "
                 f"{shared['cost_ratio']:.2f}×", ""]
+        misses = shared.get("misses")
+        if misses:
+            out += ["**e. Workers on 2 CPUs, cache misses** (a miss costs resolver far more than it costs dnsperf "
+                    "and NSD, so the server rather than the load generator should be the limit; one dnsperf per "
+                    "worker, fresh server per run, unique names, nothing pinned)",
+                    "",
+                    md_table(["server", "workers / threads", "QPS", "server CPUs busy", "QPS per server CPU-s",
+                              "lost"],
+                             [[name, k, fmt_int(v["median"].get("qps")),
+                               f"{v['median'].get('server_cpus_busy', 0):.2f}",
+                               fmt_int(v["median"].get("qps_per_cpu_s")), fmt_int(v["median"].get("lost"))]
+                              for name, rows in misses["servers"].items() for k, v in rows.items()]),
+                    "",
+                    "2 / 1: " + ", ".join(f"{name} {r:.2f}×" for name, r in misses["qps_ratio"].items() if r)
+                    + " (linear would be 2×; Unbound with `num-threads: 2` is the control for what this machine "
+                      "allows)", ""]
 
     if "memory" in t:
         mem_rows = []

@@ -277,7 +277,7 @@ zone:
 
 # --------------------------------------------------------------------- forwarders
 def start_unbound(workdir: Path, nsd_port: int, cpu: int | None, name: str = "unbound",
-                  wait: bool = True, extended_stats: bool = False) -> Server:
+                  wait: bool = True, extended_stats: bool = False, threads: int = 1) -> Server:
     """Unbound as a caching forwarder; ``extended_stats`` adds cache counts to
     ``unbound-control stats`` (only for the memory test: it costs a little per query)."""
     port, control_port = free_port(), free_port()
@@ -289,7 +289,8 @@ def start_unbound(workdir: Path, nsd_port: int, cpu: int | None, name: str = "un
     interface-automatic: no
     do-ip6: no
     access-control: 127.0.0.0/8 allow
-    num-threads: 1
+    num-threads: {threads}
+    so-reuseport: yes
     username: ""
     chroot: ""
     directory: "{workdir}"
