@@ -7,7 +7,10 @@ eight times: ``getpid`` was 6% of the miss path's CPU in a native profile
 (``py-spy --native``).  ``running_loop()`` returns the loop this thread found last
 while that loop is still running (an attribute read and one method call); after a
 fork it looks again.  Per thread, because tests (and embedders) may run loops in
-several threads at once.
+several threads at once.  One case the check cannot see: a loop cached by this
+thread, stopped, and then run by another thread while this one runs a new loop
+(uvloop does not expose its thread); ``App.start`` and ``App.stop`` call
+``forget()``, so an App always starts from its own loop.
 """
 
 from __future__ import annotations
@@ -27,8 +30,9 @@ def running_loop() -> asyncio.AbstractEventLoop:
     return loop
 
 
-def _forget() -> None:
+def forget() -> None:
+    """Drop this thread's cached loop (the next call looks it up again)."""
     _local.loop = None
 
 
-os.register_at_fork(after_in_child=_forget)
+os.register_at_fork(after_in_child=forget)

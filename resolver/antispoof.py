@@ -119,7 +119,7 @@ def scrub(reply: bytes, question: bytes) -> tuple[bytes, int]:
     off = 12 + len(question)
     size = len(reply)
     records = []  # (section, owner, rtype, target name for CNAME/DNAME or None)
-    plain = True  # so far only records of the queried type owned by the query name
+    plain = True  # so far only records of the queried type (not CNAME/DNAME) owned by the query name
     for i in range(an + ns):
         if reply.startswith(_QNAME_POINTER, off):  # the usual owner: a pointer to the question's name
             owner = qname
@@ -132,10 +132,11 @@ def scrub(reply: bytes, question: bytes) -> tuple[bytes, int]:
         rtype, _rclass, _ttl, rdlen = _RR_FIXED.unpack_from(reply, off)
         off += 10
         target = None
-        if rtype != qtype or i >= an:
+        if rtype in (TYPE_CNAME, TYPE_DNAME) and i < an and rdlen:
+            target, _ = _read_name(reply, off)  # validated and followed even for a CNAME query
             plain = False
-            if rtype in (TYPE_CNAME, TYPE_DNAME) and i < an and rdlen:
-                target, _ = _read_name(reply, off)
+        elif rtype != qtype or i >= an:
+            plain = False
         off += rdlen
         if off > size:
             raise UpstreamBadResponse("malformed reply: record data truncated")

@@ -72,8 +72,12 @@ def for_worker(config: Config, worker: int) -> Config:
 
 
 async def serve(config: Config, stop_event: asyncio.Event | None = None, *, config_path: str | None = None,
-                resolv_conf: str | None = None, worker: int = 0, workers: int = 1, restarts: int = 0) -> int:
-    """Run until SIGTERM/SIGINT (or ``stop_event``), then stop cleanly; SIGHUP reloads ``config_path``."""
+                resolv_conf: str | None = None, worker: int = 0, workers: int = 1, restarts: int = 0,
+                process_gc: bool = False) -> int:
+    """Run until SIGTERM/SIGINT (or ``stop_event``), then stop cleanly; SIGHUP reloads ``config_path``.
+
+    ``process_gc``: tune the garbage collector for the whole process once started
+    (``app.tune_gc``); only ``main`` asks, as the process is then ours alone."""
     app = App(config, worker=worker, workers=workers)
     app.worker_restarts = restarts
     try:
@@ -82,7 +86,8 @@ async def serve(config: Config, stop_event: asyncio.Event | None = None, *, conf
         log.error("cannot start: %s", e)
         await app.stop(0)
         return 1
-    tune_gc()
+    if process_gc:
+        tune_gc()
     stop = stop_event or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -126,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     setup_logging(config)
     workers = usable_cores() if config.workers == WORKERS_AUTO else config.workers
-    options = dict(config_path=args.config, resolv_conf=args.resolv_conf, workers=workers)
+    options = dict(config_path=args.config, resolv_conf=args.resolv_conf, workers=workers, process_gc=True)
     if workers == 1:
         return _run(serve(config, **options))
 

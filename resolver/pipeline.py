@@ -309,6 +309,7 @@ class Pipeline:
             loop = running_loop()
             joined = loop.create_future()
             joined.started = loop.time()
+            joined.leader = asyncio.current_task(loop)  # what cancel_refreshes must stop
             inflight = self.inflight
             inflight[key] = joined
             try:
@@ -502,7 +503,8 @@ class Pipeline:
             self.cache.put(key, _servfail_prepared(servfail_ttl), now, 0.0)
 
     async def cancel_refreshes(self) -> None:
-        tasks = list(self.inflight.values())
+        """Stop every upstream fetch: fetch tasks, and client tasks leading a fetch of their own."""
+        tasks = [getattr(fetch, "leader", None) or fetch for fetch in self.inflight.values()]
         for task in tasks:
             task.cancel()
         if tasks:

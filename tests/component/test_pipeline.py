@@ -273,6 +273,22 @@ def test_cancelled_leader_fails_its_joiners_instead_of_leaving_them_waiting():
     assert not pipe.inflight
 
 
+def test_cancel_refreshes_stops_a_fetch_led_by_a_client_task():
+    """cancel_refreshes stops every upstream fetch, also one a client's own task is running."""
+    pipe, pool, clock, stats = make(total_timeout=5.0)
+    pool.delay(1.0)
+
+    async def scenario():
+        client = asyncio.get_running_loop().create_task(pipe.resolve(query("www.test"), False))
+        await asyncio.sleep(0.01)
+        assert pipe.inflight  # the client leads the fetch
+        await asyncio.wait_for(pipe.cancel_refreshes(), 0.5)
+        return client.cancelled()
+
+    assert asyncio.run(scenario())
+    assert not pipe.inflight and pipe.cache.get(b"\x03www\x04test\x00\x00\x01\x00\x01") is None
+
+
 def test_do_and_cd_take_part_in_the_key():
     """A DNSSEC-aware client (DO) or a CD client must not get an answer fetched for someone else."""
     pipe, pool, clock, stats = make()

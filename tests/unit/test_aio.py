@@ -43,3 +43,16 @@ def test_loops_running_at_once_in_two_threads_each_get_their_own():
         t.join(10)
     assert seen["a"][0] is seen["a"][1] and seen["b"][0] is seen["b"][1]
     assert seen["a"][0] is not seen["b"][0]
+
+
+def test_forget_makes_the_next_call_look_again():
+    from resolver import aio
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        assert aio.running_loop() is loop
+        aio.forget()
+        assert aio._local.loop is None
+        assert aio.running_loop() is loop
+
+    asyncio.run(main())

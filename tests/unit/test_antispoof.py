@@ -181,3 +181,21 @@ def test_cname_with_empty_rdata_does_not_break_scrubbing():
         antispoof.scrub(reply, question)
     except UpstreamBadResponse:
         pass  # a defined error is fine; anything else is a bug
+
+
+def test_cname_query_keeps_the_whole_chain():
+    """A CNAME question's answer may chain on (a → b → c): the second link belongs to the chain too.
+    (Found in review: the plain-answer shortcut once skipped reading CNAME targets for CNAME queries.)"""
+    data = reply("a.test", "CNAME", ["a.test. 300 IN CNAME b.test.", "b.test. 300 IN CNAME c.test."])
+    out, removed = antispoof.scrub(data, question("a.test", "CNAME"))
+    assert out is data and removed == 0
+
+
+def test_cname_query_with_a_looping_target_is_a_bad_response():
+    """The CNAME target of a CNAME question is read and checked like any other: a pointer to itself is refused."""
+    q = question("a.test", "CNAME")
+    header = bytes.fromhex("0001 8180 0001 0001 0000 0000")
+    record = b"\xc0\x0c" + bytes.fromhex("0005 0001 0000012c 0002")
+    pointer_to_itself = (0xC000 | (len(header) + len(q) + len(record))).to_bytes(2, "big")
+    with pytest.raises(UpstreamBadResponse):
+        antispoof.scrub(header + q + record + pointer_to_itself, q)

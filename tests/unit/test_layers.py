@@ -54,7 +54,7 @@ ALLOWED = {
     "metrics": {"cache", "pool", "stats", "local"},
     "admin": {"cacheadmin", "cache"},
     "cacheadmin": {"wire", "cache", "stats"},
-    "app": {"outagelog", "metrics", "admin", "cache", "clock", "config", "pipeline", "pool", "server", "stats",
+    "app": {"aio", "outagelog", "metrics", "admin", "cache", "clock", "config", "pipeline", "pool", "server", "stats",
             "upstream", "routing", "local", "hosts", "wire", "persist", "reload", "acl", "limits", "ratelimit",
             "errors", "health", "lkg_admin", "dot"},
     "cli": {"app", "config", "errors", "reload", "supervisor"},
