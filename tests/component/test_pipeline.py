@@ -254,38 +254,26 @@ def test_coalesced_clients_of_a_failed_miss_all_get_servfail():
     assert not pipe.inflight
 
 
-def test_cancelled_leader_fails_its_joiners_instead_of_leaving_them_waiting():
-    """Shutdown cancels the task that leads a fetch: clients that joined it get SERVFAIL at once."""
+def test_cancelling_a_client_led_fetch_fails_its_joiners_and_caches_nothing():
+    """A plain miss is fetched by the first client's own task.  Shutdown (cancel_refreshes, or the
+    drain cancelling client tasks) must stop that fetch, and clients that joined it get SERVFAIL at
+    once instead of waiting for a fetch that is gone."""
     pipe, pool, clock, stats = make(total_timeout=5.0)
     pool.delay(1.0)
 
     async def scenario():
-        leader = asyncio.get_running_loop().create_task(pipe.resolve(query("www.test"), False))
+        loop = asyncio.get_running_loop()
+        leader = loop.create_task(pipe.resolve(query("www.test"), False))
         await asyncio.sleep(0.01)
-        joiner = asyncio.get_running_loop().create_task(pipe.resolve(query("www.test"), False))
+        joiner = loop.create_task(pipe.resolve(query("www.test"), False))
         await asyncio.sleep(0.01)
-        leader.cancel()
+        assert pipe.inflight  # the leader's fetch, joined
+        await asyncio.wait_for(pipe.cancel_refreshes(), 0.5)
         reply = await asyncio.wait_for(joiner, 0.5)
         return dns.message.from_wire(reply), leader.cancelled()
 
     msg, cancelled = asyncio.run(scenario())
     assert cancelled and msg.rcode() == dns.rcode.SERVFAIL
-    assert not pipe.inflight
-
-
-def test_cancel_refreshes_stops_a_fetch_led_by_a_client_task():
-    """cancel_refreshes stops every upstream fetch, also one a client's own task is running."""
-    pipe, pool, clock, stats = make(total_timeout=5.0)
-    pool.delay(1.0)
-
-    async def scenario():
-        client = asyncio.get_running_loop().create_task(pipe.resolve(query("www.test"), False))
-        await asyncio.sleep(0.01)
-        assert pipe.inflight  # the client leads the fetch
-        await asyncio.wait_for(pipe.cancel_refreshes(), 0.5)
-        return client.cancelled()
-
-    assert asyncio.run(scenario())
     assert not pipe.inflight and pipe.cache.get(b"\x03www\x04test\x00\x00\x01\x00\x01") is None
 
 
