@@ -11,7 +11,7 @@ import gc
 import logging
 from importlib import metadata
 
-from . import aio, dot, metrics, wire
+from . import dot, eventloop, metrics, wire
 from .acl import AccessControl
 from .admin import AdminServer
 from .cache import Cache
@@ -121,7 +121,7 @@ class App:
         The cache snapshot is loaded first: the first query after a restart (in
         an upstream outage, say) must find it.
         """
-        aio.forget()  # this App's loop, not one cached by an earlier run in this thread
+        eventloop.forget()  # this App's loop, not one cached by an earlier run in this thread
         self.persist.load()
         if self.config.metrics.enabled:
             await self.admin.start(self.config.metrics.listen.host, self.config.metrics.listen.port)
@@ -144,7 +144,7 @@ class App:
     async def stop(self, grace: float | None = None) -> None:
         """Stop accepting, finish in-flight queries within ``grace``, then cancel the rest."""
         self.ready = False
-        aio.forget()
+        eventloop.forget()
         grace = self.config.server.shutdown_grace if grace is None else grace
         self.listeners.close()
         await self.listeners.drain(grace)

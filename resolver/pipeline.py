@@ -31,7 +31,7 @@ import contextvars
 import logging
 import math
 
-from .aio import running_loop
+from .eventloop import running_loop
 from . import last_known_good as lkg
 from . import stale as stale_policy
 from .stale_rules import StaleRules

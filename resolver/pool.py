@@ -19,7 +19,7 @@ import asyncio
 import logging
 from collections import Counter
 
-from .aio import running_loop
+from .eventloop import running_loop
 from . import upstream_policy, wire
 from .config import UpstreamOptions
 from .errors import UpstreamError, UpstreamServfail, UpstreamTimeout

@@ -18,7 +18,7 @@ import logging
 import socket
 import struct
 
-from .aio import running_loop
+from .eventloop import running_loop
 from . import handover, wire
 from .acl import AccessControl
 from .config import Address, SecurityConfig, ServerConfig

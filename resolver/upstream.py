@@ -21,7 +21,7 @@ import socket
 import struct
 from typing import Awaitable
 
-from .aio import running_loop
+from .eventloop import running_loop
 from . import antispoof, wire
 from .config import UpstreamAddress
 from .errors import UpstreamBadResponse, UpstreamError, UpstreamTimeout, UpstreamUnreachable

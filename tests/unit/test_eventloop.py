@@ -1,4 +1,4 @@
-"""aio.running_loop: the cached running loop is always the caller's own."""
+"""eventloop.running_loop: the cached running loop is always the caller's own."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from resolver.aio import running_loop
+from resolver.eventloop import running_loop
 
 
 def test_outside_a_loop_it_raises_like_asyncio():
@@ -46,13 +46,13 @@ def test_loops_running_at_once_in_two_threads_each_get_their_own():
 
 
 def test_forget_makes_the_next_call_look_again():
-    from resolver import aio
+    from resolver import eventloop
 
     async def main():
         loop = asyncio.get_running_loop()
-        assert aio.running_loop() is loop
-        aio.forget()
-        assert aio._local.loop is None
-        assert aio.running_loop() is loop
+        assert eventloop.running_loop() is loop
+        eventloop.forget()
+        assert eventloop._local.loop is None
+        assert eventloop.running_loop() is loop
 
     asyncio.run(main())
