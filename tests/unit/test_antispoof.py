@@ -199,3 +199,72 @@ def test_cname_query_with_a_looping_target_is_a_bad_response():
     pointer_to_itself = (0xC000 | (len(header) + len(q) + len(record))).to_bytes(2, "big")
     with pytest.raises(UpstreamBadResponse):
         antispoof.scrub(header + q + record + pointer_to_itself, q)
+
+
+# -- scrubbing against an oracle ------------------------------------------------------
+
+_NAMES = ("a.test", "b.test", "x.a.test", "test", "c.other", "evil.example")
+_TARGETS = {"CNAME", "DNAME"}
+
+
+def _within(name: str, zone: str) -> bool:
+    return name == zone or name.endswith("." + zone)
+
+
+def _record(owner: str, rtype: str, target: str) -> dnslib.RR:
+    if rtype == "DNAME":
+        return dname(owner, target)
+    rdata = {"A": dnslib.A("192.0.2.1"), "AAAA": dnslib.AAAA("2001:db8::1"), "TXT": dnslib.TXT("t"),
+             "CNAME": dnslib.CNAME(target), "NS": dnslib.NS(target),
+             "NSEC": dnslib.RD(b"\x00\x00\x01\x40"),  # next name ".", bitmap: A
+             "SOA": dnslib.SOA(f"ns.{owner}", f"admin.{owner}", (1, 3600, 600, 86400, 60))}[rtype]
+    return dnslib.RR(owner, getattr(dnslib.QTYPE, rtype), rdata=rdata, ttl=300)
+
+
+def _expected(qname: str, qtype: str, answers: list, auth: list) -> tuple[list, list]:
+    """The documented rules (module docstring), written independently of antispoof.scrub."""
+    chain, grew = {qname}, True
+    while grew:
+        grew = False
+        for owner, rtype, target in answers:
+            if rtype == "CNAME" and owner in chain and target not in chain:
+                chain.add(target)
+                grew = True
+    kept_answers = [
+        (o, t) for o, t, _ in answers
+        if (t == "DNAME" and any(_within(n, o) for n in chain))
+        or (t != "DNAME" and o in chain and (t in (qtype, "CNAME", "RRSIG") or qtype == "ANY"))
+    ]
+    kept_auth = [(o, t) for o, t, _ in auth
+                 if t in ("NSEC", "NSEC3", "RRSIG") or (t in ("SOA", "NS", "DS") and any(_within(n, o) for n in chain))]
+    return kept_answers, kept_auth
+
+
+_rr = st.tuples(st.sampled_from(_NAMES), st.sampled_from(["A", "AAAA", "TXT", "CNAME", "DNAME"]),
+                st.sampled_from(_NAMES))
+_auth_rr = st.tuples(st.sampled_from(_NAMES), st.sampled_from(["SOA", "NS", "A", "NSEC"]), st.sampled_from(_NAMES))
+
+
+@given(qname=st.sampled_from(_NAMES), qtype=st.sampled_from(["A", "AAAA", "CNAME", "TXT", "ANY"]),
+       answers=st.lists(_rr, max_size=6), auth=st.lists(_auth_rr, max_size=4))
+@settings(max_examples=400, deadline=None)
+def test_scrub_keeps_exactly_what_the_rules_allow(qname, qtype, answers, auth):
+    """Any mix of related and unrelated records, CNAME chains and DNAMEs, for any question type:
+    scrub keeps exactly the records the documented rules allow, in their order, and returns the
+    reply untouched when it removes nothing."""
+    rec = dnslib.DNSRecord(dnslib.DNSHeader(id=1, qr=1, rd=1, ra=1),
+                           q=dnslib.DNSQuestion(qname, getattr(dnslib.QTYPE, qtype)))
+    for owner, rtype, target in answers:
+        rec.add_answer(_record(owner, rtype, target))
+    for owner, rtype, target in auth:
+        rec.add_auth(_record(owner, rtype, target))
+    data = bytes(rec.pack())
+    out, removed = antispoof.scrub(data, question(qname, qtype))
+    parsed = dnslib.DNSRecord.parse(out)
+    got_answers = [(str(rr.rname).rstrip("."), dnslib.QTYPE[rr.rtype]) for rr in parsed.rr]
+    got_auth = [(str(rr.rname).rstrip("."), dnslib.QTYPE[rr.rtype]) for rr in parsed.auth]
+    want_answers, want_auth = _expected(qname, qtype, answers, auth)
+    assert (got_answers, got_auth) == (want_answers, want_auth)
+    assert removed == len(answers) + len(auth) - len(want_answers) - len(want_auth)
+    if not removed:
+        assert out is data
