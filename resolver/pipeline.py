@@ -16,9 +16,12 @@ The order of the stages, and why:
    what to do, and this stage carries it out: one upstream fetch per key
    (coalescing), the RFC 8767 client-timeout race, the failure recheck timer.
 4. **Forwarding stage** (``_refresh``): the upstream pool with one absolute
-   deadline; the reply is validated, prepared and stored.  It runs as its own
-   task, so a client that got a stale answer after client_timeout does not stop
-   the refresh that will repair the cache.
+   deadline; the reply is validated, prepared and stored.  When a stale answer
+   could be served instead (client_timeout), or for a prefetch, it runs as its
+   own task, so a client answered stale does not stop the refresh that will
+   repair the cache.  A plain miss — nothing to fall back on, so the client waits
+   for the fetch anyway — runs it in the client's own task (one task per miss,
+   measured: bench/misspath.py); clients asking the same meanwhile join it.
 
 Every reply carries its provenance (``Source``): it drives the metrics and the
 Extended DNS Error codes (RFC 8914) we attach.
