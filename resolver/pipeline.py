@@ -34,18 +34,18 @@ import contextvars
 import logging
 import math
 
-from .eventloop import running_loop
 from . import last_known_good as lkg
 from . import stale as stale_policy
-from .stale_rules import StaleRules
 from . import wire
 from .cache import Cache, Entry
 from .clock import Clock
 from .config import Config
 from .errors import DropQuery, FormatError, UpstreamError
+from .eventloop import running_loop
 from .local import LocalAnswers
 from .pool import UpstreamPool
 from .querylog import QueryLog
+from .stale_rules import StaleRules
 from .stats import Stats, qtype_label
 
 log = logging.getLogger("resolver.pipeline")

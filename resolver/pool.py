@@ -19,10 +19,10 @@ import asyncio
 import logging
 from collections import Counter
 
-from .eventloop import running_loop
 from . import upstream_policy, wire
 from .config import UpstreamOptions
 from .errors import UpstreamError, UpstreamServfail, UpstreamTimeout
+from .eventloop import running_loop
 from .stats import UPSTREAM_BUCKETS, Histogram
 from .upstream import Upstream
 

@@ -18,13 +18,13 @@ import logging
 import socket
 import struct
 
-from .eventloop import running_loop
 from . import handover, wire
 from .acl import AccessControl
 from .config import Address, SecurityConfig, ServerConfig
+from .eventloop import running_loop
 from .limits import ClientLimits
-from .ratelimit import SLIP, RateLimiter, slip_reply
 from .pipeline import Pipeline
+from .ratelimit import SLIP, RateLimiter, slip_reply
 from .stats import Stats
 
 log = logging.getLogger("resolver.server")

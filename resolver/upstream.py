@@ -21,10 +21,10 @@ import socket
 import struct
 from typing import Awaitable
 
-from .eventloop import running_loop
 from . import antispoof, wire
 from .config import UpstreamAddress
 from .errors import UpstreamBadResponse, UpstreamError, UpstreamTimeout, UpstreamUnreachable
+from .eventloop import running_loop
 
 
 class _QueryIds:
