@@ -74,6 +74,8 @@ _FAST_HEADERS = {
     for ad in (0, 0x20) for cd in (0, 0x10) for ar in (0, 1)
 }
 
+_NXDOMAIN = wire.NXDOMAIN
+
 # Key prefixes for DO/CD, indexed by (DO << 1 | CD) (see wire.question_key).
 _KEY_PREFIX = tuple(wire.key_prefix(flags) for flags in range(4))
 
@@ -100,6 +102,7 @@ class Pipeline:
         """Apply (new) settings; called at start and on reload.  The cache is kept."""
         self.config = config
         self.stale = config.stale
+        self._stale_max_age = config.stale.max_age if config.stale.enabled else -1.0  # one read on the hit path
         self.stale_window = stale_policy.stale_window(config.stale)
         self.edns_size = config.upstream.edns_buffer_size
         self._configure_query_log(config)
@@ -192,16 +195,17 @@ class Pipeline:
             return reply
         # RFC 8767 §4 failure recheck timer: a refresh failed recently, answer stale
         # at once without asking upstream (same rule as stale.decide → ANSWER_STALE).
-        stale = self.stale
-        if (now < entry.recheck_until and now < entry.stale_until and stale.enabled
-                and now - entry.fresh_until < stale.max_age and entry.recheck_epoch == self.pool.epoch
-                and entry.lkg_text is None):
-            body = entry.stale_answer_body(stale.answer_ttl)
+        # (_stale_max_age is -1 with serve-stale off: the age test then always fails.)
+        if (now < entry.recheck_until and now < entry.stale_until and now - entry.fresh_until < self._stale_max_age
+                and entry.recheck_epoch == self.pool.epoch and entry.lkg_text is None):
+            body = entry.stale_body
+            if body is None:
+                body = entry.stale_answer_body(self.stale.answer_ttl)
             if mode < 2:
                 reply = b"".join((data[:2], entry.hdr, question, body))
             else:
-                nx = entry.rcode == wire.NXDOMAIN
-                reply = b"".join((data[:2], entry.hdr_opt, question, body, self._opt[do][2 if nx else 1]))
+                reply = b"".join((data[:2], entry.hdr_opt, question, body,
+                                  self._opt[do][2 if entry.rcode == _NXDOMAIN else 1]))
             if len(reply) > limit:
                 return None
             entry.tally.stale += 1  # stale answer, reason "recheck" (stats.HitTally)
