@@ -70,14 +70,24 @@ def unbound(tmp_path):
         server.close()
 
 
-@pytest.fixture
-def fake_upstream():
-    """A running in-process fault-injecting upstream on 127.0.0.1 (UDP + TCP)."""
+def _running_fake_upstream():
     up = FakeUpstream().start()
     try:
         yield up
     finally:
         up.stop()
+
+
+@pytest.fixture
+def fake_upstream():
+    """A running in-process fault-injecting upstream on 127.0.0.1 (UDP + TCP)."""
+    yield from _running_fake_upstream()
+
+
+@pytest.fixture
+def second_upstream():
+    """Another one, for tests that switch or spread between upstreams."""
+    yield from _running_fake_upstream()
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ import dataclasses
 import signal
 import urllib.request
 
-import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from resolver import reload as live_reload
@@ -15,16 +14,6 @@ from resolver.errors import ConfigError
 from tests.conftest import free_port
 from tests.integration.test_cli import start, wait_for_dns, write_config
 from tests.integration.test_outage import ask, eventually
-from tests.servers.fake_upstream import FakeUpstream
-
-
-@pytest.fixture
-def second_upstream():
-    up = FakeUpstream().start()
-    try:
-        yield up
-    finally:
-        up.stop()
 
 
 def test_reload_switches_upstreams_and_keeps_the_cache(fake_upstream, second_upstream, start_forwarder):

@@ -4,19 +4,7 @@ from __future__ import annotations
 
 import time
 
-import pytest
-
 from tests.integration.test_outage import ask
-from tests.servers.fake_upstream import FakeUpstream
-
-
-@pytest.fixture
-def second_upstream():
-    up = FakeUpstream().start()
-    try:
-        yield up
-    finally:
-        up.stop()
 
 
 def names(n):

@@ -23,6 +23,7 @@ from resolver.config import Config, StaleConfig
 from resolver.errors import FormatError
 from resolver.pipeline import Pipeline
 from resolver.stats import Stats
+from tests.unit.test_wire import upstream_reply
 
 EDNS_SIZE = Config().upstream.edns_buffer_size  # 1232
 START = 1000.0
@@ -63,16 +64,8 @@ def store(pipeline: Pipeline, name: str, qtype=QTYPE.A, *, do=False, cd=False, r
     """Cache a dnslib-built upstream reply exactly as the miss path would; returns the Entry."""
     q = wire.parse_query(client_query(name, qtype, edns=1232, do=do, cd=cd, qclass=qclass))
     upstream_question = q.qname.lower() + q.question[-4:]
-    rec = DNSRecord(DNSHeader(id=99, qr=1, rd=1, ra=1, cd=int(cd), rcode=rcode),
-                    q=DNSQuestion(name.lower(), qtype, qclass))
-    for rr in answers:
-        rec.add_answer(rr)
-    for rr in auth:
-        rec.add_auth(rr)
-    for rr in additional:
-        rec.add_ar(rr)
-    rec.add_ar(EDNS0(udp_len=1232, flags="do" if do else ""))
-    reply = bytes(rec.pack())
+    reply = upstream_reply(name.lower(), qtype, qid=99, rcode=rcode, answers=answers, auth=auth,
+                           additional=additional, do=do, cd=cd, qclass=qclass)
     wire.check_reply_matches(reply, 99, upstream_question)
     c = pipeline.config.cache
     prepared = wire.parse_reply(reply, upstream_question, min_ttl=c.min_ttl, max_ttl=c.max_ttl,

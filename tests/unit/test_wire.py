@@ -38,9 +38,10 @@ def question_bytes(name="www.example.com", qtype=1, qclass=1) -> bytes:
 
 
 def upstream_reply(name="www.example.com", qtype=QTYPE.A, *, qid=7, rcode=0, answers=(), auth=(),
-                   additional=(), edns=True, aa=False, ad=False, tc=False, cd=False) -> bytes:
+                   additional=(), edns=True, do=False, aa=False, ad=False, tc=False, cd=False, qclass=1) -> bytes:
+    """An upstream's reply built by dnslib (also used by test_fast_path and test_wire_fuzz)."""
     hdr = DNSHeader(id=qid, qr=1, rd=1, ra=1, aa=int(aa), ad=int(ad), tc=int(tc), cd=int(cd), rcode=rcode)
-    rec = DNSRecord(hdr, q=DNSQuestion(name, qtype))
+    rec = DNSRecord(hdr, q=DNSQuestion(name, qtype, qclass))
     for rr in answers:
         rec.add_answer(rr)
     for rr in auth:
@@ -48,7 +49,7 @@ def upstream_reply(name="www.example.com", qtype=QTYPE.A, *, qid=7, rcode=0, ans
     for rr in additional:
         rec.add_ar(rr)
     if edns and not any(getattr(rr, "rtype", None) == QTYPE.OPT for rr in additional):
-        rec.add_ar(EDNS0(udp_len=1232))
+        rec.add_ar(EDNS0(udp_len=1232, flags="do" if do else ""))
     return bytes(rec.pack())
 
 

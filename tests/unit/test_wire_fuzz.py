@@ -10,49 +10,19 @@ from __future__ import annotations
 
 import asyncio
 
-from dnslib import AAAA, CNAME, EDNS0, NS, QTYPE, RR, SOA, TXT, A, DNSHeader, DNSQuestion, DNSRecord
+from dnslib import AAAA, CNAME, NS, QTYPE, RR, SOA, TXT, A
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from resolver import wire
-from resolver.cache import Cache
-from resolver.clock import FakeClock
-from resolver.config import Config
 from resolver.errors import DropQuery, FormatError, UpstreamBadResponse
 from resolver.pipeline import Pipeline
-from resolver.stats import Stats
+from tests.unit.test_fast_path import client_query, store
+from tests.unit.test_fast_path import make_pipeline as fast_path_pipeline
+from tests.unit.test_wire import upstream_reply
 
 SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 TTLS = dict(min_ttl=0, max_ttl=86_400, max_negative_ttl=3_600)
-
-
-class NoPool:
-    epoch = 0  # as UpstreamPool: no upstream ever recovers here
-
-    def known_down(self, qname: bytes | None = None) -> bool:
-        return False
-
-    async def exchange(self, *args, **kwargs):  # pragma: no cover - failing is the point
-        raise AssertionError("the upstream pool must not be used on a cache hit")
-
-
-def client_query(name, qtype=QTYPE.A, *, edns=None, do=False, cd=False, qid=0x2222) -> bytes:
-    rec = DNSRecord(DNSHeader(id=qid, rd=1, cd=int(cd)), q=DNSQuestion(name, qtype))
-    if edns is not None:
-        rec.add_ar(EDNS0(udp_len=edns, flags="do" if do else ""))
-    return bytes(rec.pack())
-
-
-def upstream_reply(name, qtype, qid, *, rcode=0, answers=(), auth=(), additional=(), cd=False) -> bytes:
-    rec = DNSRecord(DNSHeader(id=qid, qr=1, rd=1, ra=1, cd=int(cd), rcode=rcode), q=DNSQuestion(name, qtype))
-    for rr in answers:
-        rec.add_answer(rr)
-    for rr in auth:
-        rec.add_auth(rr)
-    for rr in additional:
-        rec.add_ar(rr)
-    rec.add_ar(EDNS0(udp_len=1232))
-    return bytes(rec.pack())
 
 
 def _records(name, qtype):
@@ -74,17 +44,12 @@ CACHED = [("www.example.com", QTYPE.A), ("v6.example.com", QTYPE.AAAA), ("t.exam
 
 
 def make_pipeline() -> Pipeline:
-    pipeline = Pipeline(Config(), Cache(1000), NoPool(), FakeClock(1000.0), Stats())
+    pipeline, _cache, clock = fast_path_pipeline()
     for name, qtype in CACHED:
         for do in (False, True):
             for cd in (False, True):
-                q = wire.parse_query(client_query(name, qtype, edns=1232, do=do, cd=cd))
-                upq = q.qname.lower() + q.question[-4:]
-                reply = upstream_reply(name, qtype, 7, cd=cd, **_records(name, qtype))
-                wire.check_reply_matches(reply, 7, upq)
-                prepared = wire.parse_reply(reply, upq, **TTLS)
-                pipeline.cache.put(q.key, prepared, 1000.0, pipeline.stale_window)
-    pipeline.clock.advance(3)
+                store(pipeline, name, qtype, do=do, cd=cd, **_records(name, qtype))
+    clock.advance(3)
     return pipeline
 
 
@@ -204,11 +169,11 @@ def test_valid_queries_fast_equals_slow(data, tcp):
 # ------------------------------------------------------------ upstream replies
 UPSTREAM_Q = wire.name_to_wire("www.example.com") + b"\x00\x01\x00\x01"
 GOOD_REPLIES = [
-    upstream_reply("www.example.com", QTYPE.A, 0x3333, **_records("www.example.com", QTYPE.A)),
-    upstream_reply("WWW.example.com", QTYPE.A, 0x3333, **_records("nx", 0)),
-    upstream_reply("www.example.com", QTYPE.A, 0x3333, rcode=2),
-    upstream_reply("www.example.com", QTYPE.A, 0x3333, answers=[RR("www.example.com", QTYPE.A, rdata=A("192.0.2.9"),
-                                                                   ttl=0x80000000)]),
+    upstream_reply("www.example.com", QTYPE.A, qid=0x3333, **_records("www.example.com", QTYPE.A)),
+    upstream_reply("WWW.example.com", QTYPE.A, qid=0x3333, **_records("nx", 0)),
+    upstream_reply("www.example.com", QTYPE.A, qid=0x3333, rcode=2),
+    upstream_reply("www.example.com", QTYPE.A, qid=0x3333,
+                   answers=[RR("www.example.com", QTYPE.A, rdata=A("192.0.2.9"), ttl=0x80000000)]),
 ]
 
 
