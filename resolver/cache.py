@@ -8,8 +8,9 @@ DNS expiry, so that an outage finds them.  Whether an expired entry may be serve
 is decided in ``stale.py``; this module only reports what it holds.
 
 Recency is tracked at one-second granularity: an entry moves to the young end of
-the LRU when it is touched in a new second (``Entry.aged_sec`` changes), which
-keeps the per-hit cost to a dict lookup.  Eviction takes the oldest entries first.
+the LRU when its aged copy is renewed (at most once per second, see
+``Entry.aged_body``), which keeps the per-hit cost to a dict lookup.  Eviction
+takes the oldest entries first.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ class Entry:
     __slots__ = (
         "kind", "rcode", "hdr", "hdr_opt", "body", "ttl_offsets",
         "stored_at", "fresh_until", "stale_until", "recheck_until",
-        "aged_sec", "aged", "stale_body", "tally",
+        "aged_until", "aged", "stale_body", "tally",
         "recheck_epoch", "prefetch_after", "lkg_text",
     )
 
@@ -44,7 +45,7 @@ class Entry:
         self.fresh_until = now + prepared.ttl
         self.stale_until = self.fresh_until + max_stale
         self.recheck_until = 0.0
-        self.aged_sec = -1
+        self.aged_until = now  # ``aged`` (the body as stored) holds until this instant
         self.aged = prepared.body
         self.stale_body = None
         self.tally = tally or Cell()  # hit counters; Cache.put passes a shared HitTally cell
@@ -52,12 +53,21 @@ class Entry:
         self.prefetch_after = self.fresh_until  # set by the pipeline (cache.prefetch); never by default
         self.lkg_text = None  # EDE extra text while held by last-known-good (answered by the slow path)
 
-    def aged_body(self, sec: int) -> bytes:
-        """The body with TTLs aged to second ``sec``; computed once per second."""
-        if sec == self.aged_sec:
+    def aged_body(self, now: float) -> bytes:
+        """The body with TTLs aged for time ``now``; computed at most once per second.
+
+        The age is the time cached rounded *up* to whole seconds, so a TTL never
+        states more time left than there is (RFC 1035 §3.2.1: the TTL is the time
+        the record may still be cached): 2.2 s after caching a TTL-300 answer the
+        client sees 297, the whole seconds left.  The copy stays valid while
+        ``now <= aged_until`` (the next whole second after storing), which is the
+        one comparison the hit path makes.
+        """
+        if now <= self.aged_until:
             return self.aged
-        self.aged = wire.age_body(self.body, self.ttl_offsets, int(sec - self.stored_at))
-        self.aged_sec = sec
+        age = math.ceil(now - self.stored_at)
+        self.aged = wire.age_body(self.body, self.ttl_offsets, age)
+        self.aged_until = self.stored_at + age
         return self.aged
 
     def stale_answer_body(self, answer_ttl: int) -> bytes:

@@ -90,7 +90,7 @@ def _keys(name: bytes, qtype: int) -> list[tuple[str, bytes]]:
 
 
 def _records(entry: Entry, question: bytes, now: float) -> list[str]:
-    body = entry.aged_body(int(now)) if now < entry.fresh_until else entry.body
+    body = entry.aged_body(now) if now < entry.fresh_until else entry.body
     try:
         msg = DNSRecord.parse(b"\x00\x00" + entry.hdr + question + body)
     except Exception as e:  # dnslib raises assorted errors; show, don't fail

@@ -177,11 +177,10 @@ class Pipeline:
             return None
         now = self._now()
         if now < entry.fresh_until:
-            sec = int(now)
-            if entry.aged_sec == sec:
+            if now <= entry.aged_until:
                 body = entry.aged
             else:
-                body = entry.aged_body(sec)
+                body = entry.aged_body(now)
                 self._touch(key)  # LRU, at one-second granularity
                 if now >= entry.prefetch_after:  # checked once per second per entry: ~free
                     self._prefetch(key)
@@ -372,8 +371,7 @@ class Pipeline:
                                 ede=wire.ede_option(code))
 
     def _aged(self, entry: Entry, now: float) -> bytes:
-        sec = int(now)
-        return entry.aged if entry.aged_sec == sec else entry.aged_body(sec)
+        return entry.aged if now <= entry.aged_until else entry.aged_body(now)
 
     def _render(self, q: wire.Query, entry: Entry, body: bytes, limit: int, source: str) -> bytes:
         self._sent(source, entry.rcode)

@@ -247,7 +247,7 @@ def restore(cache: Cache, records: Iterable[tuple], now: float, wall_now: float,
             e.fresh_until = fresh_until - shift + offset
             e.stale_until = stale_until - shift + offset
             e.recheck_until = 0.0
-            e.aged_sec = -1
+            e.aged_until = -math.inf  # ``aged`` is the stored body: age it on first use
             e.stale_body = None
             e.recheck_epoch = 0
             e.prefetch_after = e.fresh_until  # no prefetch for restored entries until refreshed

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 from dnslib import EDNS0, QTYPE, RR, SOA, A, DNSHeader, DNSQuestion, DNSRecord
 
@@ -234,19 +236,20 @@ def test_intern_table_is_bounded(clock):
 def test_aged_body_is_computed_once_per_second(clock):
     cache = Cache(10)
     entry = cache.put(key("www.example.com"), prepared(ttl=60, extra_ttl=30), clock.monotonic(), 0)
-    assert entry.aged_sec == -1 and entry.aged is entry.body
-    sec = int(clock.monotonic())
-    first = entry.aged_body(sec)
-    assert entry.aged_body(sec) is first  # same second: same object, not recomputed
-    assert entry.aged is first and entry.aged_sec == sec
+    assert entry.aged_until == clock.monotonic() and entry.aged is entry.body
+    now = clock.monotonic()
+    first = entry.aged_body(now)
+    assert entry.aged_body(now) is first  # the same instant: same object, not recomputed
+    assert entry.aged is first and first is entry.body
     assert ttls_of(entry, first) == [60, 30]
-    clock.advance(1)
-    second = entry.aged_body(int(clock.monotonic()))
-    assert second is not first
+    clock.advance(0.4)
+    second = entry.aged_body(clock.monotonic())  # 0.4 s cached: 59.6 s left → 59
+    assert second is not first and entry.aged_until == now + 1
     assert ttls_of(entry, second) == [59, 29]
-    assert entry.aged_body(int(clock.monotonic())) is second
+    clock.advance(0.6)  # exactly 1 s: still 59 whole seconds left, same copy
+    assert entry.aged_body(clock.monotonic()) is second
     clock.advance(45)
-    assert ttls_of(entry, entry.aged_body(int(clock.monotonic()))) == [14, 0]
+    assert ttls_of(entry, entry.aged_body(clock.monotonic())) == [14, 0]
     assert ttls_of(entry, entry.body) == [60, 30]  # the stored body is never changed
 
 
@@ -254,13 +257,12 @@ def test_aged_body_with_fractional_store_time():
     clock = FakeClock(1000.6)
     cache = Cache(10)
     entry = cache.put(key("www.example.com"), prepared(ttl=60), clock.monotonic(), 0)
-    # Aging counts from the store time to the start of the current second, so the age
-    # used is never more than the real age and lags it by less than 2 s: the TTL served
-    # can exceed what really remains by up to (not including) 2 seconds.
+    # The age is the real age rounded up to whole seconds, so the TTL served is the
+    # whole seconds that really remain: never more (RFC 1035 §3.2.1), never 1 s less.
     for advance, real_age in ((0.3, 0.3), (0.5, 0.8), (1.0, 1.8), (0.3, 2.1), (57.5, 59.6)):
         clock.advance(advance)
-        ttl = ttls_of(entry, entry.aged_body(int(clock.monotonic())))[0]
-        assert 60 - real_age <= ttl < 60 - real_age + 2
+        ttl = ttls_of(entry, entry.aged_body(clock.monotonic()))[0]
+        assert ttl == math.floor(60 - real_age + 1e-9), (real_age, ttl)
 
 
 def test_stale_answer_body_is_cached(clock):

@@ -9,6 +9,7 @@ FakeClock and a pool that must never be touched.
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import struct
 
@@ -121,7 +122,7 @@ def limit_for(q: wire.Query, tcp: bool) -> int:
 def general_path(pipeline, data: bytes, entry, tcp=False) -> bytes:
     """What wire.render makes of a fresh entry at the pipeline's current time."""
     q = wire.parse_query(data)
-    age = int(int(pipeline.clock.monotonic()) - entry.stored_at)
+    age = math.ceil(pipeline.clock.monotonic() - entry.stored_at)  # whole seconds, rounded up
     body = wire.age_body(entry.body, entry.ttl_offsets, age)
     return wire.render(q, entry.hdr, entry.hdr_opt, body, limit_for(q, tcp), EDNS_SIZE)
 
@@ -207,11 +208,12 @@ def test_fast_path_counts_hits_and_reuses_aged_body(env):
     aged = entry.aged
     clock.advance(0.5)  # same second
     r2 = pipeline.answer_fast(data, False)
-    assert r1 == r2 and entry.aged is aged and entry.aged_sec == int(START + 5.2)
+    assert r1 == r2 and entry.aged is aged and entry.aged_until == START + 6
+    assert DNSRecord.parse(r2).rr[0].ttl == 300 - 6  # 294.3 s left: 294 whole seconds
     clock.advance(1)
     r3 = pipeline.answer_fast(data, False)
     assert r3 != r2 and entry.aged is not aged
-    assert DNSRecord.parse(r3).rr[0].ttl == 300 - 6
+    assert DNSRecord.parse(r3).rr[0].ttl == 300 - 7  # 293.3 s left
     assert pipeline.stats.hits() == before + 3
 
 
@@ -620,3 +622,28 @@ def test_resolve_on_cached_fresh_entry_matches_answer_fast():
         assert asyncio.run(go()) == fast
     assert pipeline.stats.cache_misses == 0
     assert not pipeline.inflight
+
+
+@pytest.mark.parametrize("path", ["fast", "slow"])
+@pytest.mark.parametrize("stored_at_fraction", [0.1, 0.5, 0.9])
+def test_ttls_never_state_more_time_left_than_there_is(path, stored_at_fraction):
+    """A TTL-300 answer cached at x.1 and asked 2.2 s later has 297.8 s left: the
+    client must see at most 297 (whole seconds left), never 298 or 299 — on both
+    paths, for positive answers and for the SOA TTL of a negative one."""
+    pipeline, cache, clock = make_pipeline()
+    clock.advance(stored_at_fraction)
+    entries = populate(pipeline)
+    for elapsed in (0.0, 0.3, 1.0, 2.2, 2.9, 59.99, 60.0, 60.01):
+        now = START + stored_at_fraction + elapsed
+        clock.advance(now - clock.monotonic())
+        for name, qtype, data_ttl in (("www.example.com", QTYPE.A, 300), ("nx.example.com", QTYPE.A, 400)):
+            data = client_query(name, qtype)
+            if path == "fast":
+                reply = pipeline.answer_fast(data, False)
+            else:
+                reply = asyncio.run(pipeline.resolve(data, False))
+            msg = DNSRecord.parse(reply)
+            rr = msg.rr[0] if msg.rr else msg.auth[0]
+            left = data_ttl - (clock.monotonic() - (START + stored_at_fraction))
+            assert rr.ttl <= left + 1e-6, (name, elapsed, rr.ttl, left)
+            assert rr.ttl == math.floor(left + 1e-9), (name, elapsed, rr.ttl, left)
