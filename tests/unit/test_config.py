@@ -519,8 +519,8 @@ def test_config_is_frozen(resolv):
 
 @pytest.mark.parametrize(
     "data, key, problem",
-    [({"metrics": {"allow_remote_admin": "yes"}}, "metrics.allow_remote_admin", "expected true or false"),
-     ({"metrics": {"allow_remote_admin": 1}}, "metrics.allow_remote_admin", "expected true or false"),
+    [({"metrics": {"allow_remote_admin": True}}, "metrics.allow_remote_admin", "removed: the admin API has its own"),
+     ({"metrics": {"allow_remote_admin": False}}, "metrics.allow_remote_admin", "removed: the admin API has its own"),
      ({"logging": {"queries": "on"}}, "logging.queries", "expected true or false"),
      ({"logging": {"query_sample": 1.5}}, "logging.query_sample", "expected a number from 0 to 1"),
      ({"logging": {"query_sample": -0.1}}, "logging.query_sample", "expected a number from 0 to 1"),
@@ -535,9 +535,8 @@ def test_observability_keys_rejected(data, key, problem, resolv):
 
 
 def test_observability_keys_accepted(resolv):
-    config = parse({"metrics": {"allow_remote_admin": True}, "logging": {"queries": True, "query_sample": 0}},
-                   resolv)
-    assert config.metrics.allow_remote_admin and config.logging.queries
+    config = parse({"logging": {"queries": True, "query_sample": 0}}, resolv)
+    assert config.logging.queries
     assert config.logging.query_sample == 0.0 and isinstance(config.logging.query_sample, float)
 # -- security (issue 7) -----------------------------------------------------------------
 
