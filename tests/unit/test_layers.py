@@ -59,7 +59,7 @@ ALLOWED = {
     "app": {"eventloop", "outagelog", "metrics", "admin", "cache", "clock", "config", "pipeline", "pool", "server", "stats",
             "upstream", "routing", "local", "hosts", "wire", "persist", "reload", "acl", "limits", "ratelimit",
             "errors", "health", "adminapi", "dot"},
-    "cli": {"app", "config", "errors", "reload", "supervisor", "ctl"},
+    "cli": {"app", "config", "errors", "reload", "supervisor", "ctl", "admin"},
     "__main__": {"cli"},
     "__init__": set(),
 }
