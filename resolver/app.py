@@ -121,6 +121,7 @@ class App:
         token = read_token(config.admin.token_file) if config.admin.token_file else None
         self.control = HttpListener(self.http_routes, Gate(privileged=True, token=token), "admin",
                                     config.admin.max_connections, config.admin.timeout)
+        self.control_up = False  # the admin listener is bound (resolver_admin_listener_up)
         self.reload_source = None  # set by the command line: re-read the config file (POST /reload)
         self.started_at = self.clock.monotonic()
         self.episodes = StaleEpisodes(self.stats, lambda: self.pool, self.clock.monotonic)
@@ -183,18 +184,28 @@ class App:
         return default_socket_path() if socket_path == ADMIN_SOCKET_AUTO else socket_path
 
     async def _start_control(self) -> None:
-        """The admin listener: a Unix socket (0600) and/or a TCP address (admin section)."""
+        """The admin listener: a Unix socket (0600) and/or a TCP address (admin section).
+
+        A failure to bind it is logged, not fatal: answering DNS matters more than the
+        operator's control channel (an unwritable state volume must not take DNS down);
+        ``resolver_admin_listener_up`` shows it, and ``resolver ctl`` says it cannot connect.
+        """
         admin = self.config.admin
         if not admin.enabled:
             return
-        if self.admin_socket:
-            await self.control.start_unix(self.admin_socket)
-            log.info("admin API on unix:%s (resolver ctl)", self.admin_socket)
-        if admin.listen:
-            host, _, port = admin.listen.rpartition(":")  # validated by config (port 0 only in tests)
-            address = Address(host.strip("[]"), int(port))
-            await self.control.start_tcp(address.host, address.port)
-            log.info("admin API on http://%s%s", address, " (bearer token required)" if admin.token_file else "")
+        try:
+            if self.admin_socket:
+                await self.control.start_unix(self.admin_socket)
+                log.info("admin API on unix:%s (resolver ctl)", self.admin_socket)
+            if admin.listen:
+                host, _, port = admin.listen.rpartition(":")  # validated by config (port 0 only in tests)
+                address = Address(host.strip("[]"), int(port))
+                await self.control.start_tcp(address.host, address.port)
+                log.info("admin API on http://%s%s", address, " (bearer token required)" if admin.token_file else "")
+            self.control_up = True
+        except OSError as e:
+            log.error("admin API not available (DNS is served without it): %s", e,
+                      extra={"event": "admin_listener_failed"})
 
     def reload(self, config: Config) -> None:
         """Apply a new configuration to the running parts; the cache is kept.

@@ -587,10 +587,8 @@ def _check_persist_path(path: str) -> None:
         raise ConfigError(key, f"must be an absolute path, got {_show(path)}")
     try:
         st = os.stat(path)
-    except FileNotFoundError:
+    except OSError:  # missing (first start) or not visible to the checker: the load warns if unusable
         return
-    except OSError as e:
-        raise ConfigError(key, f"cannot check {path!r}: {e.strerror}") from None
     if stat.S_ISDIR(st.st_mode):
         raise ConfigError(key, f"{path!r} is a directory; give the snapshot file's path, e.g. "
                           f"{os.path.join(path, 'cache.snapshot')!r}")

@@ -262,6 +262,9 @@ def _admin_families(app):
         cut.add_metric([listener], a.timed_out.get(listener, 0))
     yield denied
     yield cut
+    yield GaugeMetricFamily("resolver_admin_listener_up", "1 if the admin listener (admin.socket / admin.listen) "
+                            "is bound; 0 if it is off or could not be bound (see the log).",
+                            value=1 if app.control_up else 0)
     yield GaugeMetricFamily("resolver_lkg_pins", "Last-known-good pins held (admin.max_pins at most).",
                             value=len(app.pipeline.lkg_pins))
 

@@ -305,3 +305,15 @@ def test_clients_that_never_read_do_not_grow_memory(tmp_path, fake_upstream):
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_an_unusable_admin_socket_does_not_stop_dns(fake_upstream, start_forwarder, tmp_path):
+    """A regular file where the socket should go is left alone; DNS is served without the admin API."""
+    fake_upstream.answer("www.test", "A", "192.0.2.1", ttl=300)
+    squatter = tmp_path / "admin.sock"
+    squatter.write_text("not a socket")
+    fwd = start_forwarder([fake_upstream.address], admin={"socket": str(squatter), "listen": ""})
+    assert ask(fwd.port, "www.test").answer[0][0].address == "192.0.2.1"
+    assert squatter.read_text() == "not a socket"
+    assert fwd.metric("resolver_admin_listener_up") == 0
+    assert run_ctl("--socket", str(squatter), "status")[0] == ctl.UNREACHABLE
