@@ -317,3 +317,50 @@ def test_an_unusable_admin_socket_does_not_stop_dns(fake_upstream, start_forward
     assert squatter.read_text() == "not a socket"
     assert fwd.metric("resolver_admin_listener_up") == 0
     assert run_ctl("--socket", str(squatter), "status")[0] == ctl.UNREACHABLE
+
+
+def test_a_reply_is_produced_only_as_fast_as_the_client_takes_it():
+    """A 256 MB streamed reply to a client that never reads: the listener produces at most
+    what the kernel buffers absorb plus one chunk, then cuts the client at the write
+    timeout (counted), and serves the next client."""
+    import asyncio
+
+    from resolver.admin import Gate, HttpListener, Reply, Route, Router
+
+    produced = []
+
+    def big(request):
+        def chunks():
+            for _ in range(4096):
+                produced.append(65536)
+                yield b"x" * 65536
+        return Reply(200, "text/plain", chunks())
+
+    async def scenario():
+        router = Router()
+        router.add(Route("/big", ("GET",), big, public=True))
+        router.add(Route("/small", ("GET",), lambda r: Reply(200, "text/plain", b"ok\n"), public=True))
+        listener = HttpListener(router, Gate(False), "admin", max_connections=4, timeout=0.5)
+        await listener.start_tcp("127.0.0.1", 0)
+        loop = asyncio.get_running_loop()
+        client = socket.socket()
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        client.setblocking(False)
+        await loop.sock_connect(client, ("127.0.0.1", listener.port))
+        await loop.sock_sendall(client, b"GET /big HTTP/1.1\r\n\r\n")
+        await asyncio.sleep(1.5)  # past the write timeout
+        cut = router.stats.timed_out.get("admin", 0)
+        open_after = listener.open_connections
+        reader, writer = await asyncio.open_connection("127.0.0.1", listener.port)
+        writer.write(b"GET /small HTTP/1.1\r\n\r\n")
+        reply = await reader.read()
+        writer.close()
+        client.close()
+        listener.close()
+        return cut, open_after, reply
+
+    cut, open_after, reply = asyncio.run(scenario())
+    assert cut == 1 and open_after == 0
+    print(f"produced {sum(produced) / 2**20:.1f} MiB of 256 MiB")
+    assert sum(produced) < 32 * 2**20, sum(produced)  # of 256 MB: the kernel's buffers and one chunk
+    assert reply.endswith(b"ok\n")
