@@ -364,3 +364,21 @@ def test_a_reply_is_produced_only_as_fast_as_the_client_takes_it():
     print(f"produced {sum(produced) / 2**20:.1f} MiB of 256 MiB")
     assert sum(produced) < 32 * 2**20, sum(produced)  # of 256 MB: the kernel's buffers and one chunk
     assert reply.endswith(b"ok\n")
+
+
+def test_ctl_status_shows_an_outage_being_covered(ctl_forwarder, fake_upstream):
+    fwd, sock = ctl_forwarder
+    ask(fwd.port, "www.test")
+    fwd.advance(400)  # expired: only a stale answer is left
+    fake_upstream.mode("servfail")
+    assert ask(fwd.port, "www.test").answer[0][0].address == "192.0.2.1"
+
+    async def tick():  # the periodic sweep's "serving stale" bookkeeping, without waiting 10 s
+        fwd.app.episodes.tick()
+
+    fwd.call(tick())
+    code, out, _ = run_ctl("--socket", sock, "status")
+    assert code == 0 and "outage: COVERING since " in out and "1 stale answers so far" in out
+    doc = json.loads(run_ctl("--socket", sock, "--json", "status")[1])
+    assert doc["outage"]["covering"] is True and doc["outage"]["since"] == fwd.clock.wall()
+    assert doc["cache"]["stale"] == 1 and doc["cache"]["fresh"] == 0

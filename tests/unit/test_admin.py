@@ -146,3 +146,14 @@ def test_default_socket_path_choices():
     assert default_socket_path({}, 0) == "/run/resolver/admin.sock"
     assert default_socket_path({"XDG_RUNTIME_DIR": "/run/user/1000"}, 1000) == "/run/user/1000/resolver/admin.sock"
     assert default_socket_path({}, 1000) == "/tmp/resolver-1000/admin.sock"
+
+
+def test_each_worker_gets_its_own_admin_socket():
+    import dataclasses
+
+    from resolver.cli import for_worker
+    from resolver.config import AdminConfig
+
+    config = dataclasses.replace(make_app().config, admin=AdminConfig(socket="/run/resolver/admin.sock"))
+    assert for_worker(config, 0).admin.socket == "/run/resolver/admin.sock"
+    assert for_worker(config, 2).admin.socket == "/run/resolver/admin.sock.2"
