@@ -67,10 +67,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def for_worker(config: Config, worker: int) -> Config:
     """Worker ``i`` of several serves its metrics on the configured port + i (README "Workers"),
-    and its admin API on the socket path + ".i" (``resolver ctl --worker i``)."""
+    and its admin API on the socket path + ".i" and admin.listen's port + i (``resolver ctl --worker i``)."""
     if worker and config.admin.enabled and config.admin.socket:
         path = default_socket_path() if config.admin.socket == ADMIN_SOCKET_AUTO else config.admin.socket
         config = dataclasses.replace(config, admin=dataclasses.replace(config.admin, socket=f"{path}.{worker}"))
+    if worker and config.admin.enabled and config.admin.listen:
+        host, _, port = config.admin.listen.rpartition(":")
+        if int(port):  # as for metrics: each worker its own port, so ctl reaches the one it names
+            admin = dataclasses.replace(config.admin, listen=f"{host}:{int(port) + worker}")
+            config = dataclasses.replace(config, admin=admin)
     if worker == 0 or not config.metrics.enabled or config.metrics.listen.port == 0:
         return config
     listen = dataclasses.replace(config.metrics.listen, port=config.metrics.listen.port + worker)

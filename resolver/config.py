@@ -191,7 +191,7 @@ class AdminConfig:
 
     enabled: bool = True
     socket: str = ADMIN_SOCKET_AUTO  # auto = $RESOLVER_ADMIN_SOCKET, $RUNTIME_DIRECTORY, /run/resolver, ...; "" = none
-    listen: str = ""  # TCP address, e.g. "127.0.0.1:9154"; "" = none; non-loopback needs token_file
+    listen: str = ""  # TCP address, e.g. "127.0.0.1:8953"; "" = none; non-loopback needs token_file
     token_file: str = ""  # file holding a bearer token TCP clients must send; "" = loopback clients only
     max_connections: int = 16  # open connections served at once; more wait in the kernel's backlog
     timeout: float = 5.0  # to send the request head, and to take the whole reply

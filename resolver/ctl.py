@@ -98,7 +98,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     where = p.add_mutually_exclusive_group()
     where.add_argument("--socket", "-s", metavar="PATH", help="admin Unix socket (default: where the server "
                        "puts it for this user; see admin.socket)")
-    where.add_argument("--url", metavar="URL", help="admin TCP listener, e.g. http://127.0.0.1:9154")
+    where.add_argument("--url", metavar="URL", help="admin TCP listener, e.g. http://127.0.0.1:8953")
     where.add_argument("--config", "-c", metavar="FILE", help="the server's configuration: use its admin section")
     p.add_argument("--token-file", metavar="FILE", help="bearer token for a TCP admin listener")
     p.add_argument("--worker", type=int, default=0, metavar="N", help="with workers > 1: which worker (default 0)")

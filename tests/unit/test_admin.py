@@ -154,6 +154,8 @@ def test_each_worker_gets_its_own_admin_socket():
     from resolver.cli import for_worker
     from resolver.config import AdminConfig
 
-    config = dataclasses.replace(make_app().config, admin=AdminConfig(socket="/run/resolver/admin.sock"))
-    assert for_worker(config, 0).admin.socket == "/run/resolver/admin.sock"
+    config = dataclasses.replace(make_app().config, admin=AdminConfig(socket="/run/resolver/admin.sock",
+                                                                      listen="127.0.0.1:8953"))
+    assert for_worker(config, 0).admin == config.admin
     assert for_worker(config, 2).admin.socket == "/run/resolver/admin.sock.2"
+    assert for_worker(config, 2).admin.listen == "127.0.0.1:8955"
