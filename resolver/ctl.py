@@ -32,7 +32,7 @@ import time
 import urllib.parse
 
 from .admin import default_socket_path
-from .config import ADMIN_SOCKET_AUTO, load_config
+from .config import ADMIN_SOCKET_AUTO, load_config, read_token
 from .errors import ConfigError
 
 OK, FAILED, USAGE, UNREACHABLE, NOT_FOUND = 0, 1, 2, 3, 4
@@ -145,6 +145,8 @@ def client_for(args: argparse.Namespace) -> Client:
         return Client(socket_path=args.socket + suffix, token=token, timeout=args.timeout)
     if args.config:
         admin = load_config(args.config).admin
+        if admin.token_file and token is None and not admin.socket:
+            token = read_token(admin.token_file).decode()  # the server's own token, if we may read it
         if admin.socket:
             path = default_socket_path() if admin.socket == ADMIN_SOCKET_AUTO else admin.socket
             return Client(socket_path=path + suffix, token=token, timeout=args.timeout)
