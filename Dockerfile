@@ -42,9 +42,12 @@ FROM ${PYTHON_IMAGE}
 LABEL org.opencontainers.image.title="resolver" \
       org.opencontainers.image.description="Caching DNS forwarder that serves stale answers when upstreams fail (RFC 8767)" \
       org.opencontainers.image.licenses="MIT"
+# RESOLVER_ADMIN_SOCKET: where the server binds its admin socket and where
+# `docker exec <c> resolver ctl ...` looks for it (the state volume, writable by the user).
 ENV PATH=/opt/resolver/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
-    PYTHONUNBUFFERED=1
+    PYTHONUNBUFFERED=1 \
+    RESOLVER_ADMIN_SOCKET=/var/lib/resolver/admin.sock
 RUN groupadd --system --gid 10053 resolver \
  && useradd --system --uid 10053 --gid resolver --no-create-home \
       --home-dir /var/lib/resolver --shell /usr/sbin/nologin resolver \

@@ -13,15 +13,15 @@ from importlib import metadata
 
 from . import dot, eventloop, metrics, wire
 from .acl import AccessControl
-from .admin import AdminServer
+from .admin import AdminStats, Gate, HttpListener, default_socket_path
+from .adminapi import build_router as build_admin_router
 from .cache import Cache
 from .clock import Clock, SystemClock
-from .config import Config
+from .config import ADMIN_SOCKET_AUTO, Address, Config, read_token
 from .errors import ConfigError
 from .health import Prober
 from .hosts import HostsFile
 from .limits import ClientLimits
-from .lkg_admin import PinHandler
 from .local import LocalAnswers, purge
 from .outagelog import StaleEpisodes
 from .persist import Persister
@@ -110,9 +110,20 @@ class App:
                                                    self.clock.monotonic, version(), self.local, self.hosts)
         self.collector.lifecycle = self  # snapshot, reload and handover counters
         self.registry = metrics.build_registry(self.collector)
-        self.admin = AdminServer(lambda: metrics.render(self.registry), lambda: self.ready, self.cache,
-                                 self.clock.monotonic, config.metrics.allow_remote_admin)
-        self.admin.handlers.append(PinHandler(lambda: self.pipeline))  # /lkg/pin, /lkg/unpin
+        # Two HTTP listeners, one route table (adminapi.py): the metrics listener serves
+        # only the public routes (it may be on 0.0.0.0 for Prometheus and the kubelet);
+        # the admin listener (Unix socket, optional TCP) serves all, behind admin.Gate.
+        self.version = version()
+        self.admin_stats = AdminStats()
+        self.http_routes = build_admin_router(self)
+        self.admin = HttpListener(self.http_routes, Gate(privileged=False), "metrics",
+                                  config.metrics.max_connections, config.metrics.timeout)
+        token = read_token(config.admin.token_file) if config.admin.token_file else None
+        self.control = HttpListener(self.http_routes, Gate(privileged=True, token=token), "admin",
+                                    config.admin.max_connections, config.admin.timeout)
+        self.control_up = False  # the admin listener is bound (resolver_admin_listener_up)
+        self.reload_source = None  # set by the command line: re-read the config file (POST /reload)
+        self.started_at = self.clock.monotonic()
         self.episodes = StaleEpisodes(self.stats, lambda: self.pool, self.clock.monotonic)
         self.ready = False
         self._sweeper: asyncio.Task | None = None
@@ -128,7 +139,10 @@ class App:
         eventloop.forget()  # this App's loop, not one cached by an earlier run in this thread
         self.persist.load()
         if self.config.metrics.enabled:
-            await self.admin.start(self.config.metrics.listen.host, self.config.metrics.listen.port)
+            listen = self.config.metrics.listen
+            await self.admin.start_tcp(listen.host, listen.port)
+            log.info("metrics and health on http://%s/metrics", listen)
+        await self._start_control()
         if self.hosts is not None:
             self.hosts.check()
             self._hosts_watch = asyncio.get_running_loop().create_task(self.hosts.watch())
@@ -161,6 +175,37 @@ class App:
             self._hosts_watch.cancel()
         await self.persist.stop()  # the final snapshot, after the last answers are cached
         self.admin.close()
+        self.control.close()
+
+    @property
+    def admin_socket(self) -> str:
+        """The admin Unix socket's path ("" = none)."""
+        socket_path = self.config.admin.socket
+        return default_socket_path() if socket_path == ADMIN_SOCKET_AUTO else socket_path
+
+    async def _start_control(self) -> None:
+        """The admin listener: a Unix socket (0600) and/or a TCP address (admin section).
+
+        A failure to bind it is logged, not fatal: answering DNS matters more than the
+        operator's control channel (an unwritable state volume must not take DNS down);
+        ``resolver_admin_listener_up`` shows it, and ``resolver ctl`` says it cannot connect.
+        """
+        admin = self.config.admin
+        if not admin.enabled:
+            return
+        try:
+            if self.admin_socket:
+                await self.control.start_unix(self.admin_socket)
+                log.info("admin API on unix:%s (resolver ctl)", self.admin_socket)
+            if admin.listen:
+                host, _, port = admin.listen.rpartition(":")  # validated by config (port 0 only in tests)
+                address = Address(host.strip("[]"), int(port))
+                await self.control.start_tcp(address.host, address.port)
+                log.info("admin API on http://%s%s", address, " (bearer token required)" if admin.token_file else "")
+            self.control_up = True
+        except OSError as e:
+            log.error("admin API not available (DNS is served without it): %s", e,
+                      extra={"event": "admin_listener_failed"})
 
     def reload(self, config: Config) -> None:
         """Apply a new configuration to the running parts; the cache is kept.

@@ -1,7 +1,8 @@
 """Operator access to the cache: inspect one entry, flush one name or everything.
 
-Served by ``admin.py`` as ``GET /cache?name=…&type=…`` and ``POST /cache/flush``
-(optionally ``?name=…`` and ``&type=…``).  The logic lives here, apart from HTTP,
+Served on the admin listener as ``GET /cache?name=…&type=…`` and ``POST /cache/flush``
+(``?name=…[&type=…]``, ``?zone=…`` or nothing for everything; ``resolver ctl lookup``
+and ``flush``).  The logic lives here, apart from HTTP,
 so it is a pure function of (cache, now, query parameters) → (status, JSON body)
 and its tests need no sockets.  Everything a request carries is untrusted: a bad
 name or type is a 400 that says what was wrong, never an exception.
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import json
 import struct
+from typing import Iterator
 
 from dnslib import QTYPE, DNSRecord
 
@@ -32,7 +34,7 @@ class BadRequest(ValueError):
     """The operator's request is malformed; the message says how."""
 
 
-def parse_params(query: str) -> dict[str, str]:
+def parse_params(query: str, allowed: tuple[str, ...] = ("name", "type")) -> dict[str, str]:
     """``name=www.test&type=A`` → dict; repeated, unknown or undecodable keys are refused."""
     from urllib.parse import parse_qsl
 
@@ -43,8 +45,8 @@ def parse_params(query: str) -> dict[str, str]:
         raise BadRequest(f"bad query string: {e}") from None
     params: dict[str, str] = {}
     for key, value in pairs:
-        if key not in ("name", "type"):
-            raise BadRequest(f"unknown parameter {key!r} (expected name, type)")
+        if key not in allowed:
+            raise BadRequest(f"unknown parameter {key!r} (expected {', '.join(allowed)})")
         if key in params:
             raise BadRequest(f"parameter {key!r} given twice")
         params[key] = value
@@ -132,25 +134,68 @@ def show(cache: Cache, now: float, query: str) -> tuple[int, bytes]:
     return (200 if found else 404), _json(doc)
 
 
-def flush(cache: Cache, query: str) -> tuple[int, bytes]:
-    """Drop everything, every entry for a name, or one name and type."""
-    try:
-        params = parse_params(query)
-        if "type" in params and "name" not in params:
-            raise BadRequest("type: only together with name")
-        name = parse_name(params["name"]) if "name" in params else None
-        qtype = parse_type(params["type"]) if "type" in params else None
-    except BadRequest as e:
-        return 400, _json({"error": str(e)})
+FLUSH_SLICE = 10_000  # keys examined per loop turn when flushing a name or a zone
+
+
+def parse_flush(query: str) -> tuple[bytes | None, int | None, bool]:
+    """(name, type, whole zone?) of a flush request; (None, None, False) = everything."""
+    params = parse_params(query, ("name", "type", "zone"))
+    if "type" in params and "name" not in params:
+        raise BadRequest("type: only together with name")
+    if "zone" in params and len(params) > 1:
+        raise BadRequest("zone: not together with name or type")
+    if "zone" in params:
+        return parse_name(params["zone"]), None, True
+    name = parse_name(params["name"]) if "name" in params else None
+    return name, (parse_type(params["type"]) if "type" in params else None), False
+
+
+def flush_keys(cache: Cache, name: bytes | None, qtype: int | None, zone: bool) -> Iterator[int]:
+    """Drop everything, one name and type, every type of a name, or a whole zone.
+
+    A generator: it yields the count so far after each slice of ``FLUSH_SLICE`` keys,
+    so the caller can hand the loop back to DNS between slices (an explicit operator
+    action is O(entries) when it must look at every key; it must never stall answers).
+    Its final value is the number of entries dropped.
+    """
     if name is None:
         n = len(cache)
         cache.clear()
-    elif qtype is not None:
-        n = sum(cache.remove(key) for _, key in _keys(name, qtype))
-    else:
-        # Every type of this name: one pass over the keys (an explicit operator
-        # action, so O(entries) is acceptable; no per-query cost).
-        n = sum(cache.remove(key) for key in [k for k in cache.entries if _name_of(k) == name])
+        yield n
+        return
+    if qtype is not None:
+        yield sum(cache.remove(key) for _, key in _keys(name, qtype))
+        return
+    keys = list(cache.entries)  # references only
+    n = 0
+    for start in range(0, len(keys), FLUSH_SLICE):
+        for key in keys[start:start + FLUSH_SLICE]:
+            owner = _name_of(key)
+            if (owner == name or (zone and (name == b"\x00" or owner.endswith(name) and _at_label(owner, name)))) \
+                    and cache.remove(key):
+                n += 1
+        yield n
+
+
+def _at_label(owner: bytes, zone: bytes) -> bool:
+    """Is ``zone`` (a suffix of ``owner``) a whole-label suffix?  Walks the labels."""
+    pos = 0
+    while pos < len(owner):
+        if owner[pos:] == zone:
+            return True
+        pos += owner[pos] + 1
+    return False
+
+
+def flush(cache: Cache, query: str) -> tuple[int, bytes]:
+    """Synchronous flush (tests, small caches): ``flush_keys`` run to the end."""
+    try:
+        name, qtype, zone = parse_flush(query)
+    except BadRequest as e:
+        return 400, _json({"error": str(e)})
+    n = 0
+    for n in flush_keys(cache, name, qtype, zone):
+        pass
     return 200, _json({"flushed": n})
 
 

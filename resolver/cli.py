@@ -2,6 +2,7 @@
 
 Exit codes: 0 clean stop; 1 could not start (e.g. address in use); 2 bad
 configuration or usage (one line on stderr naming the key and the problem).
+``resolver ctl …`` is the operator's client (``ctl.py``, its own exit codes).
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import sys
 
 from . import reload as live_reload
 from .app import App, tune_gc, version
-from .config import WORKERS_AUTO, Config, load_config
+from .admin import default_socket_path
+from .config import ADMIN_SOCKET_AUTO, WORKERS_AUTO, Config, load_config
 from .errors import ConfigError
 from .supervisor import Supervisor, usable_cores
 
@@ -64,7 +66,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def for_worker(config: Config, worker: int) -> Config:
-    """Worker ``i`` of several serves its metrics on the configured port + i (README "Workers")."""
+    """Worker ``i`` of several serves its metrics on the configured port + i (README "Workers"),
+    and its admin API on the socket path + ".i" and admin.listen's port + i (``resolver ctl --worker i``)."""
+    if worker and config.admin.enabled and config.admin.socket:
+        path = default_socket_path() if config.admin.socket == ADMIN_SOCKET_AUTO else config.admin.socket
+        config = dataclasses.replace(config, admin=dataclasses.replace(config.admin, socket=f"{path}.{worker}"))
+    if worker and config.admin.enabled and config.admin.listen:
+        host, _, port = config.admin.listen.rpartition(":")
+        if int(port):  # as for metrics: each worker its own port, so ctl reaches the one it names
+            admin = dataclasses.replace(config.admin, listen=f"{host}:{int(port) + worker}")
+            config = dataclasses.replace(config, admin=admin)
     if worker == 0 or not config.metrics.enabled or config.metrics.listen.port == 0:
         return config
     listen = dataclasses.replace(config.metrics.listen, port=config.metrics.listen.port + worker)
@@ -97,11 +108,12 @@ async def serve(config: Config, stop_event: asyncio.Event | None = None, *, conf
         app.reload(new)
         setup_logging(new)
 
-    def on_hup() -> None:
-        live_reload.reload(lambda: for_worker(load_config(config_path, resolv_conf), worker), apply,
-                           app.reloads, app.clock.wall)
+    def on_hup() -> bool:
+        return live_reload.reload(lambda: for_worker(load_config(config_path, resolv_conf), worker), apply,
+                                  app.reloads, app.clock.wall)
 
     loop.add_signal_handler(signal.SIGHUP, on_hup)
+    app.reload_source = on_hup  # POST /reload (resolver ctl reload)
     await stop.wait()
     log.info("stopping: finishing in-flight queries (grace %.1fs)", app.config.server.shutdown_grace)
     await app.stop()
@@ -120,6 +132,10 @@ def _run(coro) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["ctl"]:  # the operator's client (ctl.py): talks to a running server
+        from . import ctl
+        return ctl.main(argv[1:])
     args = parse_args(argv)
     try:
         config = load_config(args.config, resolv_conf=args.resolv_conf)

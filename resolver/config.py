@@ -12,6 +12,7 @@ import ipaddress
 import math
 import os
 import re
+import stat
 from dataclasses import dataclass, fields, is_dataclass, replace
 
 import yaml
@@ -168,13 +169,36 @@ class SecurityConfig:
 
 @dataclass(frozen=True, slots=True)
 class MetricsConfig:
-    """Prometheus endpoint; loopback by default so it is not exposed by accident."""
+    """Prometheus endpoint and health checks (/metrics, /healthz, /readyz) and nothing else:
+    it may be on 0.0.0.0 for the scraper and the kubelet.  Loopback by default."""
 
     enabled: bool = True
     listen: Address = Address("127.0.0.1", 9153)
-    # /cache (inspect, flush) on a non-loopback listen address: off, because anyone
-    # who can reach it could flush the cache during an outage.
-    allow_remote_admin: bool = False
+    max_connections: int = 32  # open connections served at once; more wait in the kernel's backlog
+    timeout: float = 5.0  # to send the request head, and to take the whole reply
+
+
+ADMIN_SOCKET_AUTO = "auto"
+
+
+@dataclass(frozen=True, slots=True)
+class AdminConfig:
+    """The privileged API (cache lookup and flush, pins, reload, status) for ``resolver ctl``.
+
+    Its own listener: a Unix socket (mode 0600) by default, optionally a TCP address
+    as well; never the metrics listener.  See README "Admin API and resolver ctl".
+    """
+
+    enabled: bool = True
+    socket: str = ADMIN_SOCKET_AUTO  # auto = $RESOLVER_ADMIN_SOCKET, $RUNTIME_DIRECTORY, /run/resolver, ...; "" = none
+    listen: str = ""  # TCP address, e.g. "127.0.0.1:8953"; "" = none; non-loopback needs token_file
+    token_file: str = ""  # file holding a bearer token TCP clients must send; "" = loopback clients only
+    max_connections: int = 16  # open connections served at once; more wait in the kernel's backlog
+    timeout: float = 5.0  # to send the request head, and to take the whole reply
+    max_pins: int = 1_000  # last-known-good pins held at once (each keeps an entry forever)
+
+
+MAX_CACHE_ENTRIES = 100_000_000  # ~30 GB of answers: a larger figure is a typo (an extra zero or two)
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,6 +240,7 @@ class Config:
     server: ServerConfig = ServerConfig()
     security: SecurityConfig = SecurityConfig()
     metrics: MetricsConfig = MetricsConfig()
+    admin: AdminConfig = AdminConfig()
     logging: LoggingConfig = LoggingConfig()
     # Conditional forwarding and local answers (resolver/routing.py, resolver/local.py).
     forward: tuple[ForwardZone, ...] = ()
@@ -438,6 +463,8 @@ def _section(cls: type, data: object, key: str):
             values[name] = _section(kind, raw, path)
         elif raw == "" and getattr(cls(), name) == "":
             values[name] = ""  # an empty string that is also the default means "off"
+        elif name == "socket":  # admin.socket: "" (no socket) differs from the default ("auto")
+            values[name] = _expect(isinstance(raw, str), raw, path, 'a socket path, "auto" or "" (none)')
         elif name == "tls_ca_file":
             values[name] = _expect(isinstance(raw, str), raw, path, "a file path (or \"\" for the system store)")
         else:
@@ -497,6 +524,10 @@ def _check_ranges(c: Config) -> None:
         ("upstream.probe_interval_max", u.probe_interval_max >= u.probe_interval,
          f"must be at least upstream.probe_interval ({u.probe_interval:g})"),
         ("cache.max_entries", cache.max_entries >= 1, "must be at least 1"),
+        ("cache.max_entries", cache.max_entries <= MAX_CACHE_ENTRIES, f"must be at most {MAX_CACHE_ENTRIES}"),
+        ("stale.client_timeout", c.stale.client_timeout <= u.total_timeout,
+         f"must not exceed upstream.total_timeout ({u.total_timeout:g}): the client would get SERVFAIL "
+         "before any stale answer"),
         ("cache.min_ttl", cache.min_ttl <= cache.max_ttl,
          f"must not exceed cache.max_ttl ({cache.max_ttl})"),
         ("cache.servfail_ttl", cache.servfail_ttl <= 300, "must be at most 300 (RFC 9520 §3.2)"),
@@ -515,6 +546,11 @@ def _check_ranges(c: Config) -> None:
         ("logging.level", c.logging.level in LOG_LEVELS, f"must be one of: {levels}"),
         ("logging.format", c.logging.format in LOG_FORMATS, f"must be one of: {formats}"),
         ("hosts_file.check_interval", c.hosts_file.check_interval > 0, "must be greater than 0"),
+        ("metrics.max_connections", 1 <= c.metrics.max_connections <= 1024, "must be 1 to 1024"),
+        ("metrics.timeout", c.metrics.timeout > 0, "must be greater than 0"),
+        ("admin.max_connections", 1 <= c.admin.max_connections <= 1024, "must be 1 to 1024"),
+        ("admin.timeout", c.admin.timeout > 0, "must be greater than 0"),
+        ("admin.max_pins", 1 <= c.admin.max_pins <= 100_000, "must be 1 to 100000"),
     ]
     for key, ok, problem in rules:
         if not ok:
@@ -536,6 +572,62 @@ def _check_ranges(c: Config) -> None:
         raise ConfigError("stale.last_known_good.mode", f"must be one of: {', '.join(LKG_MODES)}, got {_show(lkg.mode)}")
     if c.metrics.enabled and c.metrics.listen in c.listen:
         raise ConfigError("metrics.listen", f"is also a DNS listen address ({c.metrics.listen})")
+    _check_persist_path(cache.persist.path)
+    _check_admin(c)
+
+
+def _check_persist_path(path: str) -> None:
+    """Absolute, and if it exists a regular file: a FIFO there would block start-up in
+    open(), a device would be read as a snapshot.  A relative path would follow
+    whatever directory the process was started in."""
+    key = "cache.persist.path"
+    if not path:
+        return
+    if not os.path.isabs(path):
+        raise ConfigError(key, f"must be an absolute path, got {_show(path)}")
+    try:
+        st = os.stat(path)
+    except OSError:  # missing (first start) or not visible to the checker: the load warns if unusable
+        return
+    if stat.S_ISDIR(st.st_mode):
+        raise ConfigError(key, f"{path!r} is a directory; give the snapshot file's path, e.g. "
+                          f"{os.path.join(path, 'cache.snapshot')!r}")
+    if not stat.S_ISREG(st.st_mode):
+        raise ConfigError(key, f"{path!r} exists and is not a regular file")
+
+
+def _check_admin(c: Config) -> None:
+    a = c.admin
+    if not a.enabled:
+        return
+    if a.socket not in ("", ADMIN_SOCKET_AUTO) and not os.path.isabs(a.socket):
+        raise ConfigError("admin.socket", f"must be an absolute path, \"auto\" or \"\", got {_show(a.socket)}")
+    if len(a.socket.encode()) > 100:  # sockaddr_un.sun_path is 108 bytes on Linux
+        raise ConfigError("admin.socket", "path too long for a Unix socket (at most 100 bytes)")
+    if a.listen:
+        address = parse_address(a.listen, "admin.listen")
+        if address in c.listen or (c.metrics.enabled and address == c.metrics.listen):
+            raise ConfigError("admin.listen", f"is also a DNS or metrics listen address ({address})")
+        if not ipaddress.ip_address(address.host).is_loopback and not a.token_file:
+            raise ConfigError("admin.token_file", f"required when admin.listen ({address}) is not a loopback "
+                              "address: without it anyone who reaches the port could flush and pin")
+    if a.token_file:
+        read_token(a.token_file)
+
+
+def read_token(path: str) -> bytes:
+    """The admin bearer token from ``path`` (surrounding whitespace stripped); ConfigError if unusable."""
+    key = "admin.token_file"
+    try:
+        with open(path, "rb") as f:
+            token = f.read(4097).strip()
+    except OSError as e:
+        raise ConfigError(key, f"cannot read {path!r}: {e.strerror}") from None
+    if len(token) < 16 or len(token) > 4096:
+        raise ConfigError(key, f"{path!r} must hold a token of 16 to 4096 characters")
+    if any(b < 0x21 or b > 0x7e for b in token):
+        raise ConfigError(key, f"{path!r}: the token must be printable ASCII without spaces")
+    return token
 
 
 def _is_self(upstream: UpstreamAddress, listen: tuple[Address, ...]) -> bool:
@@ -583,6 +675,9 @@ def parse_config(data: object, resolv_conf: str | None = None) -> Config:
     file is read only when no upstreams are configured.
     """
     top = _mapping(data, "", [f.name for f in fields(Config)])
+    if isinstance(top.get("metrics"), dict) and "allow_remote_admin" in top["metrics"]:
+        raise ConfigError("metrics.allow_remote_admin", "removed: the admin API has its own listener now "
+                          "(admin.socket, or admin.listen with admin.token_file for remote use)")
     default = Config()
     listen = default.listen
     if "listen" in top:

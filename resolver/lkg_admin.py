@@ -8,19 +8,21 @@ While a name is pinned, an empty answer (NXDOMAIN/NODATA) never replaces its cac
 positive records, whatever ``stale.last_known_good`` says (zones, max_age, mode),
 and the entry is kept past its stale window; the pin lasts until unpinned or the
 process restarts.  This lets an operator who *knows* an empty answer is wrong hold
-the line without a config change.  It is served on the metrics listener, which is
-loopback by default: anyone who can reach it can change answers.
-
-A separate handler so that ``admin.py`` only needs one hook (``handlers``).
+the line without a config change.  At most ``admin.max_pins`` pins are held.  Served on the admin listener only (admin.py's
+gate): anyone who can pin can change answers.  ``resolver ctl pin|unpin|pins``.
 """
 
 from __future__ import annotations
 
+import logging
 from urllib.parse import parse_qs
 
 from dnslib import QTYPE
 
 from . import wire
+from .admin import TEXT, AdminStats, Reply, Request, Route, audit, text
+
+log = logging.getLogger("resolver.admin")
 
 _MAX_QUERY = 1024
 
@@ -43,34 +45,69 @@ def _question(params: dict) -> bytes:
     return encoded + number.to_bytes(2, "big") + b"\x00\x01"
 
 
-class PinHandler:
-    """Routes /lkg/*; ``pipeline`` is a getter (a reload may replace objects)."""
+def pin_text(question: bytes) -> str:
+    """``name. TYPE`` for a pinned upstream question (name already escaped by wire.name_to_text)."""
+    qtype = int.from_bytes(question[-4:-2], "big")
+    return f"{wire.name_to_text(question[:-4])} {QTYPE.get(qtype, f'TYPE{qtype}')}"
 
-    def __init__(self, pipeline):
+
+LISTING_CHUNK = 256  # pins formatted per written chunk
+
+
+class PinRoutes:
+    """``/lkg/pin``, ``/lkg/unpin``, ``/lkg/pins`` for the admin router.
+
+    ``pipeline`` is a getter (a reload may replace objects); ``max_pins`` bounds the
+    set (``admin.max_pins``): each pin holds a cache entry forever and is checked on
+    every insert of that question, so an unbounded set is a memory and CPU leak an
+    admin client could drive.  Every pin and unpin is an audit line and a count.
+    """
+
+    def __init__(self, pipeline, stats: AdminStats, max_pins: int):
         self.pipeline = pipeline
+        self.stats = stats
+        self.max_pins = max_pins
 
-    def __call__(self, method: str, target: str) -> tuple[int, str, bytes] | None:
-        path, _, query = target.partition("?")
-        if path not in ("/lkg/pin", "/lkg/unpin", "/lkg/pins"):
-            return None
-        pipe = self.pipeline()
-        if path == "/lkg/pins":
-            if method not in ("GET", "HEAD"):
-                return 405, "text/plain", b"method not allowed\n"
-            lines = sorted(f"{wire.name_to_text(q[:-4])} {QTYPE.get(int.from_bytes(q[-4:-2], 'big'))}"
-                           for q in pipe.lkg_pins)
-            return 200, "text/plain", "".join(line + "\n" for line in lines).encode()
-        if method != "POST":
-            return 405, "text/plain", b"method not allowed (use POST)\n"
-        if len(query) > _MAX_QUERY:
-            return 400, "text/plain", b"query string too long\n"
+    def routes(self) -> list[Route]:
+        return [Route("/lkg/pin", ("POST",), self.pin), Route("/lkg/unpin", ("POST",), self.unpin),
+                Route("/lkg/pins", ("GET", "HEAD"), self.pins)]
+
+    def _parse(self, request: Request) -> bytes:
+        if len(request.query) > _MAX_QUERY:
+            raise ValueError("query string too long")
+        return _question(parse_qs(request.query, keep_blank_values=True, max_num_fields=8))
+
+    def pin(self, request: Request) -> Reply:
         try:
-            question = _question(parse_qs(query, keep_blank_values=True, max_num_fields=8))
+            question = self._parse(request)
         except ValueError as e:
-            return 400, "text/plain", f"{e}\n".encode()
-        if path == "/lkg/pin":
-            held = pipe.pin(question)
-            note = "records held" if held else "no positive records cached now; pinned for when they are"
-            return 200, "text/plain", f"pinned ({note})\n".encode()
-        was = pipe.unpin(question)
-        return 200, "text/plain", b"unpinned\n" if was else b"was not pinned\n"
+            return text(400, str(e))
+        pipe = self.pipeline()
+        if question not in pipe.lkg_pins and len(pipe.lkg_pins) >= self.max_pins:
+            log.warning("admin pin refused: %d pins already (admin.max_pins) (by %s)", len(pipe.lkg_pins),
+                        request.who, extra={"event": "admin_pin_refused", "peer": request.who})
+            return text(507, f"pin limit reached ({self.max_pins}, admin.max_pins): unpin something first")
+        held = pipe.pin(question)
+        audit(self.stats, request, "pin", pin_text(question))
+        note = "records held" if held else "no positive records cached now; pinned for when they are"
+        return text(200, f"pinned ({note})")
+
+    def unpin(self, request: Request) -> Reply:
+        try:
+            question = self._parse(request)
+        except ValueError as e:
+            return text(400, str(e))
+        was = self.pipeline().unpin(question)
+        if was:
+            audit(self.stats, request, "unpin", pin_text(question))
+        return text(200, "unpinned" if was else "was not pinned")
+
+    def pins(self, request: Request) -> Reply:
+        """The pins as ``name. TYPE`` lines, formatted chunk by chunk while being written."""
+        questions = sorted(self.pipeline().lkg_pins)  # ≤ max_pins references: cheap to copy
+
+        def lines():
+            for start in range(0, len(questions), LISTING_CHUNK):
+                yield "".join(pin_text(q) + "\n" for q in questions[start:start + LISTING_CHUNK]).encode()
+
+        return Reply(200, TEXT, lines())

@@ -237,6 +237,36 @@ def _lifecycle_families(app):
     yield CounterMetricFamily("resolver_worker_restarts",
                               "Times the supervisor restarted this worker slot after it died.",
                               value=getattr(app, "worker_restarts", 0))
+    if hasattr(app, "admin_stats"):
+        yield from _admin_families(app)
+
+
+def _admin_families(app):
+    """The admin API (README "Admin API and resolver ctl"): state changes, refusals, pins."""
+    from .admin import ACTIONS, LISTENERS
+
+    a = app.admin_stats
+    actions = CounterMetricFamily("resolver_admin_actions", "State changes made through the admin API "
+                                  "(each also logged as an audit line), by action.", labels=["action"])
+    for action in ACTIONS:
+        actions.add_metric([action], a.actions.get(action, 0))
+    yield actions
+    denied = CounterMetricFamily("resolver_admin_requests_denied", "Requests for a privileged route refused "
+                                 "by the admin gate (wrong listener, non-loopback client or bad token).",
+                                 labels=["listener"])
+    cut = CounterMetricFamily("resolver_http_connections_timed_out", "HTTP connections closed for not sending "
+                              "a request or not taking the reply within the listener's timeout.",
+                              labels=["listener"])
+    for listener in LISTENERS:
+        denied.add_metric([listener], a.denied.get(listener, 0))
+        cut.add_metric([listener], a.timed_out.get(listener, 0))
+    yield denied
+    yield cut
+    yield GaugeMetricFamily("resolver_admin_listener_up", "1 if the admin listener (admin.socket / admin.listen) "
+                            "is bound; 0 if it is off or could not be bound (see the log).",
+                            value=1 if app.control_up else 0)
+    yield GaugeMetricFamily("resolver_lkg_pins", "Last-known-good pins held (admin.max_pins at most).",
+                            value=len(app.pipeline.lkg_pins))
 
 
 def _security_families(s: Stats):

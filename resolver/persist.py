@@ -63,6 +63,11 @@ class Persister:
         self._lock = asyncio.Lock()
 
     @property
+    def stale_temp_age(self) -> float:
+        """A temp file untouched this long belongs to no live writer (two save intervals, at least 5 min)."""
+        return max(300.0, 2 * self.config.interval)
+
+    @property
     def enabled(self) -> bool:
         return bool(self.config.path)
 
@@ -70,6 +75,10 @@ class Persister:
         """Restore the snapshot into the cache; on any problem one warning and None."""
         if not self.enabled:
             return None
+        if self.writer:
+            removed = snapshot.remove_stale_temps(self.config.path, self.clock.wall(), self.stale_temp_age)
+            if removed:
+                log.info("removed %d unfinished snapshot temp file(s) beside %s", removed, self.config.path)
         started = self.clock.monotonic()
         # Loading builds millions of objects; the cyclic GC would rescan all of
         # them again and again (seconds for 1M entries) to find no garbage.

@@ -19,15 +19,16 @@ from .errors import ConfigError
 log = logging.getLogger("resolver.reload")
 
 # Keys whose change needs a restart: sockets are bound once, workers are forked once.
-RESTART_ONLY = ("listen", "metrics", "workers", "hosts_file")
+RESTART_ONLY = ("listen", "metrics", "admin", "workers", "hosts_file")
 
 
 class ReloadStats:
     """Plain counters for the metrics collector."""
 
-    __slots__ = ("successes", "failures", "last_success_wall")
+    __slots__ = ("successes", "failures", "last_success_wall", "last_error")
 
     def __init__(self):
+        self.last_error = ""  # the last refusal's one-line message (resolver ctl reload shows it)
         self.successes = 0
         self.failures = 0
         self.last_success_wall = 0.0
@@ -52,6 +53,7 @@ def reload(load: Callable[[], Config], apply: Callable[[Config], None], stats: R
         apply(config)
     except ConfigError as exc:
         stats.failures += 1
+        stats.last_error = str(exc)
         log.error("reload refused, keeping the running configuration: %s", exc)
         return False
     stats.successes += 1

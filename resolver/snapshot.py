@@ -29,7 +29,9 @@ from __future__ import annotations
 
 import math
 import os
+import stat
 import struct
+import tempfile
 import zlib
 from dataclasses import dataclass
 from typing import Iterable, Iterator
@@ -262,17 +264,23 @@ def restore(cache: Cache, records: Iterable[tuple], now: float, wall_now: float,
     return LoadResult(restored, expired, skipped, written_at)
 
 
+TEMP_INFIX = ".tmp."  # temp files are "<snapshot name>.tmp.<random>" in the snapshot's directory
+
+
 def write_atomic(path: str, parts: list[bytes]) -> int:
     """Write ``parts`` to ``path`` so that readers see the old file or the new one, never half.
 
     Temp file in the same directory (rename is atomic only within a file system),
     fsync it, rename over the target, then fsync the directory so the rename itself
-    survives a power cut.  Returns the bytes written; raises OSError (the temp file
-    is removed).
+    survives a power cut.  The temp file is created by ``tempfile.mkstemp``: an
+    unpredictable name opened with O_CREAT|O_EXCL (which also refuses to follow a
+    symlink planted at that name, POSIX open(2)), mode 0600 — a predictable name
+    opened with O_TRUNC let anyone who could write the directory plant a symlink and
+    have us overwrite its target.  Returns the bytes written; raises OSError (the
+    temp file is removed).
     """
     directory = os.path.dirname(os.path.abspath(path))
-    tmp = f"{path}.tmp.{os.getpid()}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + TEMP_INFIX, dir=directory)
     try:
         written = 0
         with os.fdopen(fd, "wb") as f:
@@ -296,12 +304,46 @@ def write_atomic(path: str, parts: list[bytes]) -> int:
     return written
 
 
+def remove_stale_temps(path: str, now_wall: float, older_than: float) -> int:
+    """Delete temp files of snapshot writes that never finished (a killed process).
+
+    Only names "<snapshot>.tmp.*" beside the snapshot, only regular files and
+    symlinks (the link itself is removed, never followed), only those untouched
+    for ``older_than`` seconds: a predecessor still writing during a zero-gap
+    upgrade keeps its file.  Returns how many were removed; errors are ignored
+    (the next start tries again).
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    prefix = os.path.basename(path) + TEMP_INFIX
+    removed = 0
+    try:
+        names = [n for n in os.listdir(directory) if n.startswith(prefix)]
+    except OSError:
+        return 0
+    for name in names:
+        full = os.path.join(directory, name)
+        try:
+            st = os.lstat(full)
+            if (stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode)) and now_wall - st.st_mtime >= older_than:
+                os.unlink(full)
+                removed += 1
+        except OSError:
+            continue
+    return removed
+
+
 def read_file(path: str, max_entries: int) -> bytes:
     """The snapshot's bytes; raises SnapshotError (missing, unreadable, absurdly large)."""
     limit = 1024 * 1024 + max_entries * BYTES_PER_ENTRY_LIMIT
     try:
-        with open(path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
+        # O_NONBLOCK: a FIFO planted at the path must not block start-up in open();
+        # anything but a regular file is then refused by the fstat check.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        with open(fd, "rb") as f:
+            st = os.fstat(f.fileno())
+            if not stat.S_ISREG(st.st_mode):
+                raise SnapshotError("not a regular file")
+            size = st.st_size
             if size > limit:
                 raise SnapshotError(f"too large ({size} bytes, limit {limit} for max_entries {max_entries})")
             return f.read(limit + 1)

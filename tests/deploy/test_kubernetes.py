@@ -18,7 +18,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from resolver.admin import AdminServer
+from resolver.admin import Gate
+from resolver.app import App
 from resolver.config import Config, parse_config
 from tests.conftest import resolv_conf
 from tests.deploy import dockerfile as df
@@ -28,7 +29,21 @@ MANIFESTS = sorted((REPO / "deploy" / "kubernetes").glob("*.yaml"))
 K8S_VERSION = "1.30.0"  # native sidecars (restartPolicy on init containers) are on by default from 1.29
 WORKLOADS = ("Deployment", "DaemonSet", "StatefulSet", "Pod")
 CRD_GROUPS = ("monitoring.coreos.com/",)
-SERVED = AdminServer(lambda: b"", lambda: True)
+
+
+
+class _Served:
+    """What the metrics listener answers a scraper or a kubelet (a pod-network address)."""
+
+    def __init__(self):
+        self.app = App(Config(upstreams=(parse_config({"upstreams": ["127.0.0.1:1053"]}).upstreams)))
+        self.app.ready = True
+
+    def handle(self, method: str, path: str):
+        return self.app.http_routes.handle(method, path, peer="10.1.2.3", gate=Gate(False), listener="metrics")
+
+
+SERVED = _Served()
 
 
 def documents(path: Path) -> list[dict]:

@@ -53,7 +53,7 @@ def post(fwd, target: str) -> tuple[int, str]:
     import urllib.error
     import urllib.request
 
-    req = urllib.request.Request(f"http://127.0.0.1:{fwd.metrics_port}{target}", method="POST", data=b"")
+    req = urllib.request.Request(f"http://127.0.0.1:{fwd.admin_port}{target}", method="POST", data=b"")
     try:
         with urllib.request.urlopen(req, timeout=5) as r:
             return r.status, r.read().decode()
@@ -67,7 +67,7 @@ def test_operator_pins_and_unpins_over_http(fake_upstream, start_forwarder):
     fwd = start_forwarder([fake_upstream.address])
     assert ask(fwd.port, "pay.example").answer
     assert post(fwd, "/lkg/pin?name=pay.example&type=A") == (200, "pinned (records held)\n")
-    assert fwd.http("/lkg/pins") == (200, "pay.example. A\n")
+    assert fwd.admin_http("/lkg/pins") == (200, "pay.example. A\n")
     assert post(fwd, "/lkg/pin?name=bad..name")[0] == 400
     fake_upstream.clear()
     fwd.advance(61)

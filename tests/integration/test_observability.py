@@ -45,7 +45,7 @@ def tick(fwd) -> None:
 
 
 def post(fwd, path: str, headers: dict | None = None) -> tuple[int, str]:
-    req = urllib.request.Request(f"http://127.0.0.1:{fwd.metrics_port}{path}", method="POST", data=b"",
+    req = urllib.request.Request(f"http://127.0.0.1:{fwd.admin_port}{path}", method="POST", data=b"",
                                  headers=headers or {})
     try:
         with urllib.request.urlopen(req, timeout=5) as r:
@@ -174,39 +174,40 @@ def test_cache_admin_over_http(fake_upstream, start_forwarder):
     fwd = start_forwarder([fake_upstream.address])
     ask(fwd.port, "www.test")
     fwd.advance(100)
-    status, body = fwd.http("/cache?name=www.test&type=A")
+    status, body = fwd.admin_http("/cache?name=www.test&type=A")
     assert status == 200
     [entry] = [e for e in json.loads(body)["entries"] if e["flags"] == ""]
     assert entry["state"] == "fresh" and entry["ttl_left"] == 200 and entry["rcode"] == "NOERROR"
     assert "192.0.2.1" in entry["records"][0]
-    assert fwd.http("/cache?name=www.test&type=NOPE")[0] == 400
-    assert fwd.http("/cache?name=" + "x" * 300)[0] == 400
-    assert fwd.http("/cache/flush")[0] == 405  # GET must not flush
+    assert fwd.admin_http("/cache?name=www.test&type=NOPE")[0] == 400
+    assert fwd.admin_http("/cache?name=" + "x" * 300)[0] == 400
+    assert fwd.admin_http("/cache/flush")[0] == 405  # GET must not flush
     assert post(fwd, "/cache/flush", {"Origin": "http://evil.example"})[0] == 403
-    assert fwd.http("/cache?name=www.test")[0] == 200
+    assert fwd.admin_http("/cache?name=www.test")[0] == 200
     status, body = post(fwd, "/cache/flush?name=www.test")
     assert status == 200 and json.loads(body)["flushed"] >= 1
-    assert fwd.http("/cache?name=www.test")[0] == 404
+    assert fwd.admin_http("/cache?name=www.test")[0] == 404
     calls = len(fake_upstream.calls)
     ask(fwd.port, "www.test")
     assert len(fake_upstream.calls) == calls + 1  # flushed: asked upstream again
     # Garbage over the socket: never a crash, the listener keeps serving.
     for raw in (b"POST /cache/flush?name=%zz HTTP/1.1\r\n\r\n", b"GET /cache?" + b"a=1&" * 50 + b" HTTP/1.1\r\n\r\n",
                 b"\xff\xfe GARBAGE\r\n\r\n", b"GET /cache?name=\xff\xfe HTTP/1.1\r\n\r\n"):
-        with socket.create_connection(("127.0.0.1", fwd.metrics_port), timeout=5) as c:
+        with socket.create_connection(("127.0.0.1", fwd.admin_port), timeout=5) as c:
             c.sendall(raw)
             reply = c.recv(4096)
         assert reply.startswith(b"HTTP/1.1 4"), raw
-    assert fwd.http("/healthz")[0] == 200
+    assert fwd.admin_http("/status")[0] == 200
 
 
-def test_cache_admin_refused_on_non_loopback_listener(fake_upstream, start_forwarder):
-    """On 0.0.0.0 the cache admin is refused (403) while /metrics is served."""
+def test_cache_admin_refused_on_the_metrics_listener(fake_upstream, start_forwarder):
+    """The metrics listener (here on 0.0.0.0, as in the container) serves monitoring only:
+    the cache admin is refused there (403) while /metrics is served."""
     from resolver.config import Address
 
     fwd = start_forwarder([fake_upstream.address], metrics={"listen": Address("0.0.0.0", 0)})
     assert fwd.http("/cache?name=www.test")[0] == 403
-    assert post(fwd, "/cache/flush")[0] == 403
+    assert fwd.http("/cache/flush", "POST")[0] == 403
     assert fwd.http("/metrics")[0] == 200
 
 

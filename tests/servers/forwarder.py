@@ -18,7 +18,7 @@ import uvloop
 
 from resolver.app import App
 from resolver.clock import FakeClock
-from resolver.config import Address, Config, MetricsConfig, parse_config, parse_upstream
+from resolver.config import AdminConfig, Address, Config, MetricsConfig, parse_config, parse_upstream
 
 
 def forwarder_config(upstreams: list[str], **sections) -> Config:
@@ -30,6 +30,9 @@ def forwarder_config(upstreams: list[str], **sections) -> Config:
         listen=(Address("127.0.0.1", 0),),
         upstreams=tuple(parse_upstream(u, f"upstreams[{i}]") for i, u in enumerate(upstreams)),
         metrics=MetricsConfig(enabled=True, listen=Address("127.0.0.1", 0)),
+        # The admin API on a loopback TCP port (no Unix socket: parallel test forwarders
+        # would share the default path); tests that need the socket set admin.socket.
+        admin=AdminConfig(socket="", listen="127.0.0.1:0"),
     )
     def merged(obj, values):
         if not isinstance(values, dict):  # a plain value (e.g. workers=2), not a section
@@ -44,6 +47,17 @@ def forwarder_config(upstreams: list[str], **sections) -> Config:
             parsed = parse_config({"upstreams": upstreams, "listen": ["127.0.0.1:1"], name: values})
             changes[name] = getattr(parsed, name)
     return dataclasses.replace(base, **changes)
+
+
+def http_request(port: int, path: str, method: str = "GET", headers: dict | None = None) -> tuple[int, str]:
+    """(status, body) of one HTTP request to 127.0.0.1:``port``."""
+    data = b"" if method == "POST" else None
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", method=method, data=data, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=5) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
 
 
 class RunningForwarder:
@@ -78,15 +92,20 @@ class RunningForwarder:
     def metrics_port(self) -> int:
         return self.app.admin.port
 
+    @property
+    def admin_port(self) -> int:
+        return self.app.control.port
+
+    def admin_http(self, path: str, method: str = "GET", headers: dict | None = None) -> tuple[int, str]:
+        """A request to the admin listener (loopback TCP): /cache, /lkg/*, /status, /reload."""
+        return http_request(self.admin_port, path, method, headers)
+
     def advance(self, seconds: float) -> None:
         self.clock.advance(seconds)
 
-    def http(self, path: str) -> tuple[int, str]:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}{path}", timeout=5) as r:
-                return r.status, r.read().decode()
-        except urllib.error.HTTPError as e:
-            return e.code, e.read().decode()
+    def http(self, path: str, method: str = "GET", headers: dict | None = None) -> tuple[int, str]:
+        """A request to the metrics listener (/metrics, /healthz, /readyz; the rest is refused there)."""
+        return http_request(self.metrics_port, path, method, headers)
 
     def metric(self, name: str, **labels) -> float:
         """The value of one sample from /metrics (0.0 if absent)."""

@@ -8,7 +8,6 @@ import pytest
 from dnslib import QTYPE, RR, DNSHeader, DNSQuestion, DNSRecord
 
 from resolver import cacheadmin, wire
-from resolver.admin import AdminServer
 from resolver.cache import Cache
 from resolver.clock import FakeClock
 
@@ -99,15 +98,16 @@ def test_parse_type_forms():
     assert cacheadmin.parse_type(None) == 1
 
 
-def admin(loopback: bool = True, allow: bool = False) -> tuple[AdminServer, Cache]:
-    cache = Cache(10)
-    put(cache, "www.test")
-    server = AdminServer(lambda: b"", lambda: True, cache, FakeClock(NOW).monotonic, allow)
-    server.loopback = loopback
-    return server, cache
+def admin() -> tuple[object, Cache]:
+    from resolver.app import App
+    from tests.servers.forwarder import forwarder_config
+
+    app = App(forwarder_config(["127.0.0.1:1053"]), FakeClock(NOW))
+    put(app.cache, "www.test")
+    return app.http_routes, app.cache
 
 
-def test_admin_routes_cache_on_loopback():
+def test_admin_routes_cache():
     server, cache = admin()
     status, ctype, body = server.handle("GET", "/cache?name=www.test")
     assert status == 200 and ctype == "application/json" and json.loads(body)["entries"]
@@ -117,17 +117,19 @@ def test_admin_routes_cache_on_loopback():
     assert len(cache) == 0
 
 
-def test_admin_refuses_cache_on_non_loopback_unless_allowed():
-    server, cache = admin(loopback=False)
-    assert server.handle("GET", "/cache?name=www.test")[0] == 403
-    assert server.handle("POST", "/cache/flush")[0] == 403
-    assert len(cache) == 1
-    assert server.handle("GET", "/metrics")[0] == 200  # metrics stay available
-    server, cache = admin(loopback=False, allow=True)
-    assert server.handle("POST", "/cache/flush")[0] == 200 and len(cache) == 0
-
-
 def test_admin_refuses_cross_origin_flush():
     server, cache = admin()
     assert server.handle("POST", "/cache/flush", {"origin": "http://evil.example"})[0] == 403
     assert len(cache) == 1
+
+
+def test_flush_a_zone_takes_its_names_and_nothing_beside_it():
+    cache = Cache(100)
+    for name in ("example.test", "www.example.test", "a.b.example.test", "notexample.test", "other.test"):
+        put(cache, name)
+    put(cache, "www.example.test", "AAAA", "2001:db8::1")
+    assert doc(cacheadmin.flush(cache, "zone=Example.Test.")) == (200, {"flushed": 4})
+    assert {cacheadmin._name_of(k) for k in cache.entries} == {
+        wire.name_to_wire("notexample.test"), wire.name_to_wire("other.test")}
+    assert cacheadmin.flush(cache, "zone=x.test&name=y.test")[0] == 400
+    assert doc(cacheadmin.flush(cache, "zone=.")) == (200, {"flushed": 2})

@@ -519,8 +519,8 @@ def test_config_is_frozen(resolv):
 
 @pytest.mark.parametrize(
     "data, key, problem",
-    [({"metrics": {"allow_remote_admin": "yes"}}, "metrics.allow_remote_admin", "expected true or false"),
-     ({"metrics": {"allow_remote_admin": 1}}, "metrics.allow_remote_admin", "expected true or false"),
+    [({"metrics": {"allow_remote_admin": True}}, "metrics.allow_remote_admin", "removed: the admin API has its own"),
+     ({"metrics": {"allow_remote_admin": False}}, "metrics.allow_remote_admin", "removed: the admin API has its own"),
      ({"logging": {"queries": "on"}}, "logging.queries", "expected true or false"),
      ({"logging": {"query_sample": 1.5}}, "logging.query_sample", "expected a number from 0 to 1"),
      ({"logging": {"query_sample": -0.1}}, "logging.query_sample", "expected a number from 0 to 1"),
@@ -535,9 +535,8 @@ def test_observability_keys_rejected(data, key, problem, resolv):
 
 
 def test_observability_keys_accepted(resolv):
-    config = parse({"metrics": {"allow_remote_admin": True}, "logging": {"queries": True, "query_sample": 0}},
-                   resolv)
-    assert config.metrics.allow_remote_admin and config.logging.queries
+    config = parse({"logging": {"queries": True, "query_sample": 0}}, resolv)
+    assert config.logging.queries
     assert config.logging.query_sample == 0.0 and isinstance(config.logging.query_sample, float)
 # -- security (issue 7) -----------------------------------------------------------------
 
@@ -600,3 +599,62 @@ def test_security_bad_values(section, key, problem, resolv):
 def test_rate_limit_bad_values(section, key, problem, resolv):
     e = error({"security": section}, resolv)
     assert e.key == key and problem in e.problem
+
+
+# -- refusals that used to start a process that could not work (issue 14) ------------------
+
+def test_client_timeout_above_total_timeout_is_refused(resolv):
+    e = error({"stale": {"client_timeout": "5s"}, "upstream": {"total_timeout": "4s"}}, resolv)
+    assert e.key == "stale.client_timeout" and "upstream.total_timeout (4)" in e.problem
+    assert parse({"stale": {"client_timeout": "4s"}, "upstream": {"total_timeout": "4s"}}, resolv)
+
+
+def test_absurd_max_entries_is_refused(resolv):
+    e = error({"cache": {"max_entries": 1_000_000_000}}, resolv)
+    assert e.key == "cache.max_entries" and "at most 100000000" in e.problem
+    assert parse({"cache": {"max_entries": 100_000_000}}, resolv).cache.max_entries == 100_000_000
+
+
+def test_relative_persist_path_is_refused(resolv):
+    e = error({"cache": {"persist": {"path": "cache.snap"}}}, resolv)
+    assert e.key == "cache.persist.path" and "absolute" in e.problem
+
+
+def test_persist_path_that_is_not_a_regular_file_is_refused(resolv, tmp_path):
+    import os
+
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    e = error({"cache": {"persist": {"path": str(fifo)}}}, resolv)
+    assert e.key == "cache.persist.path" and "not a regular file" in e.problem
+    e = error({"cache": {"persist": {"path": str(tmp_path)}}}, resolv)
+    assert e.key == "cache.persist.path" and "is a directory" in e.problem
+    assert parse({"cache": {"persist": {"path": str(tmp_path / "new.snap")}}}, resolv)
+    (tmp_path / "old.snap").write_bytes(b"")
+    assert parse({"cache": {"persist": {"path": str(tmp_path / "old.snap")}}}, resolv)
+
+
+def test_config_errors_exit_2_with_one_line(tmp_path):
+    from resolver.cli import main
+
+    path = tmp_path / "r.yaml"
+    path.write_text('upstreams: ["127.0.0.1:1053"]\ncache: {persist: {path: "relative.snap"}}\n')
+    assert main(["--config", str(path), "--check-config"]) == 2
+
+
+def test_admin_section(resolv, tmp_path):
+    config = parse(None, resolv)
+    assert (config.admin.socket, config.admin.listen, config.admin.max_pins) == ("auto", "", 1000)
+    assert parse({"admin": {"socket": ""}}, resolv).admin.socket == ""
+    assert error({"admin": {"socket": "rel/admin.sock"}}, resolv).key == "admin.socket"
+    e = error({"admin": {"listen": "0.0.0.0:9154"}}, resolv)
+    assert e.key == "admin.token_file" and "not a loopback" in e.problem
+    token = tmp_path / "token"
+    token.write_text("short")
+    assert error({"admin": {"listen": "0.0.0.0:9154", "token_file": str(token)}}, resolv).key == "admin.token_file"
+    token.write_text("a-long-enough-token-1234\n")
+    assert parse({"admin": {"listen": "0.0.0.0:9154", "token_file": str(token)}}, resolv).admin.token_file
+    assert error({"admin": {"token_file": str(tmp_path / "missing")}}, resolv).key == "admin.token_file"
+    assert error({"admin": {"listen": "127.0.0.1:5353"}, "listen": ["127.0.0.1:5353"]}, resolv).key == "admin.listen"
+    assert error({"admin": {"max_pins": 0}}, resolv).key == "admin.max_pins"
+    assert error({"metrics": {"max_connections": 0}}, resolv).key == "metrics.max_connections"

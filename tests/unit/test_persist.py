@@ -92,3 +92,15 @@ def test_final_save_waits_for_a_cancelled_periodic_write(tmp_path, monkeypatch):
     assert len(spans) == 2
     (s1, e1), (s2, e2) = sorted(spans)
     assert e1 <= s2  # one after the other, never both at once
+
+
+def test_load_removes_temp_files_a_killed_writer_left(tmp_path):
+    import os
+
+    path = tmp_path / "cache.snap"
+    left = tmp_path / "cache.snap.tmp.999999"
+    left.write_bytes(b"half")
+    clock = FakeClock()
+    os.utime(left, (clock.wall() - 3600, clock.wall() - 3600))
+    Persister(Cache(10), clock, PersistConfig(path=str(path)), writer=True).load()
+    assert not left.exists()

@@ -51,3 +51,30 @@ def test_query_log_turns_the_hit_path_off():
     pipeline.configure(Config())  # off again (a reload)
     assert pipeline.query_log is None
     assert pipeline.answer_fast.__func__ is Pipeline.answer_fast
+
+
+def raw_query(labels: list[bytes], qtype: int = 1) -> bytes:
+    """A query whose name holds arbitrary label bytes (a client can send any)."""
+    name = b"".join(bytes([len(label)]) + label for label in labels) + b"\x00"
+    return b"\x00\x07\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00" + name + qtype.to_bytes(2, "big") + b"\x00\x01"
+
+
+def test_names_are_escaped_as_presentation_format(caplog):
+    """A newline cannot forge a log line, ESC cannot reach a terminal (RFC 1035 §5.1 escapes)."""
+    caplog.set_level(logging.INFO, "resolver.queries")
+    forged = b"x\nquery www.bank.test. A source=cache rcode=NOERROR duration_ms=0.001"
+    QueryLog(1.0).log(raw_query([forged, b"\x1b[31mred", b"a.b", b"sp ace\\", b"\xff", b"test"]), "upstream", 0, 0.001)
+    [record] = caplog.records
+    message = record.getMessage()
+    assert "\n" not in message and "\x1b" not in message and "\xff" not in message
+    assert record.qname == ("x\\010query\\032www\\.bank\\.test\\.\\032A\\032source=cache\\032rcode=NOERROR"
+                            "\\032duration_ms=0\\.001.\\027[31mred.a\\.b.sp\\032ace\\\\.\\255.test.")
+    assert message.startswith("query " + record.qname + " A source=upstream")
+
+
+def test_plain_names_are_unchanged():
+    from resolver.querylog import escaped_name
+
+    assert escaped_name(b"\x03www\x07example\x03com\x00") == "www.example.com."
+    assert escaped_name(b"\x00") == "."
+    assert escaped_name(b"\x01_\x01-\x01*\x00") == "_.-.*."

@@ -215,3 +215,71 @@ def test_a_bad_record_late_in_the_file_leaves_the_cache_as_it_was(tmp_path):
     with pytest.raises(snapshot.SnapshotError, match="TTL offset"):
         snapshot.load(str(path), target, clock.monotonic(), clock.wall())
     assert len(target) == 0
+
+
+# -- the temp file: exclusive, unpredictable, never through a planted symlink ----------------
+
+def test_a_planted_symlink_is_not_followed(tmp_path):
+    """Someone who can write the directory plants symlinks at the names a writer could
+    use (the old predictable `<path>.tmp.<pid>`); the write must not touch their target."""
+    import os
+
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"precious")
+    path = tmp_path / "cache.snap"
+    for name in (f"cache.snap.tmp.{os.getpid()}", "cache.snap.tmp"):
+        (tmp_path / name).symlink_to(victim)
+    size = snapshot.write_atomic(str(path), [b"new ", b"snapshot"])
+    assert victim.read_bytes() == b"precious"
+    assert path.read_bytes() == b"new snapshot" and size == 12 and not path.is_symlink()
+    assert (path.stat().st_mode & 0o777) == 0o600
+
+
+def test_temp_names_are_unpredictable_and_cleaned_up_on_failure(tmp_path, monkeypatch):
+    import os
+
+    seen = []
+    real_replace = os.replace
+
+    def failing_replace(src, dst):
+        seen.append(os.path.basename(src))
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", failing_replace)
+    for _ in range(2):
+        with pytest.raises(OSError):
+            snapshot.write_atomic(str(tmp_path / "cache.snap"), [b"x"])
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert len(set(seen)) == 2 and all(n.startswith("cache.snap.tmp.") for n in seen)
+    assert not any(str(os.getpid()) == n.rsplit(".", 1)[1] for n in seen)
+    assert os.listdir(tmp_path) == []
+
+
+def test_stale_temp_files_of_killed_writers_are_removed(tmp_path):
+    import os
+
+    path = tmp_path / "cache.snap"
+    old, fresh, other = tmp_path / "cache.snap.tmp.1234", tmp_path / "cache.snap.tmp.abcd", tmp_path / "keep.tmp.1"
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"precious")
+    link = tmp_path / "cache.snap.tmp.link"
+    link.symlink_to(victim)
+    for f in (old, fresh, other):
+        f.write_bytes(b"half a snapshot")
+    now = 1_800_000_000.0
+    for f in (old, other):
+        os.utime(f, (now - 3600, now - 3600))
+    os.utime(fresh, (now - 10, now - 10))
+    os.utime(link, (now - 3600, now - 3600), follow_symlinks=False)
+    assert snapshot.remove_stale_temps(str(path), now, 300) == 2
+    assert sorted(os.listdir(tmp_path)) == ["cache.snap.tmp.abcd", "keep.tmp.1", "victim"]
+    assert victim.read_bytes() == b"precious"
+
+
+def test_a_fifo_at_the_snapshot_path_does_not_hang_the_load(tmp_path):
+    import os
+
+    fifo = tmp_path / "cache.snap"
+    os.mkfifo(fifo)
+    with pytest.raises(snapshot.SnapshotError, match="not a regular file"):
+        snapshot.read_file(str(fifo), 100)
