@@ -70,7 +70,7 @@ def listen_socket(host: str, port: int, kind: int) -> socket.socket:
 class _TcpConn:
     """One client TCP connection, as the connection cap sees it."""
 
-    __slots__ = ("writer", "host", "pending", "reading", "last", "evicted")
+    __slots__ = ("writer", "host", "pending", "reading", "last", "evicted", "gone")
 
     def __init__(self, writer: asyncio.StreamWriter, host: str, now: float):
         self.writer = writer
@@ -79,10 +79,11 @@ class _TcpConn:
         self.reading = False  # a message has started arriving
         self.last = now  # loop time of the last query: least recently active goes first
         self.evicted = False  # closed for a new connection; its slot is already given back
+        self.gone = False  # the client closed its side: answers still pending cannot reach it
 
     @property
     def idle(self) -> bool:
-        return not self.pending and not self.reading and not self.evicted
+        return not self.evicted and (self.gone or (not self.pending and not self.reading))
 
 
 def _internal_error_reply(data: bytes) -> bytes | None:
@@ -345,6 +346,7 @@ class Listeners:
                 except (TimeoutError, asyncio.IncompleteReadError, ConnectionError) as e:
                     if started and isinstance(e, TimeoutError):
                         self.stats.tcp_closed_slow += 1
+                    conn.gone = not isinstance(e, TimeoutError)
                     break  # idle, slow or gone client: RFC 7766 §6.2.3 lets us close
                 if conn.evicted:
                     break  # closed for a newer connection while this message arrived
