@@ -84,11 +84,11 @@ def build_pool(config: Config, upstreams=None) -> UpstreamPool:
     return UpstreamPool(upstreams, config.upstream)
 
 
-def bound_addresses(config: Config) -> list[tuple[str, int]]:
-    """Every (host, port) the process listens on: DNS listeners and the metrics port."""
-    addresses = [(a.host, a.port) for a in config.listen]
+def bound_addresses(config: Config) -> list[tuple[str, int, tuple[str, ...]]]:
+    """Every (host, port, protocols) the process listens on: DNS listeners and the metrics port."""
+    addresses = [(a.host, a.port, ("UDP", "TCP")) for a in config.listen]
     if config.metrics.enabled:
-        addresses.append((config.metrics.listen.host, config.metrics.listen.port))
+        addresses.append((config.metrics.listen.host, config.metrics.listen.port, ("TCP",)))
     return addresses
 
 

@@ -168,8 +168,11 @@ class AddressInUse(OSError):
         return self.strerror
 
 
+_KINDS = {"UDP": socket.SOCK_DGRAM, "TCP": socket.SOCK_STREAM}
+
+
 def refuse_if_bound(addresses) -> None:
-    """Raise AddressInUse naming the first (host, port) someone already listens on.
+    """Raise AddressInUse naming the first (host, port, protocols) someone already holds.
 
     Every listener joins a SO_REUSEPORT group so that a successor can bind next
     to us, but that also lets an *accidental* second start bind silently and take
@@ -177,13 +180,14 @@ def refuse_if_bound(addresses) -> None:
     started as a successor (``resolver --handover``), each address is first bound
     without SO_REUSEPORT — UDP, then TCP — and released: that fails with
     EADDRINUSE exactly when some socket already holds the port.  Port 0 (pick a
-    free one) needs no check.
+    free one) needs no check.  ``protocols``: ("UDP", "TCP") for DNS, ("TCP",) for metrics.
     """
-    for host, port in addresses:
+    for host, port, protocols in addresses:
         if port == 0:
             continue
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        for kind, proto in ((socket.SOCK_DGRAM, "UDP"), (socket.SOCK_STREAM, "TCP")):
+        for proto in protocols:
+            kind = _KINDS[proto]
             probe = socket.socket(family, kind)
             try:
                 if family == socket.AF_INET6:
