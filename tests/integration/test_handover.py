@@ -258,7 +258,7 @@ def test_stopping_process_steers_new_packets_to_its_successor(unbound, start_for
 
     port = free_port()
     old = start_forwarder([unbound.address], listen=(Address("127.0.0.1", port),))
-    new = start_forwarder([unbound.address], listen=(Address("127.0.0.1", port),))
+    new = start_forwarder([unbound.address], listen=(Address("127.0.0.1", port),), join=True)
     old.call(_close_listeners(old.app))  # what SIGTERM does first
     before = old.app.stats.queries_udp
     for _ in range(50):  # fresh sockets: fresh source ports, spread by the kernel's hash
@@ -283,7 +283,7 @@ def test_successor_removes_the_steering_program(unbound, start_forwarder):
 
     port = free_port()
     old = start_forwarder([unbound.address], listen=(Address("127.0.0.1", port),))
-    new = start_forwarder([unbound.address], listen=(Address("127.0.0.1", port),))
+    new = start_forwarder([unbound.address], listen=(Address("127.0.0.1", port),), join=True)
     old.call(_close_listeners(old.app))
     new.loop.call_soon_threadsafe(new.app.listeners.unsteer)
     time.sleep(0.2)
