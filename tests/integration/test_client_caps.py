@@ -221,3 +221,16 @@ def test_global_max_inflight_answers_instead_of_dropping(fake_upstream, start_fo
     assert fwd.metric("resolver_limited_queries_total", limit="max_inflight", answer="servfail") == 15
     assert fwd.metric("resolver_limited_queries_total", limit="max_inflight", answer="stale") == 10
     assert fwd.metric("resolver_dropped_queries_total", reason="overload") == 0
+
+
+def test_global_cap_answers_fresh_cached_names_when_the_hit_path_is_off(fake_upstream, start_forwarder):
+    """With the query log on every query takes the slow path; at server.max_inflight a
+    fresh cached name is still answered from the cache, not failed."""
+    fwd = start_forwarder([fake_upstream.address], server={"max_inflight": 1}, logging={"queries": True},
+                          upstream={"attempt_timeout": 2.0, "total_timeout": 3.0})
+    warm(fwd, fake_upstream, ["www.test"])
+    fake_upstream.mode("drop", name="hole.test")
+    replies = udp_burst(fwd.port, [make_query("hole.test", 1), make_query("www.test", 2)], timeout=1.0)
+    assert 1 not in replies  # still waiting on the blackhole: it holds the one slot
+    assert replies[2].rcode() == dns.rcode.NOERROR and replies[2].answer and ede_codes(replies[2]) == []
+    assert fwd.metric("resolver_limited_queries_total", limit="max_inflight", answer="cache") == 1
