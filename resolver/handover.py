@@ -197,7 +197,7 @@ def refuse_if_bound(addresses) -> None:
                 probe.bind((host, port))
             except OSError as exc:
                 if exc.errno != errno.EADDRINUSE:
-                    raise
+                    continue  # (not ours to report: the real bind says what is wrong, naming the address)
                 shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
                 raise AddressInUse(errno.EADDRINUSE, f"{shown} ({proto}) is already in use, by another resolver "
                                    "or another program (to take over from a running resolver, start the new one "

@@ -61,6 +61,11 @@ def listen_socket(host: str, port: int, kind: int) -> socket.socket:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((host, port))
         sock.setblocking(False)
+    except OSError as exc:
+        sock.close()
+        shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        proto = "TCP" if kind == socket.SOCK_STREAM else "UDP"
+        raise OSError(exc.errno, f"cannot bind {shown} ({proto}): {exc.strerror}") from None
     except BaseException:
         sock.close()
         raise

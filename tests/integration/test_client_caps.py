@@ -24,6 +24,7 @@ import dns.rcode
 import pytest
 
 from tests.integration.test_bad_input import _read_msg
+from tests.integration.test_outage import eventually
 
 HOSTILE = {"client_limits_exempt": ()}  # 127.0.0.1 treated as any other address: no exemption
 EXEMPTION = pytest.mark.parametrize("security", [{}, HOSTILE], ids=["loopback-exempt", "no-exemption"])
@@ -229,6 +230,7 @@ def test_global_cap_answers_fresh_cached_names_when_the_hit_path_is_off(fake_ups
     fwd = start_forwarder([fake_upstream.address], server={"max_inflight": 1}, logging={"queries": True},
                           upstream={"attempt_timeout": 2.0, "total_timeout": 3.0})
     warm(fwd, fake_upstream, ["www.test"])
+    assert eventually(lambda: not fwd.app.listeners.tasks)  # the warming query's task has ended
     fake_upstream.mode("drop", name="hole.test")
     replies = udp_burst(fwd.port, [make_query("hole.test", 1), make_query("www.test", 2)], timeout=1.0)
     assert 1 not in replies  # still waiting on the blackhole: it holds the one slot

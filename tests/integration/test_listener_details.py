@@ -26,6 +26,7 @@ import pytest
 
 from resolver.config import Address
 from tests.conftest import free_port
+from tests.integration.test_handover import _metrics_ports
 from tests.integration.test_outage import eventually
 
 REPO = Path(__file__).resolve().parents[2]
@@ -91,11 +92,13 @@ def _stop(proc: subprocess.Popen) -> None:
 def test_second_start_on_a_port_in_use_is_refused(fake_upstream, tmp_path, workers):
     """Issue 13: three accidental instances shared one port and answered in turn (every
     listener sets SO_REUSEPORT).  Without --handover, the second exits 1 with one line."""
-    port, mport = free_port(), free_port()
+    port = free_port()
+    mport = _metrics_ports(workers, {port})  # worker i serves metrics on mport + i
     first = _start(_config(tmp_path, "a.yaml", port, mport, fake_upstream.address, workers))
     try:
-        assert eventually(lambda: _readyz(mport)[0] == 200, 15)
-        other_mport = free_port()  # its own metrics port: the DNS port alone must refuse it
+        assert eventually(lambda: _readyz(mport)[0] == 200, 15), first.stderr.read() if first.poll() else ""
+        # Its own metrics ports: the DNS port alone must refuse it.
+        other_mport = _metrics_ports(workers, {port, *range(mport, mport + workers)})
         second = _start(_config(tmp_path, "b.yaml", port, other_mport, fake_upstream.address, workers))
         try:
             assert second.wait(15) == 1
@@ -105,6 +108,7 @@ def test_second_start_on_a_port_in_use_is_refused(fake_upstream, tmp_path, worke
         assert len(lines) == 1 and f"127.0.0.1:{port} (UDP) is already in use" in lines[0], lines
         # The same for the metrics port alone (metrics would alternate between the two).
         third = _start(_config(tmp_path, "c.yaml", free_port(), mport, fake_upstream.address, workers))
+        # (with workers the check is made once, by the supervisor, for every worker's ports)
         try:
             assert third.wait(15) == 1
         finally:
