@@ -36,7 +36,9 @@ def build_router(app) -> Router:
         return Reply(200, TEXT, b"ok\n")
 
     def readyz(request: Request) -> Reply:
-        return Reply(200, TEXT, b"ready\n") if app.ready else Reply(503, TEXT, b"not ready\n")
+        # Names the process (``ready pid=N``); ``?pid=N`` is 200 only from that one (handover.py).
+        status, ctype, body = app.readiness("GET", request.target)
+        return Reply(status, ctype, body)
 
     def lookup(request: Request) -> Reply:
         status, body = cacheadmin.show(app.cache, app.clock.monotonic(), request.query)

@@ -9,9 +9,10 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 from importlib import metadata
 
-from . import dot, eventloop, metrics, wire
+from . import dot, eventloop, handover, metrics, wire
 from .acl import AccessControl
 from .admin import AdminStats, Gate, HttpListener, default_socket_path
 from .adminapi import build_router as build_admin_router
@@ -83,9 +84,26 @@ def build_pool(config: Config, upstreams=None) -> UpstreamPool:
     return UpstreamPool(upstreams, config.upstream)
 
 
+def bound_addresses(config: Config) -> list[tuple[str, int, tuple[str, ...]]]:
+    """Every (host, port, protocols) the process listens on: DNS listeners and the metrics port."""
+    addresses = [(a.host, a.port, ("UDP", "TCP")) for a in config.listen]
+    if config.metrics.enabled:
+        addresses.append((config.metrics.listen.host, config.metrics.listen.port, ("TCP",)))
+    return addresses
+
+
+def refuse_if_bound(configs: list[Config]) -> None:
+    """Raise handover.AddressInUse if an address of any of ``configs`` (one per worker) is taken."""
+    handover.refuse_if_bound(dict.fromkeys(a for config in configs for a in bound_addresses(config)))
+
+
 class App:
-    def __init__(self, config: Config, clock: Clock | None = None, worker: int = 0, workers: int = 1):
+    def __init__(self, config: Config, clock: Clock | None = None, worker: int = 0, workers: int = 1,
+                 join: bool = False):
         self.config = config
+        # join: bind next to whoever holds our addresses (a deliberate handover, or a sibling
+        # worker); otherwise refuse to start if they are taken (handover.refuse_if_bound).
+        self.join = join
         self.worker = worker  # index among `workers` processes; only worker 0 writes the snapshot
         self.clock = clock or SystemClock()
         self.stats = Stats()
@@ -97,9 +115,9 @@ class App:
             self.prober.attach(pool)
         self.local = LocalAnswers(config)  # localhost, local_records, hosts file, block_zones
         self.hosts = HostsFile(config.hosts_file, self._hosts_changed) if config.hosts_file.enabled else None
-        self.pipeline = Pipeline(config, self.cache, self.pool, self.clock, self.stats, self.local)
+        self.limits = ClientLimits(config.security, self.clock.monotonic)
+        self.pipeline = Pipeline(config, self.cache, self.pool, self.clock, self.stats, self.local, self.limits)
         self.acl = AccessControl(config.security)
-        self.limits = ClientLimits(config.security)
         self.rrl = RateLimiter(config.security)
         self.listeners = Listeners(self.pipeline, config.server, self.stats, self.acl, self.limits, self.rrl)
         self.listeners.group_size = workers
@@ -115,6 +133,9 @@ class App:
         # the admin listener (Unix socket, optional TCP) serves all, behind admin.Gate.
         self.version = version()
         self.admin_stats = AdminStats()
+        # /readyz names this process, so a handover can wait for the successor itself.
+        pids = (os.getpid(), os.getppid()) if workers > 1 else (os.getpid(),)
+        self.readiness = handover.readiness_route(lambda: self.ready, pids)
         self.http_routes = build_admin_router(self)
         self.admin = HttpListener(self.http_routes, Gate(privileged=False), "metrics",
                                   config.metrics.max_connections, config.metrics.timeout)
@@ -137,6 +158,8 @@ class App:
         an upstream outage, say) must find it.
         """
         eventloop.forget()  # this App's loop, not one cached by an earlier run in this thread
+        if not self.join:
+            handover.refuse_if_bound(bound_addresses(self.config))
         self.persist.load()
         if self.config.metrics.enabled:
             listen = self.config.metrics.listen
@@ -237,7 +260,7 @@ class App:
         purge(self.cache, local.owns)  # names that became local must not be answered from cache
         self.pipeline.configure(config)
         self.cache.resize(config.cache.max_entries)
-        self.listeners.config = config.server
+        self.listeners.reconfigure(config.server)  # after pipeline.configure: re-points the UDP hit path
         for part in (self.acl, self.limits, self.rrl):
             part.configure(config.security)
         self.persist.reconfigure(config.cache.persist)

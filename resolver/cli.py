@@ -16,7 +16,7 @@ import signal
 import sys
 
 from . import reload as live_reload
-from .app import App, tune_gc, version
+from .app import App, refuse_if_bound, tune_gc, version
 from .admin import default_socket_path
 from .config import ADMIN_SOCKET_AUTO, WORKERS_AUTO, Config, load_config
 from .errors import ConfigError
@@ -61,6 +61,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--resolv-conf", metavar="PATH",
                    help="take upstreams from this resolv.conf when the config lists none (default /etc/resolv.conf)")
     p.add_argument("--check-config", action="store_true", help="validate the configuration and exit")
+    p.add_argument("--handover", action="store_true",
+                   help="start next to a running resolver on the same addresses and take over from it "
+                        "(zero-gap upgrade); without it, addresses already in use are an error")
     p.add_argument("--version", action="version", version=f"resolver {version()}")
     return p.parse_args(argv)
 
@@ -84,12 +87,13 @@ def for_worker(config: Config, worker: int) -> Config:
 
 async def serve(config: Config, stop_event: asyncio.Event | None = None, *, config_path: str | None = None,
                 resolv_conf: str | None = None, worker: int = 0, workers: int = 1, restarts: int = 0,
-                process_gc: bool = False) -> int:
+                process_gc: bool = False, join: bool = False) -> int:
     """Run until SIGTERM/SIGINT (or ``stop_event``), then stop cleanly; SIGHUP reloads ``config_path``.
 
     ``process_gc``: tune the garbage collector for the whole process once started
-    (``app.tune_gc``); only ``main`` asks, as the process is then ours alone."""
-    app = App(config, worker=worker, workers=workers)
+    (``app.tune_gc``); only ``main`` asks, as the process is then ours alone.
+    ``join``: bind next to a running instance (``--handover``, or a sibling worker)."""
+    app = App(config, worker=worker, workers=workers, join=join)
     app.worker_restarts = restarts
     try:
         await app.start()
@@ -149,7 +153,14 @@ def main(argv: list[str] | None = None) -> int:
     workers = usable_cores() if config.workers == WORKERS_AUTO else config.workers
     options = dict(config_path=args.config, resolv_conf=args.resolv_conf, workers=workers, process_gc=True)
     if workers == 1:
-        return _run(serve(config, **options))
+        return _run(serve(config, join=args.handover, **options))
+    if not args.handover:
+        # Checked once here, before any worker binds: the workers then join each other.
+        try:
+            refuse_if_bound([for_worker(config, i) for i in range(workers)])
+        except OSError as e:
+            log.error("cannot start: %s", e)
+            return 1
 
     def run_worker(index: int, restarts: int) -> int:
         current = config
@@ -158,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
                 current = load_config(args.config, resolv_conf=args.resolv_conf)
             except ConfigError as e:
                 log.error("worker %d: configuration file now invalid, using the one loaded at start: %s", index, e)
-        return _run(serve(for_worker(current, index), worker=index, restarts=restarts, **options))
+        return _run(serve(for_worker(current, index), worker=index, restarts=restarts, join=True, **options))
 
     log.info("starting %d workers", workers)
     return Supervisor(workers, run_worker, stop_timeout=config.server.shutdown_grace + 10).run()

@@ -138,7 +138,9 @@ class ServerConfig:
 
     tcp_idle_timeout: float = 10.0  # RFC 7766 §6.2.3: close idle TCP connections
     tcp_max_connections: int = 256
-    max_inflight: int = 4096  # cache misses resolved at once; more are dropped (clients retry)
+    # Slow-path queries (cache misses) being answered at once; past it a query is answered
+    # at once from what is cached (stale) or with SERVFAIL, never dropped in silence.
+    max_inflight: int = 4096
     shutdown_grace: float = 2.0  # time to finish in-flight queries on SIGTERM
 
 
@@ -160,8 +162,13 @@ class SecurityConfig:
     allow: tuple[str, ...] = DEFAULT_ALLOW  # client networks (CIDR); others are refused
     refused_action: str = "refuse"  # refuse = REFUSED reply (never larger than the query) | drop
     upstream_0x20: bool = False  # randomise qname case toward upstreams (draft-vixie-dnsext-dns0x20)
-    max_inflight_per_client: int = 100  # cache misses one client address may have in flight
+    # Upstream fetches one client address may have started and still running; queries that
+    # join a fetch in flight or are answered stale do not count.  Over it: stale or SERVFAIL.
+    max_inflight_per_client: int = 100
     tcp_max_connections_per_client: int = 16  # open TCP connections per client address
+    # Clients that share only the global caps (server.max_inflight, server.tcp_max_connections):
+    # a sidecar's whole pod, or the host's own stub resolver, is one loopback address.
+    client_limits_exempt: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
     tcp_read_timeout: float = 2.0  # a started TCP message must be complete within this
     rate_limit: int = 0  # UDP responses per second per client address; 0 = off
     rate_limit_slip: int = 2  # every Nth limited response goes out as TC=1 (0 = none, 1 = all)
@@ -340,7 +347,7 @@ def parse_address(text: object, key: str, default_port: int | None = None) -> Ad
     return Address(str(ip), int(port_text))
 
 
-def parse_networks(value: object, key: str) -> tuple[str, ...]:
+def parse_networks(value: object, key: str, allow_empty: bool = False) -> tuple[str, ...]:
     """A list of CIDR networks ("10.0.0.0/8", "2001:db8::/32", or a bare address), normalised.
 
     Host bits must be zero ("10.1.2.3/8" is refused): such an entry is usually a typo
@@ -353,7 +360,7 @@ def parse_networks(value: object, key: str) -> tuple[str, ...]:
             networks.append(str(ipaddress.ip_network(item.strip(), strict=True)))
         except ValueError as exc:
             raise ConfigError(path, f"expected a network such as 10.0.0.0/8: {exc}") from None
-    if not networks:
+    if not networks and not allow_empty:
         raise ConfigError(key, "must list at least one network (0.0.0.0/0 and ::/0 allow everyone)")
     return tuple(networks)
 
@@ -438,8 +445,8 @@ def _section(cls: type, data: object, key: str):
             values[name] = _section(kind, raw, path)
         elif kind == tuple[StaleRule, ...]:
             values[name] = tuple(_rule(item, k) for k, item in _list(raw, path))
-        elif kind == tuple[str, ...] and name == "allow":
-            values[name] = parse_networks(raw, path)
+        elif kind == tuple[str, ...] and name in ("allow", "client_limits_exempt"):
+            values[name] = parse_networks(raw, path, allow_empty=name == "client_limits_exempt")
         elif kind == tuple[str, ...]:
             values[name] = tuple(_zone(item, k) for k, item in _strings(raw, path))
         elif name in _FRACTION_FIELDS:

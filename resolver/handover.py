@@ -36,10 +36,13 @@ BPF selection outside the array falls back to the hash (net/core/sock_reuseport.
 from __future__ import annotations
 
 import ctypes
+import errno
 import logging
 import os
 import socket
 import struct
+from typing import Callable
+from urllib.parse import parse_qs
 
 log = logging.getLogger("resolver.handover")
 
@@ -156,3 +159,75 @@ def _dup(fileno: int) -> socket.socket | None:
     except OSError as exc:
         log.warning("cannot take over socket %d for the handover: %s", fileno, exc)
         return None
+
+
+class AddressInUse(OSError):
+    """A listen address is already bound by another process (not a deliberate handover)."""
+
+    def __str__(self) -> str:  # the message alone: it is the one line ``cannot start:`` prints
+        return self.strerror
+
+
+_KINDS = {"UDP": socket.SOCK_DGRAM, "TCP": socket.SOCK_STREAM}
+
+
+def refuse_if_bound(addresses) -> None:
+    """Raise AddressInUse naming the first (host, port, protocols) someone already holds.
+
+    Every listener joins a SO_REUSEPORT group so that a successor can bind next
+    to us, but that also lets an *accidental* second start bind silently and take
+    a share of the traffic (and of /metrics scrapes).  So, unless the process was
+    started as a successor (``resolver --handover``), each address is first bound
+    without SO_REUSEPORT — UDP, then TCP — and released: that fails with
+    EADDRINUSE exactly when some socket already holds the port.  Port 0 (pick a
+    free one) needs no check.  ``protocols``: ("UDP", "TCP") for DNS, ("TCP",) for metrics.
+    """
+    for host, port, protocols in addresses:
+        if port == 0:
+            continue
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        for proto in protocols:
+            kind = _KINDS[proto]
+            probe = socket.socket(family, kind)
+            try:
+                if family == socket.AF_INET6:
+                    probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)  # as the listener
+                if kind == socket.SOCK_STREAM:  # TIME_WAIT leftovers are no owner
+                    probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                probe.bind((host, port))
+            except OSError as exc:
+                if exc.errno != errno.EADDRINUSE:
+                    continue  # (not ours to report: the real bind says what is wrong, naming the address)
+                shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+                raise AddressInUse(errno.EADDRINUSE, f"{shown} ({proto}) is already in use, by another resolver "
+                                   "or another program (to take over from a running resolver, start the new one "
+                                   "with --handover)") from None
+            finally:
+                probe.close()
+
+
+def readiness_route(ready: Callable[[], bool], pids: tuple[int, ...]):
+    """An admin route for ``/readyz`` that says which process answered.
+
+    During a handover both processes listen on the metrics port too (one
+    reuseport group), so a plain ``/readyz`` may be answered by the old one.  The
+    body names the process (``ready pid=…``), and ``/readyz?pid=N`` answers 200
+    only from the process whose pid — or, for a worker, whose supervisor's pid —
+    is N, so ``until curl -sf "…/readyz?pid=$NEW"`` waits for the successor
+    itself.  ``pids``: this process's, then its supervisor's if it is a worker.
+    """
+    names = {str(pid) for pid in pids}
+    ident = " ".join(f"{k}={v}" for k, v in zip(("pid", "supervisor"), pids))
+
+    def route(method: str, path: str):
+        where, _, query = path.partition("?")
+        if where != "/readyz" or method not in ("GET", "HEAD"):
+            return None
+        wanted = parse_qs(query).get("pid")
+        if wanted and wanted[-1] not in names:
+            return 503, "text/plain", f"not this instance: {ident}\n".encode()
+        if ready():
+            return 200, "text/plain", f"ready {ident}\n".encode()
+        return 503, "text/plain", f"not ready {ident}\n".encode()
+
+    return route

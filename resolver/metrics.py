@@ -19,7 +19,8 @@ from prometheus_client.utils import floatToGoString
 from .cache import Cache
 from .local import KINDS as LOCAL_KINDS
 from .pool import UpstreamPool
-from .stats import QTYPES, RCODES, SOURCES, STALE_REASONS, Histogram, Stats, rcode_label
+from .stats import (LIMITED_ANSWERS, LIMITS, QTYPES, RCODES, SOURCES, STALE_REASONS, TCP_LIMITS, Histogram, Stats,
+                    rcode_label)
 
 
 def _buckets(h: Histogram, extra_fast: int = 0) -> tuple[list[tuple[str, float]], float]:
@@ -124,7 +125,7 @@ class ResolverCollector:
                                   value=s.internal_errors)
         yield CounterMetricFamily("resolver_tcp_connections", "TCP connections accepted.", value=s.tcp_connections)
         yield CounterMetricFamily("resolver_tcp_connections_refused",
-                                  "TCP connections closed at once because tcp_max_connections was reached.",
+                                  "TCP connections closed at once: tcp_max_connections reached, none idle.",
                                   value=s.tcp_refused)
 
         yield from _security_families(s)
@@ -277,11 +278,22 @@ def _security_families(s: Stats):
     acl.add_metric(["udp"], s.acl_refused_udp)
     acl.add_metric(["tcp"], s.acl_refused_tcp)
     yield acl
-    yield CounterMetricFamily("resolver_client_limit_dropped_queries",
-                              "Cache misses dropped because the client had max_inflight_per_client in flight.",
-                              value=s.dropped_client_limit)
+    limited = CounterMetricFamily("resolver_limited_queries",
+                                  "Queries answered without new upstream work because a cap was reached "
+                                  "(stale or fresh from the cache, local, else SERVFAIL).", labels=["limit", "answer"])
+    for limit in LIMITS:
+        for answer in LIMITED_ANSWERS:
+            limited.add_metric([limit, answer], s.limited.get((limit, answer), 0))
+    yield limited
+    idle = CounterMetricFamily("resolver_tcp_connections_idle_closed",
+                               "Idle TCP connections closed to make room for a new one (RFC 7766 6.2.3).",
+                               labels=["limit"])
+    for limit in TCP_LIMITS:
+        idle.add_metric([limit], s.tcp_idle_closed.get(limit, 0))
+    yield idle
     yield CounterMetricFamily("resolver_tcp_connections_client_limited",
-                              "TCP connections closed at once: the client had tcp_max_connections_per_client open.",
+                              "TCP connections closed at once: the client had tcp_max_connections_per_client open, "
+                              "none of them idle.",
                               value=s.tcp_refused_client_limit)
     yield CounterMetricFamily("resolver_tcp_connections_closed_slow",
                               "TCP connections closed for trickling a message past tcp_read_timeout "

@@ -33,6 +33,7 @@ import asyncio
 import contextvars
 import logging
 import math
+import time
 
 from . import last_known_good as lkg
 from . import stale as stale_policy
@@ -42,6 +43,7 @@ from .clock import Clock
 from .config import Config
 from .errors import DropQuery, FormatError, UpstreamError
 from .eventloop import running_loop
+from .limits import ClientLimits
 from .local import LocalAnswers
 from .pool import UpstreamPool
 from .querylog import QueryLog
@@ -53,6 +55,17 @@ log = logging.getLogger("resolver.pipeline")
 # (source, rcode) of the reply ``_answer`` produced, read back by ``resolve`` in the
 # same task: a context variable because many queries are answered concurrently.
 _SENT: contextvars.ContextVar[tuple[str, int] | None] = contextvars.ContextVar("sent", default=None)
+# While a local CNAME's target is being answered, ``_SENT`` holds this marker: the
+# target's reply is part of the one client query, so it is not counted on its own.
+_CHASE = ("chase", -1)
+
+# RFC 8914 §4.15 "Not Ready": attached to the SERVFAIL sent when a cap (server.max_inflight,
+# security.max_inflight_per_client) stops a query from starting upstream work and
+# nothing is cached: the server could not take it on now; a retry later may succeed.
+_EDE_NOT_READY = 14
+_LIMIT_TEXT = {"max_inflight": b"server busy (server.max_inflight)",
+               "max_inflight_per_client": b"too many queries in flight from this client"}
+_STALE_REASON = {"max_inflight": "overload", "max_inflight_per_client": "client_limit"}
 
 
 class Source:
@@ -82,8 +95,11 @@ _KEY_PREFIX = tuple(wire.key_prefix(flags) for flags in range(4))
 
 class Pipeline:
     def __init__(self, config: Config, cache: Cache, pool: UpstreamPool, clock: Clock, stats: Stats,
-                 local: LocalAnswers | None = None):
+                 local: LocalAnswers | None = None, limits: ClientLimits | None = None):
         self.cache = cache
+        # Per-client share of upstream work (security.max_inflight_per_client): charged
+        # only by a query that starts a fetch, see ``_fetch`` and the miss branch of ``_answer``.
+        self.limits = limits or ClientLimits(config.security, clock.monotonic)
         self.pool = pool  # an UpstreamPool, or a routing.Router (one pool per forward zone)
         self.local = local
         self.clock = clock
@@ -229,22 +245,25 @@ class Pipeline:
         return info
 
     # ----------------------------------------------------------------- slow path
-    async def resolve(self, data: bytes, tcp: bool) -> bytes | None:
+    async def resolve(self, data: bytes, tcp: bool, client: str | None = None) -> bytes | None:
         """Answer any query; None means drop it (unreadable or not a query).
 
+        ``client`` is the asking address: a query that would start an upstream fetch
+        is charged to it (security.max_inflight_per_client); None charges nobody.
         Times the answer for the request-duration histogram, by the source that
-        ``_answer`` reported (``_sent``), and feeds the sampled query log.
+        ``_answer`` reported (``_sent``), and feeds the sampled query log.  The
+        timer is ``perf_counter``: the event loop's clock ticks in milliseconds,
+        coarser than the histogram's smallest buckets.
         """
-        loop = running_loop()
-        started = loop.time()
+        started = time.perf_counter()
         token = _SENT.set(None)
         try:
-            reply = await self._answer(data, tcp)
+            reply = await self._answer(data, tcp, client)
             sent = _SENT.get()
         finally:
             _SENT.reset(token)
         if sent is not None:
-            elapsed = loop.time() - started
+            elapsed = time.perf_counter() - started
             self.stats.durations[sent[0]].observe(elapsed)
             if self.query_log is not None:
                 self.query_log.log(data, sent[0], sent[1], elapsed)
@@ -252,11 +271,13 @@ class Pipeline:
 
     def _sent(self, source: str, rcode: int) -> None:
         """Count a slow-path reply by provenance and rcode, and note it for ``resolve``."""
+        if _SENT.get() is _CHASE:  # a local CNAME's target: counted once, as the whole reply
+            return
         self.stats.responses_by_source[source] += 1
         self.stats.responses_by_rcode[rcode] += 1
         _SENT.set((source, rcode))
 
-    async def _answer(self, data: bytes, tcp: bool) -> bytes | None:
+    async def _answer(self, data: bytes, tcp: bool, client: str | None = None, chase: bool = False) -> bytes | None:
         stats = self.stats
         try:
             q = wire.parse_query(data)
@@ -268,7 +289,8 @@ class Pipeline:
             self._sent(Source.LOCAL, e.rcode)
             return wire.error_reply(data, e.rcode, e.question_end, edns=e.rcode == wire.BADVERS,
                                     udp_size=self.edns_size)
-        stats.queries_by_type[qtype_label(q.qtype)] += 1
+        if not chase:
+            stats.queries_by_type[qtype_label(q.qtype)] += 1
         limit = _TCP_LIMIT if tcp else q.udp_size
         # Local answers (localhost, local_records, hosts file, block_zones) come before
         # the cache: they never expire and must win over anything cached (see local.py).
@@ -276,7 +298,12 @@ class Pipeline:
             reply = self.local.answer(q, limit, self.edns_size)
             if reply is not None:
                 if type(reply) is not bytes:  # a local CNAME to an outside name: resolve the target
-                    sub = await self.resolve(reply.subquery(q), True)
+                    # Part of this one query: not counted, timed or logged on its own.
+                    token = _SENT.set(_CHASE)
+                    try:
+                        sub = await self._answer(reply.subquery(q), True, client, chase=True)
+                    finally:
+                        _SENT.reset(token)
                     reply = reply.merge(q, sub, limit, self.edns_size)
                 self._sent(Source.LOCAL, reply[3] & 0x0F)
                 return reply
@@ -301,7 +328,7 @@ class Pipeline:
             # names is still noticed; the hold bounds it to one per name per recheck.
             self._hold(entry, now)
             if q.key not in self.inflight:
-                self._fetch(q)
+                self._fetch(q, client)  # (skipped if the client is over its share: stale either way)
             return self._render_stale(q, entry, limit, "upstreams_down")
 
         stats.cache_misses += 1
@@ -312,6 +339,9 @@ class Pipeline:
             # the same question meanwhile join through a future in the in-flight map,
             # which gets the outcome as is — an upstream error if this task is
             # cancelled (shutdown).  Inline, not a method: a coroutine frame less.
+            # The one place a plain miss starts upstream work: charged to the client.
+            if client is not None and not self.limits.acquire_inflight(client):
+                return self._limited(data, q, None, limit, "max_inflight_per_client", client)
             loop = running_loop()
             joined = loop.create_future()
             joined.started = loop.time()
@@ -335,8 +365,12 @@ class Pipeline:
             finally:
                 if inflight.get(key) is joined:
                     del inflight[key]
+                if client is not None:
+                    self.limits.release_inflight(client)
             return self._render(q, fresh, fresh.body, limit, Source.UPSTREAM)
-        fetch = self._fetch(q)
+        fetch = self._fetch(q, client)
+        if fetch is None:  # it would start a fetch, and the client is over its share
+            return self._limited(data, q, entry, limit, "max_inflight_per_client", client)
         if action == stale_policy.RESOLVE_OR_STALE and self.stale.client_timeout == 0:
             # Answer-first mode: stale at once; the fetch refreshes the cache behind it.
             return self._render_stale(q, entry, limit, "answer_first")
@@ -363,6 +397,70 @@ class Pipeline:
             return self._servfail(data, q, e)
         return self._render(q, fresh, fresh.body, limit, Source.UPSTREAM)
 
+    def answer_limited(self, data: bytes, tcp: bool, client: str | None = None) -> bytes | None:
+        """Answer without any upstream work: ``server.max_inflight`` is reached.
+
+        Called synchronously by the listener instead of starting a task: a cached
+        answer (fresh, or stale within its window: RFC 8767 allows serving stale
+        when the resolver cannot get fresh data) or a local one, else SERVFAIL with
+        EDE "Not Ready" — never silence.  Runs in a copy of the context so the
+        reply bookkeeping (``_SENT``) stays out of the listener's.
+        """
+        return contextvars.copy_context().run(self._answer_limited, data, tcp, client)
+
+    def _answer_limited(self, data: bytes, tcp: bool, client: str | None) -> bytes | None:
+        try:
+            q = wire.parse_query(data)
+        except DropQuery:
+            self.stats.dropped_malformed += 1
+            return None
+        except FormatError as e:
+            self.stats.formerr += 1
+            self._sent(Source.LOCAL, e.rcode)
+            return wire.error_reply(data, e.rcode, e.question_end, edns=e.rcode == wire.BADVERS,
+                                    udp_size=self.edns_size)
+        self.stats.queries_by_type[qtype_label(q.qtype)] += 1
+        limit = _TCP_LIMIT if tcp else q.udp_size
+        if self.local is not None:
+            reply = self.local.answer(q, limit, self.edns_size)
+            if type(reply) is bytes:  # (a local CNAME to an outside name would need a fetch)
+                self.stats.limited["max_inflight", Source.LOCAL] += 1
+                self.limits.cap_log.note("max_inflight", client, Source.LOCAL)
+                self._sent(Source.LOCAL, reply[3] & 0x0F)
+                return reply
+        now = self.clock.monotonic()
+        _, entry = self.cache.lookup(q.key, now)
+        if stale_policy.decide(entry, now, self.stale, self.pool.epoch) == stale_policy.ANSWER_FRESH:
+            self.stats.limited["max_inflight", Source.CACHE] += 1
+            self.limits.cap_log.note("max_inflight", client, Source.CACHE)
+            return self._render(q, entry, self._aged(entry, now), limit, Source.CACHE)
+        return self._limited(data, q, entry, limit, "max_inflight", client)
+
+    def _limited(self, data: bytes, q: wire.Query, entry: Entry | None, limit: int, which: str,
+                 client: str | None) -> bytes:
+        """The answer when cap ``which`` stops a query from starting upstream work.
+
+        Stale if the cache holds an entry still inside its stale window (the
+        pipeline's usual stale rendering, EDE 3 or 19), else SERVFAIL with EDE 14
+        "Not Ready".  SERVFAIL rather than REFUSED: a stub resolver takes REFUSED
+        as "this server will not serve me" and may give up on it or on the name,
+        and REFUSED is what the allow-list sends to strangers; SERVFAIL says "try
+        again", and is not cached here.  Counted and logged (rate-limited).
+        """
+        now = self.clock.monotonic()
+        if entry is not None and stale_policy.decide(entry, now, self.stale) in (
+                stale_policy.ANSWER_STALE, stale_policy.RESOLVE_OR_STALE):
+            answer = Source.STALE
+            reply = self._render_stale(q, entry, limit, _STALE_REASON[which])
+        else:
+            answer = "servfail"
+            self._sent(Source.LOCAL, wire.SERVFAIL)
+            reply = wire.error_reply(data, wire.SERVFAIL, q.qend, edns=q.edns, udp_size=self.edns_size,
+                                     ede=wire.ede_option(_EDE_NOT_READY, _LIMIT_TEXT[which]))
+        self.stats.limited[which, answer] += 1
+        self.limits.cap_log.note(which, client, answer)
+        return reply
+
     def _servfail(self, data: bytes, q: wire.Query, e: UpstreamError) -> bytes:
         self.stats.servfail_upstream += 1
         self._sent(Source.LOCAL, wire.SERVFAIL)
@@ -385,13 +483,28 @@ class Pipeline:
         return wire.render(q, entry.hdr, entry.hdr_opt, body, limit, self.edns_size, wire.ede_option(code, text))
 
     # ------------------------------------------------------------ forwarding stage
-    def _fetch(self, q: wire.Query) -> asyncio.Task:
-        """The one upstream fetch for this key: joined if already running (coalescing)."""
+    def _fetch(self, q: wire.Query, client: str | None = None) -> asyncio.Task | None:
+        """The one upstream fetch for this key: joined if already running (coalescing).
+
+        Joining is free.  Starting one is charged to ``client`` until the fetch ends
+        (even if the client was answered stale before that); None if the client is
+        over its share (security.max_inflight_per_client).
+        """
         task = self.inflight.get(q.key)
         if task is not None:
             self.stats.coalesced += 1
             return task
-        return self._start_fetch(q.key, wire.key_question(q.key), bool(q.cd), q.do)
+        if client is None:
+            return self._start_fetch(q.key, wire.key_question(q.key), bool(q.cd), q.do)
+        if not self.limits.acquire_inflight(client):
+            return None
+        try:
+            task = self._start_fetch(q.key, wire.key_question(q.key), bool(q.cd), q.do)
+        except BaseException:
+            self.limits.release_inflight(client)
+            raise
+        task.add_done_callback(lambda _t, release=self.limits.release_inflight: release(client))
+        return task
 
     def _start_fetch(self, key: bytes, upstream_question: bytes, cd: bool, do: bool) -> asyncio.Task:
         loop = running_loop()

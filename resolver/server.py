@@ -1,11 +1,19 @@
 """UDP and TCP listeners: bytes in, bytes out.
 
 The UDP callback answers cache hits synchronously (``Pipeline.answer_fast``) and
-hands everything else to a task, bounded by ``max_inflight``: past it, queries are
-dropped and counted (the client retries), so a flood cannot grow memory without
-limit.  TCP follows RFC 7766: length-prefixed messages, several queries pipelined
-on one connection and answered as they complete, an idle timeout, and a cap on
-open connections.
+hands everything else to a task, bounded by ``max_inflight`` so a flood cannot grow
+memory without limit: past it, a query is answered at once from what the cache
+holds (stale) or with SERVFAIL (``Pipeline.answer_limited``) — counted, never
+dropped in silence.  TCP follows RFC 7766: length-prefixed messages, several
+queries pipelined on one connection and answered as they complete, an idle
+timeout, and a cap on open connections that closes the least recently active
+idle connection to make room for a new one (§6.2.3) before it refuses anyone.
+
+Sockets are made here rather than by asyncio: an IPv6 wildcard listener is
+dual-stack for TCP as well as UDP (asyncio sets IPV6_V6ONLY on TCP servers), and
+every socket joins a SO_REUSEPORT group so a successor can take over
+(``handover``); that a port is not already someone else's is checked before
+binding (``handover.refuse_if_bound``).
 
 This is the only place with a broad ``except`` per query: a bug becomes SERVFAIL
 plus a log line with the traceback, never a dead listener.
@@ -35,6 +43,54 @@ TCP_LINGER = 0.3  # seconds open TCP connections get, at shutdown, after in-flig
 _TCP_MAX_UNSENT = 256 * 1024
 
 
+def listen_socket(host: str, port: int, kind: int) -> socket.socket:
+    """A non-blocking socket bound to (host, port), in a SO_REUSEPORT group.
+
+    An IPv6 socket is made dual-stack explicitly (IPV6_V6ONLY=0, RFC 3493 §5.3),
+    so a ``[::]`` listener takes IPv4 clients on TCP as on UDP — an IPv4 client's
+    TC=1 fallback (RFC 7766 §5) must reach the same listener — whatever the
+    host's ``net.ipv6.bindv6only`` says.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, kind)
+    try:
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        if kind == socket.SOCK_STREAM:  # (TIME_WAIT leftovers of a predecessor must not block us)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+        sock.setblocking(False)
+    except OSError as exc:
+        sock.close()
+        shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        proto = "TCP" if kind == socket.SOCK_STREAM else "UDP"
+        raise OSError(exc.errno, f"cannot bind {shown} ({proto}): {exc.strerror}") from None
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+class _TcpConn:
+    """One client TCP connection, as the connection cap sees it."""
+
+    __slots__ = ("writer", "host", "pending", "reading", "last", "evicted", "gone")
+
+    def __init__(self, writer: asyncio.StreamWriter, host: str, now: float):
+        self.writer = writer
+        self.host = host
+        self.pending: set[asyncio.Task] = set()  # queries being answered
+        self.reading = False  # a message has started arriving
+        self.last = now  # loop time of the last query: least recently active goes first
+        self.evicted = False  # closed for a new connection; its slot is already given back
+        self.gone = False  # the client closed its side: answers still pending cannot reach it
+
+    @property
+    def idle(self) -> bool:
+        return not self.evicted and (self.gone or (not self.pending and not self.reading))
+
+
 def _internal_error_reply(data: bytes) -> bytes | None:
     if len(data) < 12 or data[2] & 0x80:
         return None
@@ -51,12 +107,12 @@ class Listeners:
         self.config = config
         self.stats = stats
         self.acl = acl or AccessControl(SecurityConfig())
-        self.limits = limits or ClientLimits(SecurityConfig())
+        self.limits = limits or pipeline.limits
         self.rrl = rrl or RateLimiter(SecurityConfig())
         self.udp_transports: list[asyncio.DatagramTransport] = []
         self.tcp_servers: list[asyncio.base_events.Server] = []
         self.tasks: set[asyncio.Task] = set()
-        self.tcp_writers: set[asyncio.StreamWriter] = set()
+        self.tcp_writers: dict[asyncio.StreamWriter, _TcpConn] = {}  # open connections, oldest first
         self.bound: list[tuple[str, int]] = []  # actual (host, port) per listen address, after binding
         self.draining = False
         self.group_size = 1  # our sockets per reuseport group (workers): see handover.steer_away
@@ -68,18 +124,15 @@ class Listeners:
         # Rate limiting costs nothing when off: the plain protocol has no check at all.
         protocol = _RateLimitedUdpProtocol if self.rrl.enabled else _UdpProtocol
         for addr in addresses:
-            family = socket.AF_INET6 if ":" in addr.host else socket.AF_INET
             for attempt in range(20 if addr.port == 0 else 1):
                 transport, _ = await loop.create_datagram_endpoint(
-                    lambda: protocol(self), local_addr=(addr.host, addr.port), family=family,
-                    reuse_port=True)
+                    lambda: protocol(self), sock=listen_socket(addr.host, addr.port, socket.SOCK_DGRAM))
                 port = transport.get_extra_info("sockname")[1]
                 # The TCP listener takes the port UDP got, so "port 0" tests get one port for both;
                 # that TCP port may be in use (say, by an outgoing connection): then try another.
                 try:
                     server = await asyncio.start_server(
-                        self._tcp_client, host=addr.host, port=port, family=family, reuse_port=True,
-                        backlog=1024)
+                        self._tcp_client, sock=listen_socket(addr.host, port, socket.SOCK_STREAM), backlog=1024)
                     break
                 except OSError:
                     transport.close()
@@ -90,6 +143,17 @@ class Listeners:
             self.bound.append((addr.host, port))
             log.info("listening on %s port %d (UDP and TCP)", addr.host, port)
         self.unsteer()
+
+    def reconfigure(self, config: ServerConfig) -> None:
+        """Apply reloaded server settings, and re-point the UDP protocols at the
+        pipeline's current hit path (``logging.queries`` swaps it): each protocol
+        keeps the method in an attribute so a datagram costs no extra lookup."""
+        self.config = config
+        fast = self.pipeline.answer_fast
+        for transport in self.udp_transports:
+            protocol = transport.get_protocol()
+            if isinstance(protocol, _UdpProtocol):
+                protocol.fast = fast
 
     def unsteer(self) -> None:
         """Drop a predecessor's steering program from our groups (see handover.unsteer)."""
@@ -180,23 +244,38 @@ class Listeners:
             transport.close()
 
     # ------------------------------------------------------------------- UDP
-    def spawn(self, coro, host: str | None = None) -> asyncio.Task | None:
-        """Run ``coro`` as a task, within the global cap and, given the client ``host``, its share."""
-        if self.draining or len(self.tasks) >= self.config.max_inflight:
+    def spawn(self, coro) -> asyncio.Task | None:
+        """Run ``coro`` as a task (the caller checked ``full``); None while shutting down.
+
+        No per-client count here: a client's share is of upstream work, which the
+        pipeline charges when a query starts a fetch (``Pipeline._fetch``).
+        """
+        if self.draining:  # a successor (or the client's retry) takes new work
             coro.close()
             self.stats.dropped_overload += 1
             return None
-        if host is not None and not self.limits.acquire_inflight(host):  # over this client's share
-            coro.close()
-            self.stats.dropped_client_limit += 1
-            return None
         task = running_loop().create_task(coro)
         self.tasks.add(task)
-        if host is None:
-            task.add_done_callback(self.tasks.discard)
-        else:
-            task.add_done_callback(lambda t: (self.tasks.discard(t), self.limits.release_inflight(host)))
+        task.add_done_callback(self.tasks.discard)
         return task
+
+    def full(self) -> bool:
+        """``server.max_inflight`` reached: answer from what we have (``Pipeline.answer_limited``)."""
+        return len(self.tasks) >= self.config.max_inflight
+
+    def udp_miss(self, transport, data: bytes, addr) -> None:
+        """A datagram the hit path did not answer: a task, or at the global cap an answer at once."""
+        if self.full() and not self.draining:
+            try:
+                reply = self.pipeline.answer_limited(data, False, addr[0])
+            except Exception:
+                self.stats.internal_errors += 1
+                log.exception("internal error answering a UDP query over max_inflight")
+                reply = _internal_error_reply(data)
+            if reply is not None:
+                transport.sendto(reply, addr)
+            return
+        self.spawn(self.udp_slow(transport, data, addr))
 
     def refuse_udp(self, transport, data: bytes, addr) -> None:
         """A datagram from a client outside ``security.allow``: REFUSED or silence."""
@@ -207,7 +286,7 @@ class Listeners:
 
     async def udp_slow(self, transport, data: bytes, addr) -> None:
         try:
-            reply = await self.pipeline.resolve(data, False)
+            reply = await self.pipeline.resolve(data, False, addr[0])
         except Exception:
             self.stats.internal_errors += 1
             log.exception("internal error answering a UDP query from %s", addr[0])
@@ -236,36 +315,47 @@ class Listeners:
             if self.acl.drop:
                 writer.transport.abort()
                 return
-        if len(self.tcp_writers) >= self.config.tcp_max_connections:
+        # Over a cap, the least recently active idle connection makes room (RFC 7766
+        # §6.2.3: a server may close idle connections, and should when short of
+        # them): an application's pool of idle connections must not lock out its
+        # next connection.  Only if none is idle is the new one refused.
+        if len(self.tcp_writers) >= self.config.tcp_max_connections and not self._close_idle(
+                None, "tcp_max_connections"):
             self.stats.tcp_refused += 1
             writer.transport.abort()
             return
-        if not self.limits.acquire_tcp(host):  # over this client's share of the slots
+        if self.limits.tcp_at_limit(host) and not self._close_idle(host, "tcp_max_connections_per_client"):
             self.stats.tcp_refused_client_limit += 1
             writer.transport.abort()
             return
+        self.limits.acquire_tcp(host)  # (room was made above)
         self.stats.tcp_connections += 1
-        self.tcp_writers.add(writer)
-        pending: set[asyncio.Task] = set()
+        loop = running_loop()
+        conn = self.tcp_writers[writer] = _TcpConn(writer, host, loop.time())
+        pending = conn.pending
         idle = self.config.tcp_idle_timeout
         read_timeout = self.limits.tcp_read_timeout
-        loop = running_loop()
         try:
             while True:
                 started = False
+                conn.reading = False
                 try:
                     async with asyncio.timeout(idle) as timer:
                         header = await reader.readexactly(2)
                         # The message has started: the rest must come promptly, so a
                         # client trickling bytes cannot hold a slot for idle × messages.
-                        started = True
+                        started = conn.reading = True
                         timer.reschedule(loop.time() + read_timeout)
                         size = struct.unpack(">H", header)[0]
                         data = await reader.readexactly(size)
                 except (TimeoutError, asyncio.IncompleteReadError, ConnectionError) as e:
                     if started and isinstance(e, TimeoutError):
                         self.stats.tcp_closed_slow += 1
+                    conn.gone = not isinstance(e, TimeoutError)
                     break  # idle, slow or gone client: RFC 7766 §6.2.3 lets us close
+                if conn.evicted:
+                    break  # closed for a newer connection while this message arrived
+                conn.last = loop.time()
                 self.stats.queries_tcp += 1
                 if writer.transport.get_write_buffer_size() > _TCP_MAX_UNSENT:
                     self.stats.tcp_closed_slow += 1
@@ -290,20 +380,52 @@ class Listeners:
                     # §6.2.3) rather than leave the client waiting out the grace period.
                     # It retries on a new connection, which reaches the successor.
                     break
-                task = self.spawn(self._tcp_answer(writer, data), host)
+                if self.full():  # server.max_inflight: answered at once, never left hanging
+                    try:
+                        reply = self.pipeline.answer_limited(data, True, host)
+                    except Exception:
+                        self.stats.internal_errors += 1
+                        log.exception("internal error answering a TCP query over max_inflight")
+                        reply = _internal_error_reply(data)
+                    if reply is not None:
+                        writer.write(struct.pack(">H", len(reply)) + reply)
+                    continue
+                task = self.spawn(self._tcp_answer(writer, data, host))
                 if task is not None:
                     pending.add(task)
                     task.add_done_callback(pending.discard)
             if pending:
                 await asyncio.wait(set(pending), timeout=self.config.shutdown_grace)
         finally:
-            self.tcp_writers.discard(writer)
-            self.limits.release_tcp(host)
+            if not conn.evicted:
+                del self.tcp_writers[writer]
+                self.limits.release_tcp(host)
             writer.transport.close()
 
-    async def _tcp_answer(self, writer: asyncio.StreamWriter, data: bytes) -> None:
+    def _close_idle(self, host: str | None, limit: str) -> bool:
+        """Close the least recently active idle connection (of ``host``, if given).
+
+        Its slot is given back at once, for the connection being accepted; the
+        close itself is graceful (replies already written are flushed, then FIN),
+        and the client reconnects when it next needs one (RFC 7766 §6.2.3).
+        Returns False if every candidate has a query pending or arriving.
+        """
+        oldest = None
+        for conn in self.tcp_writers.values():
+            if conn.idle and (host is None or conn.host == host) and (oldest is None or conn.last < oldest.last):
+                oldest = conn
+        if oldest is None:
+            return False
+        oldest.evicted = True
+        del self.tcp_writers[oldest.writer]
+        self.limits.release_tcp(oldest.host)
+        oldest.writer.transport.close()
+        self.stats.tcp_idle_closed[limit] += 1
+        return True
+
+    async def _tcp_answer(self, writer: asyncio.StreamWriter, data: bytes, host: str) -> None:
         try:
-            reply = await self.pipeline.resolve(data, True)
+            reply = await self.pipeline.resolve(data, True, host)
         except Exception:
             self.stats.internal_errors += 1
             log.exception("internal error answering a TCP query")
@@ -317,7 +439,7 @@ class Listeners:
 class _UdpProtocol(asyncio.DatagramProtocol):
     def __init__(self, listeners: Listeners):
         self.listeners = listeners
-        self.fast = listeners.pipeline.answer_fast
+        self.fast = listeners.pipeline.answer_fast  # re-pointed on reload (Listeners.reconfigure)
         self.stats = listeners.stats
         self.allowed = listeners.acl.allowed  # memo of admitted addresses: one lookup per datagram
         self.admits = listeners.acl.admits
@@ -340,7 +462,7 @@ class _UdpProtocol(asyncio.DatagramProtocol):
         if reply is not None:
             self.transport.sendto(reply, addr)
             return
-        self.listeners.spawn(self.listeners.udp_slow(self.transport, data, addr), addr[0])
+        self.listeners.udp_miss(self.transport, data, addr)
 
     def error_received(self, exc: Exception) -> None:
         # ICMP errors for earlier replies (client went away); nothing to do.

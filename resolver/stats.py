@@ -17,7 +17,13 @@ from collections import Counter
 
 # Fixed label sets, so a hostile client cannot create unbounded series.
 STALE_REASONS = ("timeout", "servfail", "refused", "rcode", "unreachable", "bad_response", "recheck", "error",
-                 "upstreams_down", "answer_first", "last_known_good")
+                 "upstreams_down", "answer_first", "last_known_good", "client_limit", "overload")
+# Caps that, when reached, answer from what we have instead of starting upstream work
+# (resolver/limits.py), and how such a query was answered.
+LIMITS = ("max_inflight", "max_inflight_per_client")
+LIMITED_ANSWERS = ("cache", "stale", "local", "servfail")
+# TCP connection caps under which the oldest idle connection is closed for a new one.
+TCP_LIMITS = ("tcp_max_connections", "tcp_max_connections_per_client")
 SOURCES = ("cache", "stale", "upstream", "local")
 TRANSPORTS = ("udp", "tcp")
 # Query types by name: the common ones; every other type is counted as "other".
@@ -122,7 +128,7 @@ class Stats:
         "tcp_connections", "tcp_refused", "internal_errors",
         "queries_by_type", "tally", "durations",
         # security (issue 7): resolver/acl.py, resolver/limits.py, resolver/ratelimit.py
-        "acl_refused_udp", "acl_refused_tcp", "dropped_client_limit", "tcp_refused_client_limit",
+        "acl_refused_udp", "acl_refused_tcp", "limited", "tcp_refused_client_limit", "tcp_idle_closed",
         "tcp_closed_slow", "rate_limited_dropped", "rate_limited_slipped",
         "prefetches", "answers_vanished", "lkg_answers",
     )
@@ -134,14 +140,14 @@ class Stats:
         self.cache_misses = 0        # queries that needed an upstream fetch (incl. coalesced)
         self.stale_answers: Counter = Counter()   # reason -> count (slow path; recheck hits also in ``tally``)
         self.coalesced = 0           # misses that joined an upstream query already in flight
-        self.dropped_overload = 0    # misses dropped because max_inflight was reached
+        self.dropped_overload = 0    # misses dropped while shutting down (a successor takes new ones)
         self.dropped_malformed = 0   # datagrams without a readable header, or QR=1
         self.formerr = 0             # FORMERR / NOTIMP / BADVERS answers to bad queries
         self.responses_by_rcode: Counter = Counter()   # rcode int -> count (slow path; hit path in ``tally``)
         self.responses_by_source: Counter = Counter()  # source -> count
         self.servfail_upstream = 0   # SERVFAIL sent because no upstream answered and nothing stale was cached
         self.tcp_connections = 0
-        self.tcp_refused = 0         # connections closed at once: over tcp_max_connections
+        self.tcp_refused = 0         # connections closed at once: over tcp_max_connections, none idle
         self.internal_errors = 0     # bugs caught at the listener boundary (→ SERVFAIL)
         self.queries_by_type: Counter = Counter()      # qtype label -> parsed queries (slow path)
         self.tally = HitTally()      # hit-path answers by (qtype, rcode): shared with the cache
@@ -149,8 +155,11 @@ class Stats:
         self.durations = {source: Histogram(DURATION_BUCKETS) for source in SOURCES}
         self.acl_refused_udp = 0     # datagrams from clients outside security.allow
         self.acl_refused_tcp = 0     # TCP connections from clients outside security.allow
-        self.dropped_client_limit = 0       # misses dropped: client over max_inflight_per_client
-        self.tcp_refused_client_limit = 0   # connections closed: client over its connection cap
+        # (limit, answer) -> queries answered without new upstream work because a cap was
+        # reached (server.max_inflight, security.max_inflight_per_client): LIMITS × LIMITED_ANSWERS
+        self.limited: Counter = Counter()
+        self.tcp_refused_client_limit = 0   # connections closed: client over its connection cap, none idle
+        self.tcp_idle_closed: Counter = Counter()  # TCP_LIMITS -> idle connections closed for a new one
         self.tcp_closed_slow = 0     # connections closed: message trickled past tcp_read_timeout,
                                      # or replies piling up unread
         self.rate_limited_dropped = 0  # UDP responses not sent: client over security.rate_limit

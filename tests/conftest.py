@@ -92,13 +92,14 @@ def second_upstream():
 
 @pytest.fixture
 def start_forwarder():
-    """Factory: ``start_forwarder(upstreams, **sections)`` → a RunningForwarder, stopped at teardown."""
+    """Factory: ``start_forwarder(upstreams, **sections)`` → a RunningForwarder, stopped at teardown;
+    ``join=True`` starts it as a handover successor on addresses already bound."""
     from tests.servers.forwarder import RunningForwarder, forwarder_config
 
     running = []
 
-    def start(upstreams, **sections):
-        fwd = RunningForwarder(forwarder_config(list(upstreams), **sections))
+    def start(upstreams, join=False, **sections):
+        fwd = RunningForwarder(forwarder_config(list(upstreams), **sections), join=join)
         running.append(fwd)
         return fwd
 

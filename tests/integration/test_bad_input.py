@@ -164,10 +164,15 @@ def test_idle_tcp_connection_closed(fwd):
         assert idle.recv(10) == b""
 
 
-def test_tcp_connection_cap(fwd):
-    """Past tcp_max_connections, new connections are closed at once; the rest keep working."""
+def test_tcp_connection_cap(fwd, fake_upstream):
+    """Past tcp_max_connections with every connection busy, a new one is closed at once;
+    the rest keep working (with an idle one, that one makes room: see the next test)."""
+    fake_upstream.mode("drop", name="silent.test")
+    q = dns.message.make_query("silent.test", "A").to_wire()
     held = [_tcp_connect(fwd.port) for _ in range(4)]
     try:
+        for s in held:  # a query pending on each: none idle
+            s.sendall(struct.pack(">H", len(q)) + q)
         time.sleep(0.1)
         extra = _tcp_connect(fwd.port)
         extra.settimeout(2)
@@ -183,6 +188,23 @@ def test_tcp_connection_cap(fwd):
             s.close()
     time.sleep(0.1)
     still_works(fwd.port)
+
+
+def test_tcp_connection_cap_closes_oldest_idle(fwd):
+    """RFC 7766 §6.2.3: at the cap, the least recently active idle connection is closed for
+    the new one (issue 13: an application's pool of idle connections locked out its next)."""
+    held = [_tcp_connect(fwd.port) for _ in range(4)]
+    try:
+        time.sleep(0.1)
+        msg = dns.query.tcp(dns.message.make_query("www.test", "A"), "127.0.0.1", port=fwd.port, timeout=3)
+        assert [rr.to_text() for rr in msg.answer[0]] == ["192.0.2.1"]
+        held[0].settimeout(2)
+        assert held[0].recv(10) == b""  # the oldest idle one was closed
+        assert fwd.metric("resolver_tcp_connections_idle_closed_total", limit="tcp_max_connections") == 1
+        assert fwd.metric("resolver_tcp_connections_refused_total") == 0
+    finally:
+        for s in held:
+            s.close()
 
 
 def test_garbage_over_tcp(fwd):

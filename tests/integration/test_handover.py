@@ -34,14 +34,16 @@ REPO = Path(__file__).resolve().parents[2]
 NAMES = [("www.test", "A"), ("v6.test", "AAAA"), ("alias.test", "A"), ("big.test", "TXT")]
 
 
-def spawn(config: Path, log: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "resolver", "--config", str(config)], cwd=REPO,
+def spawn(config: Path, log: Path, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "resolver", "--config", str(config), *extra], cwd=REPO,
                             stdout=subprocess.DEVNULL, stderr=open(log, "w"))
 
 
-def ready(mport: int) -> bool:
+def ready(mport: int, pid: int | None = None) -> bool:
+    """/readyz, or with ``pid`` ready *and* answered by that process (or its workers)."""
+    query = "" if pid is None else f"?pid={pid}"
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{mport}/readyz", timeout=1) as r:
+        with urllib.request.urlopen(f"http://127.0.0.1:{mport}/readyz{query}", timeout=1) as r:
             return r.status == 200
     except OSError:
         return False
@@ -103,9 +105,11 @@ def test_zero_gap_restart_under_load(unbound, tmp_path, workers):
             ask(port, name, rtype)
         load = Load(port, NAMES, max_queries=40_000, max_seconds=40, timeout=2.0).start()
         time.sleep(1.0)
-        # The upgrade: the successor starts and binds while the old process serves.
-        new = spawn(config(tmp_path, "new.yaml", port, m_new, unbound.address, **extra), tmp_path / "new.log")
-        assert eventually(lambda: all(ready(m_new + i) for i in range(workers)), 15)
+        # The upgrade: the successor starts (deliberately: --handover) and binds while the old
+        # process serves; readiness is asked of the successor itself (its pid).
+        new = spawn(config(tmp_path, "new.yaml", port, m_new, unbound.address, **extra), tmp_path / "new.log",
+                    "--handover")
+        assert eventually(lambda: all(ready(m_new + i, new.pid) for i in range(workers)), 15)
         assert _metric(m_new, "resolver_cache_snapshot_loaded_entries") >= 3
         time.sleep(1.0)
         assert stop(old) == 0  # SIGTERM: steer away, answer what is queued, drain, snapshot, exit
@@ -254,7 +258,7 @@ def test_stopping_process_steers_new_packets_to_its_successor(unbound, start_for
 
     port = free_port()
     old = start_forwarder([unbound.address], listen=(Address("127.0.0.1", port),))
-    new = start_forwarder([unbound.address], listen=(Address("127.0.0.1", port),))
+    new = start_forwarder([unbound.address], listen=(Address("127.0.0.1", port),), join=True)
     old.call(_close_listeners(old.app))  # what SIGTERM does first
     before = old.app.stats.queries_udp
     for _ in range(50):  # fresh sockets: fresh source ports, spread by the kernel's hash
@@ -279,7 +283,7 @@ def test_successor_removes_the_steering_program(unbound, start_forwarder):
 
     port = free_port()
     old = start_forwarder([unbound.address], listen=(Address("127.0.0.1", port),))
-    new = start_forwarder([unbound.address], listen=(Address("127.0.0.1", port),))
+    new = start_forwarder([unbound.address], listen=(Address("127.0.0.1", port),), join=True)
     old.call(_close_listeners(old.app))
     new.loop.call_soon_threadsafe(new.app.listeners.unsteer)
     time.sleep(0.2)

@@ -22,8 +22,8 @@ from tests.integration.test_bad_input import _read_msg, _tcp_connect, udp_exchan
 OUTSIDE = {"allow": ("192.0.2.0/24",)}  # 127.0.0.1 is not in it
 
 
-def query(name="www.test", qtype="A", qid=None) -> bytes:
-    msg = dns.message.make_query(name, qtype)
+def query(name="www.test", qtype="A", qid=None, edns=False) -> bytes:
+    msg = dns.message.make_query(name, qtype, use_edns=0 if edns else None)
     if qid is not None:
         msg.id = qid
     return msg.to_wire()
@@ -115,47 +115,69 @@ def test_garbage_from_outside_is_dropped_not_answered(fake_upstream, start_forwa
 # -- per-client limits -----------------------------------------------------------------
 
 
+HOSTILE = {"client_limits_exempt": ()}  # 127.0.0.1 stands for a stranger: no exemption
+
+
 def test_per_client_inflight_cap(fake_upstream, start_forwarder):
-    """One client may have only max_inflight_per_client misses resolving; the rest are dropped."""
+    """A client may have only max_inflight_per_client upstream fetches started; a query that
+    would start one more gets SERVFAIL with EDE 14 at once (changed by issue 13: it was
+    dropped in silence), while one that joins a fetch in flight is free."""
     for i in range(6):
         fake_upstream.answer(f"n{i}.test", "A", "192.0.2.1")
     fake_upstream.delay(1.0)
-    fwd = start_forwarder([fake_upstream.address], security={"max_inflight_per_client": 2},
+    fwd = start_forwarder([fake_upstream.address], security={"max_inflight_per_client": 2, **HOSTILE},
                           upstream={"attempt_timeout": 3.0, "total_timeout": 3.0})
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.settimeout(5)
         for i in range(6):
-            s.sendto(query(f"n{i}.test"), ("127.0.0.1", fwd.port))
-        answers = [dns.message.from_wire(s.recv(65535)) for _ in range(2)]
-        assert all(a.answer for a in answers)
-        s.settimeout(1.0)
-        with pytest.raises(TimeoutError):
-            s.recv(65535)
+            s.sendto(query(f"n{i}.test", qid=i, edns=True), ("127.0.0.1", fwd.port))
+        s.sendto(query("n0.test", qid=100, edns=True), ("127.0.0.1", fwd.port))  # joins n0's fetch: not capped
+        replies = {m.id: m for m in (dns.message.from_wire(s.recv(65535)) for _ in range(7))}
+    assert sorted(replies) == [0, 1, 2, 3, 4, 5, 100]
+    for qid in (0, 1, 100):
+        assert replies[qid].rcode() == dns.rcode.NOERROR and replies[qid].answer
+    for qid in (2, 3, 4, 5):
+        assert replies[qid].rcode() == dns.rcode.SERVFAIL
+        assert [(o.code, o.text) for o in replies[qid].extended_errors()] == [
+            (14, "too many queries in flight from this client")]
     assert len(fake_upstream.calls) == 2
-    assert fwd.metric("resolver_client_limit_dropped_queries_total") == 4
+    assert fwd.metric("resolver_limited_queries_total", limit="max_inflight_per_client", answer="servfail") == 4
     assert fwd.app.limits.inflight == {}  # released once done
 
 
 def test_per_client_tcp_connection_cap(fake_upstream, start_forwarder):
+    """Over tcp_max_connections_per_client the client's least recently used idle connection
+    is closed for the new one (RFC 7766 §6.2.3; changed by issue 13: the new one was closed);
+    with none idle, the new one is refused."""
     fake_upstream.answer("www.test", "A", "192.0.2.1")
-    fwd = start_forwarder([fake_upstream.address], security={"tcp_max_connections_per_client": 2})
+    fake_upstream.answer("slow.test", "A", "192.0.2.2")
+    fwd = start_forwarder([fake_upstream.address], security={"tcp_max_connections_per_client": 2, **HOSTILE})
     held = [tcp_connect(fwd.port) for _ in range(2)]
     try:
         for s in held:  # make sure both are accepted before the third
             s.sendall(struct.pack(">H", len(query())) + query())
             assert dns.message.from_wire(_read_msg(s)).answer
         with tcp_connect(fwd.port) as extra:
+            extra.sendall(struct.pack(">H", len(query())) + query())
+            assert dns.message.from_wire(_read_msg(extra)).answer
+            assert closed_by_peer(held[0], 3)  # the least recently used one made room
+            assert fwd.metric("resolver_tcp_connections_idle_closed_total",
+                              limit="tcp_max_connections_per_client") == 1
+        assert fwd.metric("resolver_tcp_connections_client_limited_total") == 0
+        # No idle connection to close: both slots have a query pending (the upstream is silent).
+        fake_upstream.mode("drop", name="slow.test")
+        busy = [tcp_connect(fwd.port) for _ in range(2)]
+        for s in busy:
+            s.sendall(struct.pack(">H", len(query("slow.test"))) + query("slow.test"))
+        time.sleep(0.3)
+        with tcp_connect(fwd.port) as extra:
             assert closed_by_peer(extra, 3)
         assert fwd.metric("resolver_tcp_connections_client_limited_total") == 1
+        for s in busy:
+            s.close()
     finally:
         for s in held:
             s.close()
-    deadline = time.monotonic() + 5
-    while fwd.app.limits.tcp and time.monotonic() < deadline:
-        time.sleep(0.02)
-    with tcp_connect(fwd.port) as again:  # slots come back when connections close
-        again.sendall(struct.pack(">H", len(query())) + query())
-        assert dns.message.from_wire(_read_msg(again)).answer
 
 
 def test_trickling_tcp_client_is_closed_after_read_timeout(fake_upstream, start_forwarder):

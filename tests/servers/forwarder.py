@@ -61,8 +61,9 @@ def http_request(port: int, path: str, method: str = "GET", headers: dict | None
 
 
 class RunningForwarder:
-    def __init__(self, config: Config, clock: FakeClock | None = None):
+    def __init__(self, config: Config, clock: FakeClock | None = None, join: bool = False):
         self.clock = clock or FakeClock()
+        self.join = join  # bind next to a running instance (a deliberate handover: App(join=True))
         self.loop = uvloop.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="forwarder", daemon=True)
         self.thread.start()
@@ -79,7 +80,7 @@ class RunningForwarder:
                     raise
 
     async def _make(self, config: Config) -> App:
-        return App(config, self.clock)
+        return App(config, self.clock, join=self.join)
 
     def call(self, coro, timeout: float = 10.0):
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)

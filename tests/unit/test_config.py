@@ -562,6 +562,14 @@ def test_security_values(resolv):
     assert parse({"security": {"allow": "0.0.0.0/0"}}, resolv).security.allow == ("0.0.0.0/0",)
 
 
+def test_client_limits_exempt(resolv):
+    """Loopback by default (a sidecar's pod); a list of networks; [] exempts nobody."""
+    assert parse(None, resolv).security.client_limits_exempt == ("127.0.0.0/8", "::1/128")
+    s = parse({"security": {"client_limits_exempt": ["10.1.0.0/16", "fd00::/8"]}}, resolv).security
+    assert s.client_limits_exempt == ("10.1.0.0/16", "fd00::/8")
+    assert parse({"security": {"client_limits_exempt": []}}, resolv).security.client_limits_exempt == ()
+
+
 @pytest.mark.parametrize(
     "section, key, problem",
     [
@@ -579,6 +587,8 @@ def test_security_values(resolv):
         ({"tcp_read_timeout": 0}, "security.tcp_read_timeout", "greater than 0"),
         ({"tcp_read_timeout": "later"}, "security.tcp_read_timeout", "expected a duration"),
         ({"allowed": ["10.0.0.0/8"]}, "security.allowed", "unknown key"),
+        ({"client_limits_exempt": ["127.0.0.1/8"]}, "security.client_limits_exempt[0]", "has host bits set"),
+        ({"client_limits_exempt": ["localhost"]}, "security.client_limits_exempt[0]", "expected a network"),
     ],
 )
 def test_security_bad_values(section, key, problem, resolv):

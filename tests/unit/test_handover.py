@@ -20,3 +20,19 @@ def test_bad_handles_are_refused_not_raised():
     assert handover.unsteer(-1) is False
     assert handover.read_queued_datagrams(-1) == []
     assert handover.accept_queued(-1) == []
+
+
+def test_readyz_names_the_process_and_answers_only_for_its_pid():
+    """Both processes of a handover answer on the metrics port: ``?pid=`` picks one."""
+    from resolver.handover import readiness_route
+
+    state = {"ready": False}
+    route = readiness_route(lambda: state["ready"], (4242,))
+    assert route("GET", "/metrics") is None and route("POST", "/readyz") is None
+    assert route("GET", "/readyz") == (503, "text/plain", b"not ready pid=4242\n")
+    state["ready"] = True
+    assert route("GET", "/readyz") == (200, "text/plain", b"ready pid=4242\n")
+    assert route("GET", "/readyz?pid=4242")[0] == 200
+    assert route("GET", "/readyz?pid=17") == (503, "text/plain", b"not this instance: pid=4242\n")
+    worker = readiness_route(lambda: True, (4243, 4000))  # a worker: its supervisor's pid counts too
+    assert worker("GET", "/readyz?pid=4000") == (200, "text/plain", b"ready pid=4243 supervisor=4000\n")
