@@ -83,7 +83,7 @@ class WireCounter:
         self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(0x0800))
         insns = [
             (0x30, 0, 0, 9),       # ldb [9]: IP protocol (cooked socket: data starts at the IP header)
-            (0x15, 0, 3, 17),      # jeq UDP, else drop
+            (0x15, 0, 4, 17),      # jeq UDP, else drop
             (0xB1, 0, 0, 0),       # ldxb 4*([0]&0xf): IP header length
             (0x48, 0, 0, 2),       # ldh [x+2]: UDP destination port
             (0x15, 0, 1, port),    # jeq PORT

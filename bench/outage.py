@@ -359,7 +359,7 @@ def goal_rows(outage: dict) -> list[list[str]]:
         u = runs.get("unbound", {}).get(mode)
         p1, p2 = r["pass1"], r["pass2"]
         all_answered = p1["answered"] == p1["queries"] and p2["answered"] == p2["queries"]
-        fast = p2["p99_ms"] is not None and p2["p99_ms"] <= GOAL_P99_S * 1000 and p2["no_reply"] == 0
+        fast = p2["p99_ms"] is not None and p2["p99_ms"] <= GOAL_P99_S * 1000
         fresh = r["restore"]["fresh_s"] is not None and r["restore"]["fresh_s"] <= GOAL_FRESH_S
         mine = r["upstream_queries"]
         theirs = None if not u or "error" in u else u["upstream_queries"]

@@ -995,6 +995,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="run this script and everything it starts at nice level N (e.g. -10 on a shared "
                         "machine to take CPU from other users' processes; needs root; default 0)")
     p.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    p.add_argument("--results", default=str(RESULTS), metavar="DIR",
+                   help="where latest.json and the servers' logs go (default bench/results)")
     p.add_argument("--report", metavar="JSON", help="only print the Markdown report of a saved run "
                    "(e.g. bench/results/latest.json)")
     args = p.parse_args(argv)
@@ -1058,7 +1060,7 @@ def main(argv=None) -> int:
         log(f"FAILED: {failed}")
     finally:
         bench.stop_all()
-        logs = RESULTS / "logs"
+        logs = Path(args.results) / "logs"
         shutil.rmtree(logs, ignore_errors=True)  # only this run's logs
         logs.mkdir(parents=True, exist_ok=True)
         for f in workdir.glob("*.log"):
@@ -1080,10 +1082,11 @@ def main(argv=None) -> int:
         "git": subprocess.run(["git", "-C", str(BENCH.parent), "rev-parse", "--short", "HEAD"],
                               capture_output=True, text=True).stdout.strip(),
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "latest.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+    results_dir = Path(args.results)
+    results_dir.mkdir(parents=True, exist_ok=True)
+    (results_dir / "latest.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
     print(report(results))
-    log(f"done in {results['meta']['elapsed_s']:.0f} s; JSON in {RESULTS / 'latest.json'}")
+    log(f"done in {results['meta']['elapsed_s']:.0f} s; JSON in {results_dir / 'latest.json'}")
     return 1 if failed else 0
 
 
