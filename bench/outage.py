@@ -318,8 +318,10 @@ def report_section(outage: dict, md_table) -> list[str]:
     out = [f"**h. Outage** ({cfg['names']:,} names, TTL {NAME_TTL} s, warmed; upstream broken; after "
            f"{cfg['wait']:g} s every name asked twice at {cfg['rate']:g} q/s from one client socket; then the "
            "upstream restored with new addresses and polled until every name is fresh. Latency over the "
-           f"replies that came within {REPLY_TIMEOUT:g} s; answered = NOERROR with the A record; upstream q/q = "
-           "queries reaching the upstream during the outage per client query)", ""]
+           f"replies that came within {REPLY_TIMEOUT:g} s; answered = NOERROR with the A record; TTLs seen: the A records' TTLs in both passes (stale answers "
+           "carry 30 s, RFC 8767 4, or dnsmasq's 0; where some refreshes get through, fresh ones carry ≤ 2 s); "
+           "upstream q/q = queries reaching the upstream from the break to the end of the passes, per client "
+           "query. One run per server and mode, a fresh server each time)", ""]
     rows = []
     for mode in cfg["modes"]:
         for server in cfg["servers"]:
@@ -338,7 +340,7 @@ def report_section(outage: dict, md_table) -> list[str]:
                          fmt_fresh(r["restore"]),
                          "—" if r["upstream_per_client_query"] is None else f"{r['upstream_per_client_query']:.2f}",
                          f"{p1['no_reply'] + p2['no_reply']}"])
-    out += [md_table(["mode", "server", "answered (pass 1 / 2)", "stale TTL", "pass 1 p50 / p99",
+    out += [md_table(["mode", "server", "answered (pass 1 / 2)", "TTLs seen", "pass 1 p50 / p99",
                       "pass 2 p50 / p99", "all fresh after restore", "upstream q/q", "no reply"], rows), ""]
     verdicts = goal_rows(outage)
     if verdicts:
