@@ -46,6 +46,7 @@ WARM_RATE = 500
 # more upstream work than Unbound.
 GOAL_P99_S = 0.005
 GOAL_FRESH_S = 2.0
+DISTURBED = 0.05  # share of the server's core taken by other processes during the passes (as run.py)
 
 # Each forwarder in its best serve-stale configuration.  Unbound: answer expired data
 # once the upstream has had 1.8 s (RFC 8767's client response timer), keep it a day.
@@ -248,9 +249,11 @@ def poll_fresh(port: int, names: list[str], new: set, limit: float) -> dict:
 
 
 def run_one(port: int, proxy, mode: str, names: list[str], nsd_old: int, nsd_new: int, *,
-            wait: float, rate: float, fresh_limit: float, log=lambda msg: None) -> dict:
+            wait: float, rate: float, fresh_limit: float, log=lambda msg: None, meter=None) -> dict:
     """One (server, mode) scenario against a fresh server on ``port``; ``proxy`` is a
-    faultproxy.ProxyControl already in mode ``pass`` towards ``nsd_old``."""
+    faultproxy.ProxyControl already in mode ``pass`` towards ``nsd_old``.  ``meter()``, if
+    given, starts measuring how much of the server's core other processes took and returns
+    a function that stops and returns that share (a shared machine: latency suffers)."""
     old = {address(i, 0) for i in range(len(names))}
     new = {address(i, 1) for i in range(len(names))}
     out: dict = {"mode": mode}
@@ -260,7 +263,9 @@ def run_one(port: int, proxy, mode: str, names: list[str], nsd_old: int, nsd_new
     broke = time.monotonic()
     time.sleep(max(0.0, wait - (time.monotonic() - broke)))
     t_pass = time.monotonic()
+    stop_meter = meter() if meter else None
     replies = paced(port, names + names, rate, REPLY_TIMEOUT)
+    out["foreign_server_core"] = round(stop_meter(), 3) if stop_meter else None
     n = len(names)
     out["pass1"] = summarize_pass(replies[:n], old, new)
     out["pass2"] = summarize_pass(replies[n:], old, new)
@@ -279,7 +284,9 @@ def run_one(port: int, proxy, mode: str, names: list[str], nsd_old: int, nsd_new
     p1, p2 = out["pass1"], out["pass2"]
     log(f"   {mode}: answered {p1['answered']}/{n} + {p2['answered']}/{n}, "
         f"p99 {fmt_ms(p1['p99_ms'])} / {fmt_ms(p2['p99_ms'])}, TTL {ttl_range(p1, p2)}, "
-        f"upstream {stats['received']} for {2 * n} queries, fresh after {fmt_fresh(out['restore'])}")
+        f"upstream {stats['received']} for {2 * n} queries, fresh after {fmt_fresh(out['restore'])}"
+        + (f"  [disturbed: other processes used {out['foreign_server_core']:.0%} of the server core]"
+           if (out["foreign_server_core"] or 0) > DISTURBED else ""))
     return out
 
 
@@ -342,6 +349,12 @@ def report_section(outage: dict, md_table) -> list[str]:
                          f"{p1['no_reply'] + p2['no_reply']}"])
     out += [md_table(["mode", "server", "answered (pass 1 / 2)", "TTLs seen", "pass 1 p50 / p99",
                       "pass 2 p50 / p99", "all fresh after restore", "upstream q/q", "no reply"], rows), ""]
+    disturbed = [f"{server}/{MODE_LABELS[mode]} {r['foreign_server_core']:.0%}"
+                 for server, per_mode in runs.items() for mode, r in per_mode.items()
+                 if (r.get("foreign_server_core") or 0) > DISTURBED]
+    if disturbed:
+        out += [f"Runs during whose passes other processes used more than {DISTURBED:.0%} of the server's core "
+                f"(latency suspect): {', '.join(disturbed)}.", ""]
     verdicts = goal_rows(outage)
     if verdicts:
         out += [f"Goals for resolver: 100% answered in both passes, pass-2 p99 ≤ {GOAL_P99_S * 1000:g} ms, every "

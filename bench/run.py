@@ -208,6 +208,17 @@ def measured(server: Server, work, cores: list[int] | None = None) -> dict:
 DISTURBED = 0.05  # share of the server's core used by other processes that marks a run as disturbed
 
 
+def foreign_meter(server: Server):
+    """Start measuring the share of the server's core that other processes use; returns the
+    function that stops and returns it (as ``measured`` does for the load tests)."""
+    busy0, cpu0, t0 = cpu_busy()[SERVER_CPU], server.cpu(), time.monotonic()
+
+    def stop() -> float:
+        wall = max(time.monotonic() - t0, 1e-9)
+        return max(0.0, (cpu_busy()[SERVER_CPU] - busy0) - (server.cpu() - cpu0)) / wall
+    return stop
+
+
 def disturbed(res: dict) -> str:
     foreign = res.get("foreign_server_core") or 0
     return f"  [disturbed: other processes used {foreign:.0%} of the server core]" if foreign > DISTURBED else ""
@@ -685,7 +696,7 @@ class Bench:
                         runs[name][mode] = outage.run_one(
                             server.port, control, mode, names, nsd_old.port, nsd_new.port, wait=a.outage_wait,
                             rate=a.outage_rate, fresh_limit=a.outage_fresh_limit,
-                            log=lambda msg, n=name: log(f"{msg} [{n}]"))
+                            log=lambda msg, n=name: log(f"{msg} [{n}]"), meter=lambda s=server: foreign_meter(s))
                         if not server.alive():
                             raise RuntimeError(f"{name} exited during the run; log: {server.log_tail(5)}")
                     except (RuntimeError, OSError, KeyError, ValueError) as e:
