@@ -154,7 +154,7 @@ class FaultProxy:
         except (OSError, AttributeError):  # no CAP_NET_RAW: closed-mode counts are unknown
             self.wire = None
         await self._open()
-        loop.create_task(self._expire_pending())
+        self._expiry = loop.create_task(self._expire_pending())  # referenced: the loop keeps only weak ones
 
     async def _open(self) -> None:
         loop = asyncio.get_running_loop()
