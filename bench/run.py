@@ -36,13 +36,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import faultproxy  # noqa: E402
 import latency  # noqa: E402
+import outage  # noqa: E402
 import servers  # noqa: E402
 from servers import LOOPBACK, Server  # noqa: E402
 
 BENCH = Path(__file__).resolve().parent
 RESULTS = BENCH / "results"
 FORWARDERS = ("resolver", "unbound", "dnsmasq")
+TESTS = ("hits", "latency", "misses", "stale", "workers", "memory", "startup", "outage")
 CEILING = "uvloop-ceiling"  # bench/ceiling.py, in the cache-hit test only
 
 HIT_QUERIES = 1_000            # distinct questions in the cache-hit query file
@@ -203,6 +206,17 @@ def measured(server: Server, work, cores: list[int] | None = None) -> dict:
 
 
 DISTURBED = 0.05  # share of the server's core used by other processes that marks a run as disturbed
+
+
+def foreign_meter(server: Server):
+    """Start measuring the share of the server's core that other processes use; returns the
+    function that stops and returns it (as ``measured`` does for the load tests)."""
+    busy0, cpu0, t0 = cpu_busy()[SERVER_CPU], server.cpu(), time.monotonic()
+
+    def stop() -> float:
+        wall = max(time.monotonic() - t0, 1e-9)
+        return max(0.0, (cpu_busy()[SERVER_CPU] - busy0) - (server.cpu() - cpu0)) / wall
+    return stop
 
 
 def disturbed(res: dict) -> str:
@@ -645,6 +659,67 @@ class Bench:
             log(f"   {name}: {', '.join(f'{t:.0f}' for t in times)} ms")
         self.results["tests"]["startup"] = out
 
+    # ---- h. outage: the upstream breaks and comes back with new data
+    def test_outage(self) -> None:
+        """Each forwarder in its best serve-stale mode, a fresh instance per (server, mode),
+        behind bench/faultproxy.py in front of two NSDs (old data / new data).  See
+        bench/outage.py for the scenario."""
+        a = self.args
+        names = [outage.name(i) for i in range(a.outage_names)]
+        modes = a.outage_modes
+        log(f"h. outage: {len(names):,} names (TTL {outage.NAME_TTL} s), modes {', '.join(modes)}; after "
+            f"{a.outage_wait:g} s two passes at {a.outage_rate:g} q/s from one socket, then restore with new data")
+        nsd_old = self.start(servers.start_nsd, self.work, self.cpu_client, name="nsd-old", zone=outage.ZONE,
+                             zone_writer=outage.zone_writer(len(names), 0), probe=outage.READY)
+        nsd_new = self.start(servers.start_nsd, self.work, self.cpu_client, name="nsd-new", zone=outage.ZONE,
+                             zone_writer=outage.zone_writer(len(names), 1), probe=outage.READY)
+        proxy = self.start(servers.start_faultproxy, self.work, nsd_old.port, self.cpu_client)
+        control = faultproxy.connect_control(proxy.control_port)
+        if control.call("stats")["mode"] != "pass" or servers.wait_answer(proxy.port, outage.READY, 10) is None:
+            raise RuntimeError(f"fault proxy not forwarding; log:\n{proxy.log_tail()}")
+        w, up, cpu = self.work, proxy.port, self.cpu_server
+        starters = {  # resolver with its defaults (no per-client override: one address is the point)
+            "resolver": lambda n: servers.start_resolver(w, up, cpu, name=n, max_entries=None, wait=False,
+                                                         per_client_override=False),
+            "unbound": lambda n: servers.start_unbound(w, up, cpu, name=n, wait=False, extra=outage.UNBOUND_STALE),
+            "dnsmasq": lambda n: servers.start_dnsmasq(w, up, cpu, name=n, wait=False, extra=outage.DNSMASQ_STALE),
+        }
+        starters = {k: v for k, v in starters.items() if k in a.outage_servers}
+        runs: dict[str, dict] = {k: {} for k in starters}
+        try:
+            for i, mode in enumerate(modes):
+                for name in self.order(starters, i):
+                    server = starters[name](f"{name}-outage-{mode}")
+                    self.started.append(server)
+                    try:
+                        server.wait_ready(outage.READY)
+                        runs[name][mode] = outage.run_one(
+                            server.port, control, mode, names, nsd_old.port, nsd_new.port, wait=a.outage_wait,
+                            rate=a.outage_rate, fresh_limit=a.outage_fresh_limit,
+                            log=lambda msg, n=name: log(f"{msg} [{n}]"), meter=lambda s=server: foreign_meter(s))
+                        if not server.alive():
+                            raise RuntimeError(f"{name} exited during the run; log: {server.log_tail(5)}")
+                    except (RuntimeError, OSError, KeyError, ValueError) as e:
+                        runs[name][mode] = {"error": f"{type(e).__name__}: {e}"}
+                        self.notes.append(f"outage {name}/{mode}: {e}")
+                        log(f"   {mode} [{name}] FAILED: {e}")
+                        control.call(f"target {nsd_old.port}")
+                        control.call("mode pass")
+                    finally:
+                        self.check_log(server)
+                        self.stop(server)
+        finally:
+            control.close()
+            for server in (proxy, nsd_new, nsd_old):
+                self.check_log(server)
+                self.stop(server)
+        self.results["tests"]["outage"] = {
+            "config": {"names": len(names), "wait": a.outage_wait, "rate": a.outage_rate, "modes": list(modes),
+                       "servers": list(starters), "fresh_limit": a.outage_fresh_limit,
+                       "unbound": outage.UNBOUND_STALE.split(), "dnsmasq": outage.DNSMASQ_STALE},
+            "runs": runs,
+        }
+
     @staticmethod
     def order(fwd: dict, run: int) -> list[str]:
         """Rotate the order of servers each run so no server always goes first (or last)."""
@@ -657,20 +732,25 @@ class Bench:
         a = self.args
         self.make_files()
         log(f"workdir {self.work}; servers on CPU {self.cpu_server}, clients on CPU {self.cpu_client}")
+        if "outage" not in a.skip:  # first: the longest test, and the one with its own upstreams
+            self.test_outage()
+        if all(t in a.skip for t in TESTS if t != "outage"):
+            return
         nsd = self.start(servers.start_nsd, self.work, self.cpu_client)
         log(f"NSD on 127.0.0.1:{nsd.port}")
-        fwd = {
-            "resolver": self.start(servers.start_resolver, self.work, nsd.port, self.cpu_server),
-            "unbound": self.start(servers.start_unbound, self.work, nsd.port, self.cpu_server),
-            "dnsmasq": self.start(servers.start_dnsmasq, self.work, nsd.port, self.cpu_server),
-        }
-        log("forwarders: " + ", ".join(f"{n} 127.0.0.1:{s.port} (pid {s.pid})" for n, s in fwd.items()))
-        for t, fn in (("hits", self.test_hits), ("latency", self.test_latency)):
-            if t not in a.skip:
-                fn(fwd)
-        for name, server in fwd.items():
-            self.check_log(server)
-            self.stop(server)
+        if "hits" not in a.skip or "latency" not in a.skip:
+            fwd = {
+                "resolver": self.start(servers.start_resolver, self.work, nsd.port, self.cpu_server),
+                "unbound": self.start(servers.start_unbound, self.work, nsd.port, self.cpu_server),
+                "dnsmasq": self.start(servers.start_dnsmasq, self.work, nsd.port, self.cpu_server),
+            }
+            log("forwarders: " + ", ".join(f"{n} 127.0.0.1:{s.port} (pid {s.pid})" for n, s in fwd.items()))
+            for t, fn in (("hits", self.test_hits), ("latency", self.test_latency)):
+                if t not in a.skip:
+                    fn(fwd)
+            for name, server in fwd.items():
+                self.check_log(server)
+                self.stop(server)
         if "misses" not in a.skip:
             self.test_misses(nsd)
         if "stale" not in a.skip:
@@ -718,8 +798,9 @@ def report(results: dict) -> str:
         f"{meta['nproc']} CPUs ({meta['cpu_model']}), {meta['kernel']}; each server pinned to CPU "
         f"{meta['server_cpu']}, load generators and NSD on CPU {meta['client_cpu']}"
         f"{', all at nice ' + str(meta['nice']) if meta['nice'] else ''}. "
-        f"Medians of {meta['runs']} run(s) of {meta['duration']:g} s. "
-        f"{meta['versions']}.",
+        + (f"Medians of {meta['runs']} run(s) of {meta['duration']:g} s. " if set(t) - {"outage"} else
+           "One run per server and mode. ")
+        + f"{meta['versions']}.",
         "",
     ]
     head = ["test", "server", "QPS", "QPS per server CPU-s", "server CPU", "p50", "p99", "lost", "RSS"]
@@ -844,6 +925,8 @@ def report(results: dict) -> str:
                 md_table(["server", "median", "runs"],
                          [[n, f"{v['median']['first_answer_ms']:.0f} ms" if v["median"]["first_answer_ms"] else "—",
                            ", ".join(f"{x:.0f}" for x in v["runs_ms"])] for n, v in st.items()]), ""]
+    if "outage" in t:
+        out += outage.report_section(t["outage"], md_table)
     notes = list(results.get("notes", []))
     disturbed_tests = []
     for test, per_server in t.items():
@@ -896,8 +979,21 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--duration", type=float, help="seconds per load run (default 10; --quick 5)")
     p.add_argument("--server-cpu", type=int, default=1, help="CPU the server under test is pinned to")
     p.add_argument("--client-cpu", type=int, default=0, help="CPU for dnsperf, the latency client and NSD")
-    p.add_argument("--skip", action="append", default=[],
-                   choices=["hits", "latency", "misses", "stale", "workers", "memory", "startup"], help="skip a test")
+    p.add_argument("--skip", action="append", default=[], choices=TESTS, help="skip a test")
+    p.add_argument("--only", action="append", default=[], choices=TESTS,
+                   help="run only this test (repeatable); e.g. --only outage")
+    p.add_argument("--outage-names", type=int, metavar="N",
+                   help="outage test: names warmed and asked (default 1000; --quick 200)")
+    p.add_argument("--outage-wait", type=float, metavar="S",
+                   help="outage test: seconds between breaking the upstream and the first pass (default 10; --quick 3)")
+    p.add_argument("--outage-rate", type=float, default=200.0, metavar="QPS",
+                   help="outage test: queries per second of the two passes (default 200)")
+    p.add_argument("--outage-modes", default=",".join(outage.MODES), metavar="M,M",
+                   help=f"outage test: upstream failure modes (default {','.join(outage.MODES)})")
+    p.add_argument("--outage-servers", default=",".join(FORWARDERS), metavar="S,S",
+                   help=f"outage test: servers (default {','.join(FORWARDERS)})")
+    p.add_argument("--outage-fresh-limit", type=float, default=30.0, metavar="S",
+                   help="outage test: give up polling for fresh answers after S seconds (default 30)")
     p.add_argument("--workers-max", type=int, default=0, metavar="K",
                    help="largest `workers` value to test (default: the CPUs left after the client's, up to 8)")
     p.add_argument("--workers-force", action="store_true",
@@ -910,11 +1006,23 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="run this script and everything it starts at nice level N (e.g. -10 on a shared "
                         "machine to take CPU from other users' processes; needs root; default 0)")
     p.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    p.add_argument("--results", default=str(RESULTS), metavar="DIR",
+                   help="where latest.json and the servers' logs go (default bench/results)")
     p.add_argument("--report", metavar="JSON", help="only print the Markdown report of a saved run "
                    "(e.g. bench/results/latest.json)")
     args = p.parse_args(argv)
     args.runs = args.runs or (1 if args.quick else 3)
     args.duration = args.duration or (5.0 if args.quick else 10.0)
+    if args.only:
+        args.skip = [t for t in TESTS if t not in args.only]
+    args.outage_names = args.outage_names or (200 if args.quick else 1000)
+    args.outage_wait = args.outage_wait if args.outage_wait is not None else (3.0 if args.quick else 10.0)
+    args.outage_modes = [m for m in args.outage_modes.split(",") if m]
+    args.outage_servers = [s for s in args.outage_servers.split(",") if s]
+    if not set(args.outage_modes) <= set(outage.MODES) or not set(args.outage_servers) <= set(FORWARDERS):
+        p.error(f"--outage-modes takes {','.join(outage.MODES)}; --outage-servers takes {','.join(FORWARDERS)}")
+    if not 1 <= args.outage_names <= 60_000 or not 0 <= args.outage_wait <= 600 or not 1 <= args.outage_rate <= 50_000:
+        p.error("--outage-names must be 1..60000, --outage-wait 0..600 s, --outage-rate 1..50000 q/s")
     if not 1 <= args.runs <= 20 or not 1 <= args.duration <= 120 or not 0 <= args.quiet_wait <= 120:
         p.error("--runs must be 1..20, --duration 1..120 and --quiet-wait 0..120 seconds")
     return args
@@ -925,7 +1033,13 @@ def main(argv=None) -> int:
     if args.report:  # re-print the Markdown report of an earlier run
         print(report(json.loads(Path(args.report).read_text())))
         return 0
-    for tool in ("nsd", "unbound", "unbound-control", "dnsperf", "taskset", "/usr/sbin/dnsmasq"):
+    needed = ["nsd", "taskset"]
+    if any(t not in args.skip for t in TESTS if t != "outage"):
+        needed += ["unbound", "unbound-control", "dnsperf", "/usr/sbin/dnsmasq"]
+    if "outage" not in args.skip:
+        needed += [{"unbound": "unbound", "dnsmasq": "/usr/sbin/dnsmasq"}[s] for s in args.outage_servers
+                   if s != "resolver"]
+    for tool in needed:
         if not shutil.which(tool):
             print(f"bench: {tool} not found (apt-get install nsd unbound dnsmasq-base dnsperf)", file=sys.stderr)
             return 2
@@ -957,7 +1071,7 @@ def main(argv=None) -> int:
         log(f"FAILED: {failed}")
     finally:
         bench.stop_all()
-        logs = RESULTS / "logs"
+        logs = Path(args.results) / "logs"
         shutil.rmtree(logs, ignore_errors=True)  # only this run's logs
         logs.mkdir(parents=True, exist_ok=True)
         for f in workdir.glob("*.log"):
@@ -979,10 +1093,11 @@ def main(argv=None) -> int:
         "git": subprocess.run(["git", "-C", str(BENCH.parent), "rev-parse", "--short", "HEAD"],
                               capture_output=True, text=True).stdout.strip(),
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "latest.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+    results_dir = Path(args.results)
+    results_dir.mkdir(parents=True, exist_ok=True)
+    (results_dir / "latest.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
     print(report(results))
-    log(f"done in {results['meta']['elapsed_s']:.0f} s; JSON in {RESULTS / 'latest.json'}")
+    log(f"done in {results['meta']['elapsed_s']:.0f} s; JSON in {results_dir / 'latest.json'}")
     return 1 if failed else 0
 
 

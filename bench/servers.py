@@ -238,10 +238,13 @@ def write_zone(path: Path) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
-def start_nsd(workdir: Path, cpu: int | None) -> Server:
+def start_nsd(workdir: Path, cpu: int | None, name: str = "nsd", zone: str = ZONE,
+              zone_writer=write_zone, probe: str = "h1.bench.test") -> Server:
+    """NSD serving one zone, written by ``zone_writer(path)``; ``name`` keeps the files of
+    several instances apart (the outage test runs two: old data and new)."""
     port = free_port()
-    write_zone(workdir / "bench.test.zone")
-    conf = workdir / "nsd.conf"
+    zone_writer(workdir / f"{name}.{zone}.zone")
+    conf = workdir / f"{name}.conf"
     conf.write_text(f"""server:
     ip-address: {LOOPBACK}@{port}
     port: {port}
@@ -250,12 +253,12 @@ def start_nsd(workdir: Path, cpu: int | None) -> Server:
     username: ""
     chroot: ""
     zonesdir: "{workdir}"
-    pidfile: "{workdir}/nsd.pid"
+    pidfile: "{workdir}/{name}.pid"
     database: ""
-    zonelistfile: "{workdir}/zone.list"
-    xfrdfile: "{workdir}/xfrd.state"
+    zonelistfile: "{workdir}/{name}.zone.list"
+    xfrdfile: "{workdir}/{name}.xfrd.state"
     xfrdir: "{workdir}"
-    logfile: "{workdir}/nsd-internal.log"
+    logfile: "{workdir}/{name}-internal.log"
     verbosity: 0
     hide-version: yes
     minimal-responses: yes
@@ -267,19 +270,21 @@ def start_nsd(workdir: Path, cpu: int | None) -> Server:
 remote-control:
     control-enable: no
 zone:
-    name: "{ZONE}"
-    zonefile: "bench.test.zone"
+    name: "{zone}"
+    zonefile: "{name}.{zone}.zone"
 """)
-    server = Server("nsd", ["nsd", "-d", "-c", str(conf)], port, workdir, cpu)
-    server.wait_ready("h1.bench.test", limit=30.0)
+    server = Server(name, ["nsd", "-d", "-c", str(conf)], port, workdir, cpu)
+    server.wait_ready(probe, limit=30.0)
     return server
 
 
 # --------------------------------------------------------------------- forwarders
 def start_unbound(workdir: Path, nsd_port: int, cpu: int | None, name: str = "unbound",
-                  wait: bool = True, extended_stats: bool = False, threads: int = 1) -> Server:
+                  wait: bool = True, extended_stats: bool = False, threads: int = 1, extra: str = "") -> Server:
     """Unbound as a caching forwarder; ``extended_stats`` adds cache counts to
-    ``unbound-control stats`` (only for the memory test: it costs a little per query)."""
+    ``unbound-control stats`` (only for the memory test: it costs a little per query);
+    ``extra``: more ``server:`` lines, each indented by four spaces (the outage test's
+    serve-expired settings)."""
     port, control_port = free_port(), free_port()
     conf = workdir / f"{name}.conf"
     conf.write_text(f"""server:
@@ -312,7 +317,7 @@ def start_unbound(workdir: Path, nsd_port: int, cpu: int | None, name: str = "un
     rrset-cache-slabs: 1
     num-queries-per-thread: 4096
     outgoing-range: 8192
-remote-control:  # for `unbound-control stats_noreset` (cache entry counts)
+{extra}remote-control:  # for `unbound-control stats_noreset` (cache entry counts)
     control-enable: yes
     control-interface: {LOOPBACK}
     control-port: {control_port}
@@ -328,7 +333,8 @@ forward-zone:
 
 
 def start_dnsmasq(workdir: Path, nsd_port: int, cpu: int | None, name: str = "dnsmasq",
-                  wait: bool = True) -> Server:
+                  wait: bool = True, extra: list[str] = ()) -> Server:
+    """dnsmasq as a caching forwarder; ``extra``: more options (e.g. ``--use-stale-cache``)."""
     port = free_port()
     argv = [
         "/usr/sbin/dnsmasq",
@@ -346,6 +352,7 @@ def start_dnsmasq(workdir: Path, nsd_port: int, cpu: int | None, name: str = "dn
         "--dns-forward-max=1000",
         "--user=root",
         f"--pid-file={workdir}/{name}.pid",
+        *extra,
     ]
     server = Server(name, argv, port, workdir, cpu)
     if wait:
@@ -371,32 +378,44 @@ def resolver_supports(snippet: str, workdir: Path) -> bool:
     return _supported[snippet]
 
 
-def write_resolver_config(path: Path, port: int, nsd_port: int, metrics_port: int | None, max_entries: int,
-                          extra: str = "") -> None:
+def write_resolver_config(path: Path, port: int, nsd_port: int, metrics_port: int | None, max_entries: int | None,
+                          extra: str = "", per_client_override: bool = True) -> None:
+    """``max_entries=None`` and ``per_client_override=False`` keep resolver's defaults for
+    both (the outage test measures the defaults, one client address and all)."""
     metrics = (f'metrics:\n  enabled: true\n  listen: "{LOOPBACK}:{metrics_port}"\n' if metrics_port
                else "metrics:\n  enabled: false\n")
-    security = PER_CLIENT_OVERRIDE if resolver_supports(PER_CLIENT_OVERRIDE, path.parent) else ""
+    security = (PER_CLIENT_OVERRIDE if per_client_override and resolver_supports(PER_CLIENT_OVERRIDE, path.parent)
+                else "")
+    cache = f"cache:\n  max_entries: {max_entries}\n" if max_entries is not None else ""
     path.write_text(f"""listen: ["{LOOPBACK}:{port}"]
 upstreams: ["{LOOPBACK}:{nsd_port}"]
-cache:
-  max_entries: {max_entries}
-{metrics}{security}logging:
+{cache}{metrics}{security}logging:
   level: info
 {extra}""")
 
 
 def start_resolver(workdir: Path, nsd_port: int, cpu: int | str | None, name: str = "resolver",
-                   max_entries: int = 1_100_000, extra: str = "", wait: bool = True,
-                   metrics: bool = True) -> Server:
+                   max_entries: int | None = 1_100_000, extra: str = "", wait: bool = True,
+                   metrics: bool = True, per_client_override: bool = True) -> Server:
     port = free_port()
     metrics_port = free_port() if metrics else None
     conf = workdir / f"{name}.yaml"
-    write_resolver_config(conf, port, nsd_port, metrics_port, max_entries, extra)
+    write_resolver_config(conf, port, nsd_port, metrics_port, max_entries, extra, per_client_override)
     argv = [sys.executable, "-m", "resolver", "--config", str(conf)]
     server = Server(name, argv, port, workdir, cpu)
     server.metrics_port = metrics_port
     if wait:
         server.wait_ready("h1.bench.test")
+    return server
+
+
+def start_faultproxy(workdir: Path, target_port: int, cpu: int | None, seed: int = 1) -> Server:
+    """bench/faultproxy.py in front of ``target_port``; its control port is ``.control_port``."""
+    port, control_port = free_port(), free_port()
+    argv = [sys.executable, str(REPO / "bench" / "faultproxy.py"), "--port", str(port),
+            "--control-port", str(control_port), "--target", str(target_port), "--seed", str(seed)]
+    server = Server("faultproxy", argv, port, workdir, cpu)
+    server.control_port = control_port
     return server
 
 
