@@ -23,11 +23,11 @@ import dns.message  # noqa: E402
 from hitpath import _NullTransport, _reply_for  # noqa: E402
 
 from resolver import wire  # noqa: E402
-from resolver.cache import Cache  # noqa: E402
+from resolver.cache.store import Cache  # noqa: E402
 from resolver.clock import SystemClock  # noqa: E402
 from resolver.config import Config  # noqa: E402
-from resolver.pipeline import Pipeline  # noqa: E402
-from resolver.server import Listeners, _UdpProtocol  # noqa: E402
+from resolver.serve.listeners import Listeners, _UdpProtocol  # noqa: E402
+from resolver.serve.pipeline import Pipeline  # noqa: E402
 from resolver.stats import Stats  # noqa: E402
 
 

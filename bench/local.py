@@ -6,7 +6,7 @@
    with forward zones (100 zones, one Router) and local data (100 records, 10 block
    zones) configured: a hit must not consult either, so the two must match.
 2. A local answer (``Pipeline.resolve`` on a local_records name, localhost, a
-   blocked name), which takes the general path by design (see resolver/local.py),
+   blocked name), which takes the general path by design (see resolver/local/answers.py),
    next to the hit path it is compared with.
 3. ``Router.pool_for`` on a miss: the routing cost an upstream fetch pays.
 """
@@ -25,12 +25,12 @@ import dns.message  # noqa: E402
 
 from resolver import wire  # noqa: E402
 from resolver.app import App  # noqa: E402
-from resolver.cache import Cache  # noqa: E402
+from resolver.cache.store import Cache  # noqa: E402
 from resolver.clock import SystemClock  # noqa: E402
 from resolver.config import parse_config  # noqa: E402
-from resolver.local import LocalAnswers  # noqa: E402
-from resolver.pipeline import Pipeline  # noqa: E402
-from resolver.server import Listeners, _UdpProtocol  # noqa: E402
+from resolver.local.answers import LocalAnswers  # noqa: E402
+from resolver.serve.listeners import Listeners, _UdpProtocol  # noqa: E402
+from resolver.serve.pipeline import Pipeline  # noqa: E402
 from resolver.stats import Stats  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

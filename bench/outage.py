@@ -28,7 +28,7 @@ import socket
 import struct
 import time
 
-from latency import SO_TIMESTAMPNS, _TS, percentile
+from latency import _TS, SO_TIMESTAMPNS, percentile
 from servers import LOOPBACK, build_query
 
 ZONE = "outage.test"

@@ -30,7 +30,7 @@ import uvloop  # noqa: E402
 from dnslib import QTYPE, RR, A, DNSHeader, DNSQuestion, DNSRecord  # noqa: E402
 
 from resolver import persist, snapshot, wire  # noqa: E402
-from resolver.cache import Cache  # noqa: E402
+from resolver.cache.store import Cache  # noqa: E402
 from resolver.clock import SystemClock  # noqa: E402
 from resolver.config import PersistConfig  # noqa: E402
 

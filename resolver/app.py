@@ -12,28 +12,31 @@ import logging
 import os
 from importlib import metadata
 
-from . import dot, eventloop, handover, metrics, wire
-from .acl import AccessControl
-from .admin import AdminStats, Gate, HttpListener, default_socket_path
-from .adminapi import build_router as build_admin_router
-from .cache import Cache
+from . import eventloop, wire
+from .cache.persist import Persister
+from .cache.store import Cache
 from .clock import Clock, SystemClock
 from .config import ADMIN_SOCKET_AUTO, Address, Config, read_token
 from .errors import ConfigError
-from .health import Prober
-from .hosts import HostsFile
-from .limits import ClientLimits
-from .local import LocalAnswers, purge
-from .outagelog import StaleEpisodes
-from .persist import Persister
-from .pipeline import Pipeline
-from .pool import UpstreamPool
-from .ratelimit import RateLimiter
-from .reload import ReloadStats, check_reloadable
-from .routing import build_router
-from .server import Listeners
+from .local.answers import LocalAnswers, purge
+from .local.hosts import HostsFile
+from .ops import metrics
+from .ops.admin import AdminStats, Gate, HttpListener, default_socket_path
+from .ops.adminapi import build_router as build_admin_router
+from .ops.outagelog import StaleEpisodes
+from .ops.reload import ReloadStats, check_reloadable
+from .serve import handover
+from .serve.acl import AccessControl
+from .serve.limits import ClientLimits
+from .serve.listeners import Listeners
+from .serve.pipeline import Pipeline
+from .serve.ratelimit import RateLimiter
 from .stats import Stats
-from .upstream import Upstream
+from .upstream import tls as dot
+from .upstream.plain import Upstream
+from .upstream.pool import UpstreamPool
+from .upstream.probe import Prober
+from .upstream.routing import build_router
 
 log = logging.getLogger("resolver")
 

@@ -15,12 +15,12 @@ import logging
 import signal
 import sys
 
-from . import reload as live_reload
 from .app import App, refuse_if_bound, tune_gc, version
-from .admin import default_socket_path
 from .config import ADMIN_SOCKET_AUTO, WORKERS_AUTO, Config, load_config
 from .errors import ConfigError
-from .supervisor import Supervisor, usable_cores
+from .ops import reload as live_reload
+from .ops.admin import default_socket_path
+from .ops.supervisor import Supervisor, usable_cores
 
 log = logging.getLogger("resolver")
 
@@ -138,7 +138,7 @@ def _run(coro) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["ctl"]:  # the operator's client (ctl.py): talks to a running server
-        from . import ctl
+        from .ops import ctl
         return ctl.main(argv[1:])
     args = parse_args(argv)
     try:

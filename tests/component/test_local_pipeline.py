@@ -11,11 +11,11 @@ import dns.edns
 import dns.message
 import dns.rcode
 
-from resolver.cache import Cache
+from resolver.cache.store import Cache
 from resolver.clock import FakeClock
 from resolver.config import StaleConfig, UpstreamOptions, parse_config
-from resolver.local import LocalAnswers
-from resolver.pipeline import Pipeline
+from resolver.local.answers import LocalAnswers
+from resolver.serve.pipeline import Pipeline
 from resolver.stats import Stats
 
 from .fake_pool import FakePool

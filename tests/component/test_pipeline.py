@@ -16,10 +16,10 @@ import dns.rcode
 import dns.rdatatype
 import pytest
 
-from resolver.cache import Cache
+from resolver.cache.store import Cache
 from resolver.clock import FakeClock
 from resolver.config import CacheConfig, Config, StaleConfig, UpstreamOptions
-from resolver.pipeline import Pipeline
+from resolver.serve.pipeline import Pipeline
 from resolver.stats import Stats
 
 from .fake_pool import FakePool

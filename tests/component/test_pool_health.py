@@ -7,7 +7,7 @@ import asyncio
 from resolver import wire
 from resolver.config import UpstreamOptions
 from resolver.errors import UpstreamTimeout
-from resolver.pool import UpstreamPool
+from resolver.upstream.pool import UpstreamPool
 
 QUESTION = wire.name_to_wire("www.test") + b"\x00\x01\x00\x01"
 

@@ -7,12 +7,12 @@ import asyncio
 import dns.message
 
 from resolver import wire
-from resolver.cache import Cache
+from resolver.cache.store import Cache
 from resolver.clock import FakeClock
 from resolver.config import Config
-from resolver.pipeline import Pipeline
-from resolver.routing import Router
+from resolver.serve.pipeline import Pipeline
 from resolver.stats import Stats
+from resolver.upstream.routing import Router
 
 from .fake_pool import FakePool
 

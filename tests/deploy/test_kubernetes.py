@@ -18,9 +18,9 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from resolver.admin import Gate
 from resolver.app import App
 from resolver.config import Config, parse_config
+from resolver.ops.admin import Gate
 from tests.conftest import resolv_conf
 from tests.deploy import dockerfile as df
 

@@ -58,7 +58,8 @@ def test_wheel_metadata_and_entry_point(wheel):
                 if "extra ==" not in r}
     assert required == {re.split(r"[<>=]", d, maxsplit=1)[0].lower() for d in PROJECT["dependencies"]}
     assert re.search(r"(?m)^\[console_scripts\]\s*\nresolver = resolver\.cli:main$", entry_points)
-    modules = {p.name for p in (REPO / "resolver").glob("*.py")}
+    package = REPO / "resolver"
+    modules = {p.relative_to(package).as_posix() for p in package.rglob("*.py") if "__pycache__" not in p.parts}
     assert {n.split("/", 1)[1] for n in names if n.startswith("resolver/")} == modules
     assert not [n for n in names if n.startswith("tests/") or "__pycache__" in n]
 

@@ -32,14 +32,15 @@ import atheris
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 with atheris.instrument_imports(include=["resolver"]):
-    from resolver import antispoof, wire
-    from resolver.acl import AccessControl
-    from resolver.cache import Cache
+    from resolver import wire
+    from resolver.cache.store import Cache
     from resolver.clock import FakeClock
     from resolver.config import Config, SecurityConfig
     from resolver.errors import UpstreamBadResponse, UpstreamError, UpstreamServfail
-    from resolver.pipeline import Pipeline
+    from resolver.serve.acl import AccessControl
+    from resolver.serve.pipeline import Pipeline
     from resolver.stats import Stats
+    from resolver.wire import scrub as antispoof
 
 import dnslib  # noqa: E402
 

@@ -24,7 +24,7 @@ import dns.message
 import dns.query
 import pytest
 
-from resolver import ctl
+from resolver.ops import ctl
 from tests.conftest import free_port
 from tests.servers.forwarder import http_request
 
@@ -146,8 +146,8 @@ def test_ctl_pins_are_bounded(ctl_forwarder):
 
 
 def test_ctl_reload(ctl_forwarder, tmp_path, fake_upstream):
-    from resolver import reload as live_reload
     from resolver.config import load_config
+    from resolver.ops import reload as live_reload
 
     fwd, sock = ctl_forwarder
     code, _, err = run_ctl("--socket", sock, "reload")
@@ -325,7 +325,7 @@ def test_a_reply_is_produced_only_as_fast_as_the_client_takes_it():
     timeout (counted), and serves the next client."""
     import asyncio
 
-    from resolver.admin import Gate, HttpListener, Reply, Route, Router
+    from resolver.ops.admin import Gate, HttpListener, Reply, Route, Router
 
     produced = []
 

@@ -145,9 +145,10 @@ def test_bad_tls_replies_are_ignored_or_fail_typed(pki, behaviour):
     import asyncio
     import struct
 
-    from resolver import dot, wire
+    from resolver import wire
     from resolver.config import parse_upstream
     from resolver.errors import UpstreamTimeout, UpstreamUnreachable
+    from resolver.upstream import tls as dot
 
     async def handler(query, writer):
         if behaviour == "close":

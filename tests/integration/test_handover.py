@@ -298,7 +298,7 @@ def test_successor_removes_the_steering_program(unbound, start_forwarder):
 def test_read_queued_datagrams_empties_the_buffer_and_leaves_the_socket_open():
     import socket
 
-    from resolver import handover
+    from resolver.serve import handover
 
     server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     server.bind(("127.0.0.1", 0))

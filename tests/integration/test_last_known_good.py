@@ -9,7 +9,6 @@ from __future__ import annotations
 import dns.rcode
 
 from resolver.config import LastKnownGoodConfig
-
 from tests.integration.test_outage import ask, dig, ede, ttls
 
 

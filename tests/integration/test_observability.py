@@ -16,9 +16,8 @@ import json
 import logging
 import socket
 import threading
-import urllib.request
-
 import time
+import urllib.request
 
 import dns.message
 import dns.query

@@ -11,7 +11,7 @@ import dns.query
 import dns.rcode
 import dns.rdatatype
 
-from resolver import snapshot
+from resolver.cache import snapshot
 from tests.integration.test_outage import ask
 
 

@@ -8,9 +8,9 @@ import urllib.request
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from resolver import reload as live_reload
 from resolver.config import Address, parse_upstream
 from resolver.errors import ConfigError
+from resolver.ops import reload as live_reload
 from tests.conftest import free_port
 from tests.integration.test_cli import start, wait_for_dns, write_config
 from tests.integration.test_outage import ask, eventually

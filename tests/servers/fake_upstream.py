@@ -44,8 +44,7 @@ import threading
 import time
 from typing import Callable
 
-from dnslib import (AAAA, CNAME, EDNS0, QTYPE, RCODE, RR, SOA, TXT, A, DNSHeader,
-                    DNSLabel, DNSRecord)
+from dnslib import AAAA, CNAME, EDNS0, QTYPE, RCODE, RR, SOA, TXT, A, DNSHeader, DNSLabel, DNSRecord
 
 HOST = "127.0.0.1"
 MODES = ("normal", "drop", "servfail", "refused", "truncate", "garbage", "wrong_id", "empty",

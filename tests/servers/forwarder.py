@@ -9,8 +9,8 @@ client would, and move its clock with ``advance()`` instead of sleeping.
 from __future__ import annotations
 
 import asyncio
-import errno
 import dataclasses
+import errno
 import threading
 import urllib.request
 
@@ -18,7 +18,7 @@ import uvloop
 
 from resolver.app import App
 from resolver.clock import FakeClock
-from resolver.config import AdminConfig, Address, Config, MetricsConfig, parse_config, parse_upstream
+from resolver.config import Address, AdminConfig, Config, MetricsConfig, parse_config, parse_upstream
 
 
 def forwarder_config(upstreams: list[str], **sections) -> Config:

@@ -1,4 +1,4 @@
-"""Access control verdicts (resolver/acl.py): pure, no sockets.
+"""Access control verdicts (resolver/serve/acl.py): pure, no sockets.
 
 Loopback cannot carry a spoofed source address, so the "a default config never
 answers the world" promise is shown here on the verdict function, over many
@@ -14,8 +14,8 @@ import dns.message
 import pytest
 
 from resolver import wire
-from resolver.acl import MEMO_MAX, AccessControl
 from resolver.config import SecurityConfig
+from resolver.serve.acl import MEMO_MAX, AccessControl
 
 DEFAULT = AccessControl(SecurityConfig())
 

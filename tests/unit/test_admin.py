@@ -11,9 +11,9 @@ from __future__ import annotations
 import pytest
 
 from resolver import wire
-from resolver.admin import Gate, parse_head, BadRequest, default_socket_path
 from resolver.app import App
 from resolver.clock import FakeClock
+from resolver.ops.admin import BadRequest, Gate, default_socket_path, parse_head
 from tests.servers.forwarder import forwarder_config
 
 PUBLIC = {"/metrics", "/healthz", "/readyz"}

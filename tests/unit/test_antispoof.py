@@ -1,4 +1,4 @@
-"""0x20 case randomisation and reply scrubbing (resolver/antispoof.py): pure, golden packets via dnslib."""
+"""0x20 case randomisation and reply scrubbing (resolver/wire/scrub.py): pure, golden packets via dnslib."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from resolver import antispoof, wire
+from resolver import wire
 from resolver.errors import UpstreamBadResponse
+from resolver.wire import scrub as antispoof
 
 
 def question(name: str, qtype: str = "A") -> bytes:

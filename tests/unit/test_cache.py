@@ -8,7 +8,7 @@ import pytest
 from dnslib import EDNS0, QTYPE, RR, SOA, A, DNSHeader, DNSQuestion, DNSRecord
 
 from resolver import wire
-from resolver.cache import FRESH, MISS, STALE, Cache, Entry
+from resolver.cache.store import FRESH, MISS, STALE, Cache, Entry
 from resolver.clock import FakeClock
 
 TTLS = dict(min_ttl=0, max_ttl=86_400, max_negative_ttl=3_600)

@@ -6,7 +6,7 @@ import random
 
 from dnslib import QTYPE
 
-from resolver.cache import Cache
+from resolver.cache.store import Cache
 from resolver.stats import HitTally
 from tests.unit.test_cache import key, negative, prepared, question
 

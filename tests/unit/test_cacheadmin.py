@@ -7,9 +7,10 @@ import json
 import pytest
 from dnslib import QTYPE, RR, DNSHeader, DNSQuestion, DNSRecord
 
-from resolver import cacheadmin, wire
-from resolver.cache import Cache
+from resolver import wire
+from resolver.cache.store import Cache
 from resolver.clock import FakeClock
+from resolver.ops import cacheadmin
 
 NOW = 1000.0
 

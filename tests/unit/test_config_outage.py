@@ -7,8 +7,6 @@ from resolver.errors import ConfigError
 from tests.unit.test_config import resolv  # noqa: F401  (fixture)
 
 
-
-
 def test_defaults(resolv):
     c = parse_config(None, resolv_conf=resolv)
     assert (c.upstream.probe_name, c.upstream.probe_interval, c.upstream.probe_interval_max) == (".", 0.5, 1.0)

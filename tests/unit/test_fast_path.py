@@ -14,15 +14,15 @@ import random
 import struct
 
 import pytest
-from dnslib import AAAA, NS, A, EDNS0, QTYPE, RR, SOA, TXT, DNSHeader, DNSQuestion, DNSRecord
+from dnslib import AAAA, EDNS0, NS, QTYPE, RR, SOA, TXT, A, DNSHeader, DNSQuestion, DNSRecord
 
-from resolver import stale as stale_policy
 from resolver import wire
-from resolver.cache import Cache
+from resolver.cache.store import Cache
 from resolver.clock import FakeClock
 from resolver.config import Config, StaleConfig
 from resolver.errors import FormatError
-from resolver.pipeline import Pipeline
+from resolver.policy import stale as stale_policy
+from resolver.serve.pipeline import Pipeline
 from resolver.stats import Stats
 from tests.unit.test_wire import upstream_reply
 

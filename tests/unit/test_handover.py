@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import struct
 
-from resolver import handover
+from resolver.serve import handover
 
 
 def test_steering_program_selects_a_successor_socket():
@@ -24,7 +24,7 @@ def test_bad_handles_are_refused_not_raised():
 
 def test_readyz_names_the_process_and_answers_only_for_its_pid():
     """Both processes of a handover answer on the metrics port: ``?pid=`` picks one."""
-    from resolver.handover import readiness_route
+    from resolver.serve.handover import readiness_route
 
     state = {"ready": False}
     route = readiness_route(lambda: state["ready"], (4242,))

@@ -7,8 +7,8 @@ import os
 
 from resolver import wire
 from resolver.config import HostsFileConfig
-from resolver.hosts import HostsFile, parse_hosts
-from resolver.records import TYPES, Record
+from resolver.local.hosts import HostsFile, parse_hosts
+from resolver.wire.records import TYPES, Record
 
 N = wire.name_to_wire
 

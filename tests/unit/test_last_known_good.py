@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 from dnslib import QTYPE, RCODE, RR, SOA, A, DNSHeader, DNSQuestion, DNSRecord
 
-from resolver import last_known_good as lkg
 from resolver import wire
-from resolver.cache import Cache
+from resolver.cache.store import Cache
 from resolver.config import LastKnownGoodConfig
+from resolver.policy import last_known_good as lkg
 
 T0 = 1000.0
 NAME = "api.eu.amazonaws.com"

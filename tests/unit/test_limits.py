@@ -1,7 +1,7 @@
-"""Per-client caps (resolver/limits.py): counts per address, tables empty at rest."""
+"""Per-client caps (resolver/serve/limits.py): counts per address, tables empty at rest."""
 
 from resolver.config import SecurityConfig
-from resolver.limits import ClientLimits
+from resolver.serve.limits import ClientLimits
 
 
 def test_inflight_cap_per_client():

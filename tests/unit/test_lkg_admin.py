@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from resolver import wire
-from resolver.admin import AdminStats, Router
-from resolver.lkg_admin import PinRoutes
+from resolver.ops.admin import AdminStats, Router
+from resolver.ops.lkg_admin import PinRoutes
 
 Q_A = wire.name_to_wire("api.example.com") + b"\x00\x01\x00\x01"
 
@@ -87,9 +87,10 @@ def test_pins_are_bounded_and_every_change_is_an_audit_line(caplog):
 
 
 def test_pin_listing_is_written_in_chunks():
-    from resolver.lkg_admin import LISTING_CHUNK
     import asyncio
-    from resolver.admin import Gate, Request
+
+    from resolver.ops.admin import Gate, Request
+    from resolver.ops.lkg_admin import LISTING_CHUNK
 
     admin, pipe = make(max_pins=10_000)
     for i in range(LISTING_CHUNK * 2 + 5):

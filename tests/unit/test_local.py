@@ -13,11 +13,11 @@ import dns.rdatatype
 import pytest
 
 from resolver import wire
-from resolver.cache import Cache
+from resolver.cache.store import Cache
 from resolver.config import parse_config
-from resolver.hosts import parse_hosts
-from resolver.records import index
-from resolver.local import BLOCK_TTL, Chase, LocalAnswers, purge
+from resolver.local.answers import BLOCK_TTL, Chase, LocalAnswers, purge
+from resolver.local.hosts import parse_hosts
+from resolver.wire.records import index
 
 RECORDS = [
     "printer.lan. 300 IN A 192.0.2.20",

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from resolver import metrics
-from resolver.cache import Cache
+from resolver.cache.store import Cache
 from resolver.config import UpstreamAddress, UpstreamOptions
-from resolver.pool import UpstreamPool
+from resolver.ops import metrics
 from resolver.stats import Stats
-from resolver.upstream import Upstream
+from resolver.upstream.plain import Upstream
+from resolver.upstream.pool import UpstreamPool
 from tests.unit.test_cache import key, negative, prepared
 
 NOW = 1000.0

@@ -5,9 +5,9 @@ from __future__ import annotations
 import logging
 
 from resolver.clock import FakeClock
-from resolver.outagelog import StaleEpisodes
-from resolver.pool import Health
+from resolver.ops.outagelog import StaleEpisodes
 from resolver.stats import Stats
+from resolver.upstream.pool import Health
 
 
 class Pool:

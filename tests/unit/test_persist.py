@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import asyncio
 
-from resolver.cache import Cache
+from resolver.cache.persist import SLICE, Persister
+from resolver.cache.store import Cache
 from resolver.clock import FakeClock
 from resolver.config import PersistConfig
-from resolver.persist import SLICE, Persister
 from tests.unit.test_cache import key, prepared
 
 
@@ -64,7 +64,7 @@ def test_final_save_waits_for_a_cancelled_periodic_write(tmp_path, monkeypatch):
     import threading
     import time
 
-    from resolver import snapshot
+    from resolver.cache import snapshot
 
     clock = FakeClock()
     cache = Cache(10)

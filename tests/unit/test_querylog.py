@@ -8,11 +8,11 @@ import logging
 import pytest
 from dnslib import DNSHeader, DNSQuestion, DNSRecord
 
-from resolver.cache import Cache
+from resolver.cache.store import Cache
 from resolver.clock import FakeClock
 from resolver.config import Config, LoggingConfig
-from resolver.pipeline import Pipeline
-from resolver.querylog import QueryLog, _question
+from resolver.serve.pipeline import Pipeline
+from resolver.serve.querylog import QueryLog, _question
 from resolver.stats import Stats
 
 
@@ -73,7 +73,7 @@ def test_names_are_escaped_as_presentation_format(caplog):
 
 
 def test_plain_names_are_unchanged():
-    from resolver.querylog import escaped_name
+    from resolver.serve.querylog import escaped_name
 
     assert escaped_name(b"\x03www\x07example\x03com\x00") == "www.example.com."
     assert escaped_name(b"\x00") == "."

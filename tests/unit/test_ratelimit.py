@@ -1,4 +1,4 @@
-"""Response rate limiting (resolver/ratelimit.py): token buckets on a fake clock, slip replies."""
+"""Response rate limiting (resolver/serve/ratelimit.py): token buckets on a fake clock, slip replies."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import dns.flags
 import dns.message
 
 from resolver.config import SecurityConfig
-from resolver.ratelimit import DROP, OK, SLIP, TABLE_MAX, RateLimiter, slip_reply
+from resolver.serve.ratelimit import DROP, OK, SLIP, TABLE_MAX, RateLimiter, slip_reply
 
 
 def test_off_by_default():

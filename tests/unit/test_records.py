@@ -7,7 +7,7 @@ import ipaddress
 import pytest
 
 from resolver import wire
-from resolver.records import TYPES, Record, parse_name, parse_record, parse_zone, reverse_name
+from resolver.wire.records import TYPES, Record, parse_name, parse_record, parse_zone, reverse_name
 
 
 @pytest.mark.parametrize("text, expected", [

@@ -7,9 +7,9 @@ import logging
 
 import pytest
 
-from resolver import reload
 from resolver.config import Address, Config, MetricsConfig, UpstreamAddress
 from resolver.errors import ConfigError
+from resolver.ops import reload
 
 BASE = Config(upstreams=(UpstreamAddress("192.0.2.1"),))
 

@@ -7,9 +7,9 @@ import asyncio
 import pytest
 
 from resolver import wire
-from resolver.config import parse_config
 from resolver.app import App
-from resolver.routing import Router
+from resolver.config import parse_config
+from resolver.upstream.routing import Router
 
 
 class Pool:
@@ -101,8 +101,8 @@ def test_router_epoch_is_a_plain_attribute_bumped_by_any_group():
     """The hit path compares entry.recheck_epoch with pool.epoch on every stale hit: on a
     Router it must be a plain attribute (no merge per read), bumped when any group recovers."""
     from resolver.config import UpstreamOptions
-    from resolver.pool import UpstreamPool
-    from resolver.routing import Router
+    from resolver.upstream.pool import UpstreamPool
+    from resolver.upstream.routing import Router
 
     a, b = UpstreamPool([], UpstreamOptions()), UpstreamPool([], UpstreamOptions())
     router = Router(a, {b"\x04corp\x00": b})

@@ -14,8 +14,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from resolver import snapshot, wire
-from resolver.cache import Cache
+from resolver import wire
+from resolver.cache import snapshot
+from resolver.cache.store import Cache
 from resolver.clock import FakeClock
 from tests.unit.test_cache import key, negative, prepared
 

@@ -7,11 +7,11 @@ from dataclasses import dataclass
 import pytest
 from dnslib import EDNS0, QTYPE, RR, A, DNSHeader, DNSQuestion, DNSRecord
 
-from resolver import stale
 from resolver import wire
-from resolver.cache import Cache
+from resolver.cache.store import Cache
 from resolver.clock import FakeClock
 from resolver.config import StaleConfig
+from resolver.policy import stale
 
 T0 = 1000.0
 TTL = 60

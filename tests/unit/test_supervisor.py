@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import signal
 
-from resolver import supervisor
+from resolver.ops import supervisor
 
 
 def test_auto_workers_is_the_usable_cores():

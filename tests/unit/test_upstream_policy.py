@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from resolver import upstream_policy as policy
-from resolver.pool import Health
+from resolver.policy import upstream_order as policy
+from resolver.upstream.pool import Health
 
 
 class U:

@@ -6,7 +6,7 @@ import struct
 
 import dnslib
 import pytest
-from dnslib import A, AAAA, CLASS, EDNS0, QTYPE, RR, SOA, TXT, DNSHeader, DNSQuestion, DNSRecord
+from dnslib import AAAA, CLASS, EDNS0, QTYPE, RR, SOA, TXT, A, DNSHeader, DNSQuestion, DNSRecord
 
 from resolver import wire
 from resolver.errors import DropQuery, FormatError, UpstreamBadResponse

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from resolver import wire
 from resolver.errors import DropQuery, FormatError, UpstreamBadResponse
-from resolver.pipeline import Pipeline
+from resolver.serve.pipeline import Pipeline
 from tests.unit.test_fast_path import client_query, store
 from tests.unit.test_fast_path import make_pipeline as fast_path_pipeline
 from tests.unit.test_wire import upstream_reply

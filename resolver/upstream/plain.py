@@ -1,0 +1,205 @@
+"""One upstream server: ``exchange(question, …, deadline)`` → validated reply bytes.
+
+Knows nothing of the cache or of other upstreams.  Every query gets a fresh random
+ID and a fresh socket (so a fresh random source port: RFC 5452 §9.2), replies are
+accepted only from the queried address (a connected UDP socket lets the kernel
+drop the rest) with the right ID and question; anything else is ignored and
+counted while we keep waiting, as dnspython's ``_matches_destination`` does.
+With ``security.upstream_0x20`` the question's letters go out in random case and
+must come back exactly so; accepted replies are scrubbed of records unrelated to
+the question before anyone caches them (resolver/wire/scrub.py).
+UDP replies with TC=1 are retried over TCP (RFC 7766 §5); ``tcp://`` upstreams use
+TCP only.  Failures are typed (errors.Upstream*) and carry a fixed metric label.
+"""
+
+from __future__ import annotations
+
+import _socket
+import asyncio
+import os
+import socket
+import struct
+from typing import Awaitable
+
+from .. import wire
+from ..config import UpstreamAddress
+from ..errors import UpstreamBadResponse, UpstreamError, UpstreamTimeout, UpstreamUnreachable
+from ..eventloop import running_loop
+from ..wire import scrub as antispoof
+
+
+class _QueryIds:
+    """Random 16-bit query IDs from the OS CSPRNG, read 4 KiB at a time.
+
+    One ``getrandom`` call per 2,048 upstream queries instead of one per query
+    (``secrets.randbits`` cost ~2% of the miss path's CPU); the IDs are exactly as
+    unpredictable.  A forked worker starts with a fresh buffer, so no two
+    processes ever hand out the same sequence.
+    """
+
+    def __init__(self):
+        self._ids = iter(())
+        os.register_at_fork(after_in_child=self._reset)
+
+    def _reset(self) -> None:
+        self._ids = iter(())
+
+    def __call__(self) -> int:
+        for qid in self._ids:
+            return qid
+        self._ids = iter(memoryview(os.urandom(4096)).cast("H"))
+        return next(self._ids)
+
+
+query_id = _QueryIds()
+
+# The C socket type without the Python wrapper of ``socket.socket`` (whose
+# __init__/close are Python code): one of these is opened per upstream query.
+_UDP_NONBLOCK = socket.SOCK_DGRAM | socket.SOCK_NONBLOCK
+
+
+class _Expiry:
+    """A deadline that cancels the task waiting for a reply (``asyncio.timeout``'s
+    mechanism: the task is told apart from an outside cancellation by ``fired``)."""
+
+    __slots__ = ("task", "fired")
+
+    def __init__(self, task: asyncio.Task):
+        self.task = task
+        self.fired = False
+
+    def fire(self) -> None:
+        self.fired = True
+        self.task.cancel()
+
+
+class Upstream:
+    """A single upstream resolver address and how to talk to it."""
+
+    def __init__(self, address: UpstreamAddress, udp_size: int = 1232, case_0x20: bool = False):
+        self.address = address
+        self.label = address.label
+        self.udp_size = udp_size
+        self.case_0x20 = case_0x20
+        self.family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
+        self.sockaddr = (address.host, address.port)
+        self.mismatched = 0  # replies dropped for wrong ID/question: spoofing attempts or late replies
+        self.scrubbed = 0  # records removed from replies as unrelated to the question
+
+    def matches(self, reply: bytes, qid: int, sent: bytes) -> bool:
+        """Is ``reply`` the answer to the query we sent (ID, question, 0x20 case)?  Counts misses."""
+        try:
+            wire.check_reply_matches(reply, qid, sent)
+        except UpstreamBadResponse:
+            self.mismatched += 1
+            return False
+        if self.case_0x20 and not antispoof.case_matches(reply, sent):
+            self.mismatched += 1
+            return False
+        return True
+
+    def exchange(self, question: bytes, cd: bool, do: bool, deadline: float) -> Awaitable[bytes]:
+        """Send the question, return the matching reply; raise UpstreamError subclasses.
+
+        ``deadline`` is absolute, in event-loop time: every wait is bounded by it.
+        A plain function returning the transport's coroutine, so the miss path
+        pays for one coroutine frame here, not two.
+        """
+        if self.address.transport == "udp":
+            return self._udp(question, cd, do, deadline)
+        return self._tcp_only(question, cd, do, deadline)
+
+    async def _tcp_only(self, question: bytes, cd: bool, do: bool, deadline: float) -> bytes:
+        loop = running_loop()
+        if loop.time() >= deadline:
+            raise UpstreamTimeout("no time left")
+        return self._scrub(await self._tcp(loop, question, cd, do, deadline), question)
+
+    def _scrub(self, reply: bytes, question: bytes) -> bytes:
+        reply, removed = antispoof.scrub(reply, question)
+        self.scrubbed += removed
+        return reply
+
+    def _query(self, question: bytes, cd: bool, do: bool) -> tuple[int, bytes, bytes]:
+        """(ID, the question as sent — case randomised with 0x20 on —, the query bytes)."""
+        qid = query_id()
+        if self.case_0x20:
+            question = antispoof.randomize_case(question)
+        return qid, question, wire.build_upstream_query(qid, question, cd, do, self.udp_size)
+
+    async def _udp(self, question: bytes, cd: bool, do: bool, deadline: float) -> bytes:
+        """One UDP exchange on a socket of its own (a fresh random source port);
+        a reply with TC=1 is asked again over TCP (RFC 7766 §5).
+
+        Written for the miss path's CPU budget, each step measured (bench/README.md):
+        a plain non-blocking C socket read with ``loop.sock_recv`` rather than a
+        transport/protocol pair (~20% less CPU per query) or ``add_reader`` (whose
+        check for a transport on the fd costs a KeyError in uvloop); the deadline is
+        a timer handle that cancels this task, as ``asyncio.timeout`` does, without
+        its context-manager cost.  ``connect`` makes the kernel drop datagrams from
+        any other source and report ICMP errors.
+        """
+        loop = running_loop()
+        if loop.time() >= deadline:
+            raise UpstreamTimeout("no time left")
+        qid, sent, query = self._query(question, cd, do)
+        try:
+            sock = _socket.socket(self.family, _UDP_NONBLOCK)
+        except OSError as e:
+            raise UpstreamUnreachable(f"cannot open UDP socket: {e}") from None
+        timer = None
+        try:
+            try:
+                sock.connect(self.sockaddr)
+                sock.send(query)
+            except OSError as e:
+                raise UpstreamUnreachable(f"UDP to {self.label}: {e}") from None
+            task = asyncio.current_task(loop)
+            expired = _Expiry(task)
+            timer = loop.call_at(deadline, expired.fire)
+            matches = self.matches
+            try:
+                while True:
+                    reply = await loop.sock_recv(sock, 65535)
+                    if matches(reply, qid, sent):
+                        break
+            except asyncio.CancelledError:
+                if expired.fired and task.uncancel() == 0:
+                    raise UpstreamTimeout(f"no UDP reply from {self.label}") from None
+                raise
+            except OSError as e:  # ICMP port/host unreachable on a connected socket
+                raise UpstreamUnreachable(f"{type(e).__name__}: {e}") from None
+        finally:
+            if timer is not None:
+                timer.cancel()
+            sock.close()
+        if reply[2] & 0x02:  # TC=1: the answer did not fit; ask again over TCP
+            reply = await self._tcp(loop, question, cd, do, deadline)
+        return self._scrub(reply, question)
+
+    async def _tcp(self, loop, question, cd, do, deadline) -> bytes:
+        qid, sent, query = self._query(question, cd, do)
+        writer = None
+        try:
+            async with asyncio.timeout_at(deadline):
+                try:
+                    reader, writer = await asyncio.open_connection(self.address.host, self.address.port)
+                    writer.write(struct.pack(">H", len(query)) + query)
+                    while True:
+                        size = struct.unpack(">H", await reader.readexactly(2))[0]
+                        reply = await reader.readexactly(size)
+                        if not self.matches(reply, qid, sent):
+                            continue
+                        return reply
+                except asyncio.IncompleteReadError:
+                    raise UpstreamUnreachable(f"{self.label} closed the TCP connection") from None
+                except OSError as e:
+                    raise UpstreamUnreachable(f"TCP to {self.label}: {e}") from None
+        except TimeoutError:
+            raise UpstreamTimeout(f"no TCP reply from {self.label}") from None
+        finally:
+            if writer is not None:
+                writer.transport.abort()
+
+
+__all__ = ["Upstream", "UpstreamError"]

@@ -1,0 +1,97 @@
+"""Background probes that notice an upstream's recovery without client traffic.
+
+The pool marks an upstream down after ``max_failures`` consecutive failures and,
+from then on, client queries skip it (and, once every upstream is down, stale
+answers go out at once).  Nothing client-driven would then ever find out that it
+came back, or only after a back-off that grows to ``backoff_max``.  So while an
+upstream is down, this module sends it one small query (``probe_name`` NS, RD=1)
+every ``probe_interval`` seconds, doubling up to ``probe_interval_max``: a dead
+upstream costs at most one query per interval, and a recovery is seen within about
+an interval plus a round trip.  The first usable reply marks it up, which bumps
+the pool's epoch so names held by the failure recheck timer are refreshed on
+their next query (fresh data within about a second of recovery).
+
+One probe loop per down upstream; the loop ends when the upstream is up again,
+from a probe or from client traffic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from .. import wire
+from ..config import UpstreamOptions
+from .plain import Upstream
+from .pool import UpstreamPool
+
+log = logging.getLogger("resolver.health")
+
+TYPE_NS = 2
+_MAX_IN_FLIGHT = 4  # probes outstanding per upstream (each bounded by attempt_timeout)
+
+
+def probe_question(name: str) -> bytes:
+    """The wire question ``name IN NS`` (root by default: every recursive resolver answers it)."""
+    return wire.name_to_wire(name) + TYPE_NS.to_bytes(2, "big") + b"\x00\x01"
+
+
+class Prober:
+    """Runs a probe loop for each upstream a pool reports down (``pool.on_down``)."""
+
+    def __init__(self, options: UpstreamOptions):
+        self.options = options
+        self.question = probe_question(options.probe_name)
+        self.tasks: dict[tuple[int, str], asyncio.Task] = {}
+        self.closed = False
+
+    def attach(self, pool: UpstreamPool) -> None:
+        pool.on_down = self.watch
+
+    def watch(self, pool: UpstreamPool, upstream: Upstream) -> None:
+        """Start probing ``upstream`` (no-op if already probing it).  Called from the loop."""
+        key = (id(pool), upstream.label)
+        if self.closed or key in self.tasks:
+            return
+        task = asyncio.get_running_loop().create_task(self._probe_loop(pool, upstream))
+        self.tasks[key] = task
+        task.add_done_callback(lambda t, key=key: self.tasks.pop(key, None))
+
+    async def _probe_loop(self, pool: UpstreamPool, upstream: Upstream) -> None:
+        """Send a probe every interval until the upstream is up.
+
+        Probes are not awaited before the next one is sent: into a blackhole each
+        would take attempt_timeout to fail, and a recovery would then be noticed
+        up to attempt_timeout + interval late.  So a probe goes out on schedule
+        (at most ``_MAX_IN_FLIGHT`` outstanding), and the first good reply ends it.
+        """
+        loop = asyncio.get_running_loop()
+        health = pool.health[upstream.label]
+        interval = self.options.probe_interval
+        in_flight: set[asyncio.Task] = set()
+        try:
+            while not health.up:
+                await asyncio.sleep(interval)
+                if health.up:  # a probe or client traffic got a good answer meanwhile
+                    return
+                if len(in_flight) < _MAX_IN_FLIGHT:
+                    deadline = loop.time() + self.options.attempt_timeout
+                    task = loop.create_task(pool.probe(upstream, self.question, deadline))
+                    in_flight.add(task)
+                    task.add_done_callback(in_flight.discard)
+                interval = min(interval * 2, self.options.probe_interval_max)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # background task boundary: log, and let client traffic take over
+            log.exception("health probe of %s failed", upstream.label)
+        finally:
+            for task in in_flight:
+                task.cancel()
+
+    async def close(self) -> None:
+        self.closed = True
+        tasks = list(self.tasks.values())
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
