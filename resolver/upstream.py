@@ -9,7 +9,9 @@ With ``security.upstream_0x20`` the question's letters go out in random case and
 must come back exactly so; accepted replies are scrubbed of records unrelated to
 the question before anyone caches them (resolver/antispoof.py).
 UDP replies with TC=1 are retried over TCP (RFC 7766 §5); ``tcp://`` upstreams use
-TCP only.  Failures are typed (errors.Upstream*) and carry a fixed metric label.
+TCP only.  For UDP the pieces are public (``send_udp``, ``receive``, ``finish``):
+the pool sends, times each datagram against the upstream's adaptive timeout and
+retransmits while earlier sockets keep listening (resolver/pool.py).  Failures are typed (errors.Upstream*) and carry a fixed metric label.
 """
 
 from __future__ import annotations
@@ -72,6 +74,19 @@ class _Expiry:
         self.task.cancel()
 
 
+class UdpSend:
+    """One query datagram in flight: its socket (own source port), ID, the question
+    as sent (0x20 case) and when it went out (the RTT sample is taken from it)."""
+
+    __slots__ = ("sock", "qid", "sent", "started")
+
+    def __init__(self, sock, qid: int, sent: bytes, started: float):
+        self.sock = sock
+        self.qid = qid
+        self.sent = sent
+        self.started = started
+
+
 class Upstream:
     """A single upstream resolver address and how to talk to it."""
 
@@ -82,6 +97,9 @@ class Upstream:
         self.case_0x20 = case_0x20
         self.family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
         self.sockaddr = (address.host, address.port)
+        # Single datagrams: the pool times each send and may retransmit (a fresh ID
+        # and socket each time); over TCP the transport retransmits by itself.
+        self.udp = address.transport == "udp"
         self.mismatched = 0  # replies dropped for wrong ID/question: spoofing attempts or late replies
         self.scrubbed = 0  # records removed from replies as unrelated to the question
 
@@ -126,55 +144,74 @@ class Upstream:
             question = antispoof.randomize_case(question)
         return qid, question, wire.build_upstream_query(qid, question, cd, do, self.udp_size)
 
-    async def _udp(self, question: bytes, cd: bool, do: bool, deadline: float) -> bytes:
-        """One UDP exchange on a socket of its own (a fresh random source port);
-        a reply with TC=1 is asked again over TCP (RFC 7766 §5).
-
-        Written for the miss path's CPU budget, each step measured (bench/README.md):
-        a plain non-blocking C socket read with ``loop.sock_recv`` rather than a
-        transport/protocol pair (~20% less CPU per query) or ``add_reader`` (whose
-        check for a transport on the fd costs a KeyError in uvloop); the deadline is
-        a timer handle that cancels this task, as ``asyncio.timeout`` does, without
-        its context-manager cost.  ``connect`` makes the kernel drop datagrams from
-        any other source and report ICMP errors.
-        """
-        loop = running_loop()
-        if loop.time() >= deadline:
-            raise UpstreamTimeout("no time left")
+    # -- UDP, one datagram at a time (the pool decides when to send another) ----
+    def send_udp(self, question: bytes, cd: bool, do: bool, now: float) -> "UdpSend":
+        """Send one query datagram on a socket of its own (a fresh random source port
+        and ID: RFC 5452 §9.2), without waiting.  ``connect`` makes the kernel drop
+        datagrams from any other source and report ICMP errors."""
         qid, sent, query = self._query(question, cd, do)
         try:
             sock = _socket.socket(self.family, _UDP_NONBLOCK)
         except OSError as e:
             raise UpstreamUnreachable(f"cannot open UDP socket: {e}") from None
-        timer = None
         try:
-            try:
-                sock.connect(self.sockaddr)
-                sock.send(query)
-            except OSError as e:
-                raise UpstreamUnreachable(f"UDP to {self.label}: {e}") from None
-            task = asyncio.current_task(loop)
-            expired = _Expiry(task)
-            timer = loop.call_at(deadline, expired.fire)
-            matches = self.matches
-            try:
-                while True:
-                    reply = await loop.sock_recv(sock, 65535)
-                    if matches(reply, qid, sent):
-                        break
-            except asyncio.CancelledError:
-                if expired.fired and task.uncancel() == 0:
-                    raise UpstreamTimeout(f"no UDP reply from {self.label}") from None
-                raise
-            except OSError as e:  # ICMP port/host unreachable on a connected socket
-                raise UpstreamUnreachable(f"{type(e).__name__}: {e}") from None
-        finally:
-            if timer is not None:
-                timer.cancel()
+            sock.connect(self.sockaddr)
+            sock.send(query)
+        except OSError as e:
             sock.close()
-        if reply[2] & 0x02:  # TC=1: the answer did not fit; ask again over TCP
-            reply = await self._tcp(loop, question, cd, do, deadline)
+            raise UpstreamUnreachable(f"UDP to {self.label}: {e}") from None
+        return UdpSend(sock, qid, sent, now)
+
+    async def receive(self, loop, send: "UdpSend") -> bytes:
+        """The reply to ``send`` as received (not scrubbed, TC not handled); waits until
+        cancelled.  Anything that does not match is ignored and counted.
+
+        A plain non-blocking C socket read with ``loop.sock_recv`` rather than a
+        transport/protocol pair (~20% less CPU per query) or ``add_reader`` (whose
+        check for a transport on the fd costs a KeyError in uvloop): bench/README.md.
+        The caller closes the socket.
+        """
+        matches = self.matches
+        sock, qid, sent = send.sock, send.qid, send.sent
+        try:
+            while True:
+                reply = await loop.sock_recv(sock, 65535)
+                if matches(reply, qid, sent):
+                    return reply
+        except OSError as e:  # ICMP port/host unreachable on a connected socket
+            raise UpstreamUnreachable(f"{type(e).__name__}: {e}") from None
+
+    async def finish(self, reply: bytes, question: bytes, cd: bool, do: bool, deadline: float) -> bytes:
+        """A UDP reply with TC=1 is asked again over TCP (RFC 7766 §5); then scrubbed."""
+        if reply[2] & 0x02:
+            reply = await self._tcp(running_loop(), question, cd, do, deadline)
         return self._scrub(reply, question)
+
+    async def _udp(self, question: bytes, cd: bool, do: bool, deadline: float) -> bytes:
+        """One datagram, waited for until ``deadline`` (health probes, direct use);
+        the pool's exchanges retransmit by their own timers instead.
+
+        The deadline is a timer handle that cancels this task, as ``asyncio.timeout``
+        does, without its context-manager cost.
+        """
+        loop = running_loop()
+        now = loop.time()
+        if now >= deadline:
+            raise UpstreamTimeout("no time left")
+        send = self.send_udp(question, cd, do, now)
+        task = asyncio.current_task(loop)
+        expired = _Expiry(task)
+        timer = loop.call_at(deadline, expired.fire)
+        try:
+            reply = await self.receive(loop, send)
+        except asyncio.CancelledError:
+            if expired.fired and task.uncancel() == 0:
+                raise UpstreamTimeout(f"no UDP reply from {self.label}") from None
+            raise
+        finally:
+            timer.cancel()
+            send.sock.close()
+        return await self.finish(reply, question, cd, do, deadline)
 
     async def _tcp(self, loop, question, cd, do, deadline) -> bytes:
         qid, sent, query = self._query(question, cd, do)
@@ -201,4 +238,4 @@ class Upstream:
                 writer.transport.abort()
 
 
-__all__ = ["Upstream", "UpstreamError"]
+__all__ = ["UdpSend", "Upstream", "UpstreamError"]
