@@ -7,8 +7,10 @@ The order of the stages, and why:
    failure recheck timer runs — is answered right here, synchronously, from the
    datagram callback: no parse, no task, no coroutine.  This is most traffic.
 2. **Parse** (``resolve``): everything else is validated strictly; malformed
-   queries get FORMERR/NOTIMP/BADVERS or are dropped, before any cache or upstream
-   work is spent on them.
+   queries get FORMERR/NOTIMP/BADVERS or are dropped, and questions a forwarder
+   does not serve (non-IN classes, zone transfers) get REFUSED, before any cache
+   or upstream work is spent on them — so no client can make an upstream look
+   broken by asking it what it refuses.
 2b. **Local answers** (``local.py``): localhost, local_records, the hosts file and
    block_zones, answered here and never cached, so they are never stale and no
    upstream answer can shadow them.
@@ -265,9 +267,10 @@ class Pipeline:
             stats.dropped_malformed += 1
             return None
         except FormatError as e:
-            stats.formerr += 1
+            if e.rcode != wire.REFUSED:  # REFUSED: a question we do not serve (non-IN class, AXFR)
+                stats.formerr += 1
             self._sent(Source.LOCAL, e.rcode)
-            return wire.error_reply(data, e.rcode, e.question_end, edns=e.rcode == wire.BADVERS,
+            return wire.error_reply(data, e.rcode, e.question_end, edns=e.rcode == wire.BADVERS or e.edns,
                                     udp_size=self.edns_size)
         stats.queries_by_type[qtype_label(q.qtype)] += 1
         limit = _TCP_LIMIT if tcp else q.udp_size
