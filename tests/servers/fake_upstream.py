@@ -31,6 +31,20 @@ wrong_case the normal answer, but the question's letters in swapped case (0x20 t
 pollute    the normal answer plus unrelated records: an A record for
            evil.example in the answer section and in authority (scrubbing tests)
 
+Like a real authoritative server (NSD, knot, a corporate or Kubernetes zone's
+server), it serves only its zones, and only class IN, and answers REFUSED to:
+
+* names outside its zones — by default ``test.`` plus the top-level zone of every
+  name it was given records for (``www.example.com`` → ``com.``; the same zone whose
+  SOA goes into its negative answers; ``clear``/``nxdomain`` delete names, the
+  zone stays served), or exactly ``zones=[...]`` / ``serve_zones(...)``;
+  so ``. NS`` is REFUSED unless it serves the root (``zones=["."]``);
+* classes other than IN (CHAOS ``version.bind`` included);
+* zone transfers (AXFR, IXFR).
+
+These refusals apply in every mode that answers normally; the failure modes
+(drop, garbage, servfail, refused) behave the same for every question.
+
 ``raw_names`` lists the question names as received, case preserved.
 """
 
@@ -97,8 +111,13 @@ class _UDPProtocol(asyncio.DatagramProtocol):
 class FakeUpstream:
     """A fault-injecting DNS server on 127.0.0.1 (UDP and TCP, same port)."""
 
-    def __init__(self, port: int = 0):
+    def __init__(self, port: int = 0, zones: list[str] | tuple[str, ...] | None = None):
         self.port: int = port
+        # None: "test." plus the top-level zone of each record's name (see the module doc).
+        self._zones: set[str] | None = None if zones is None else {_norm(z) for z in zones}
+        # Zones of every record ever added: removing a name (``nxdomain``, ``clear``) deletes
+        # it from its zone, which is still served (NXDOMAIN, not REFUSED), as on a real server.
+        self._record_zones: set[str] = {"test"}
         self._lock = threading.Lock()
         self._records: dict[str, list[tuple[str, RR]]] = {}
         self._mode = "normal"
@@ -244,6 +263,7 @@ class FakeUpstream:
             rr = rrs[0]
         with self._lock:
             self._records.setdefault(key, []).append((rtype, rr))
+            self._record_zones.add(_zone_of(key).rstrip(".") or ".")
         return self
 
     def nxdomain(self, name: str) -> "FakeUpstream":
@@ -253,6 +273,21 @@ class FakeUpstream:
         return self
 
     remove = nxdomain
+
+    def serve_zones(self, *zones: str) -> "FakeUpstream":
+        """Serve exactly these zones ("." = every name); no argument: back to the default."""
+        with self._lock:
+            self._zones = {_norm(z) for z in zones} if zones else None
+        return self
+
+    def serves(self, name: str) -> bool:
+        """Is ``name`` inside one of the zones this server is authoritative for?"""
+        name = _norm(name)
+        with self._lock:
+            zones = self._record_zones if self._zones is None else self._zones
+        if "." in zones:
+            return True
+        return any(name == z or name.endswith("." + z) for z in zones)
 
     def clear(self) -> "FakeUpstream":
         """Forget every record and per-name setting; global mode back to normal, no delay."""
@@ -365,8 +400,9 @@ class FakeUpstream:
         reply = self._reply_skeleton(query)
         if mode == "servfail":
             reply.header.rcode = RCODE.SERVFAIL
-        elif mode == "refused":
+        elif mode == "refused" or self._refuses(query, qname):
             reply.header.rcode = RCODE.REFUSED
+            reply.header.aa = 0
         elif mode == "empty":
             reply.add_auth(self._soa(qname))
         elif mode == "truncate" and transport == "udp":
@@ -388,6 +424,12 @@ class FakeUpstream:
                 reply.header.id = (query.header.id + 1) & 0xFFFF
             wire = reply.pack()
         send(wire)
+
+    def _refuses(self, query: DNSRecord, qname: str) -> bool:
+        """What a real authoritative server refuses: other classes, zone transfers,
+        names outside its zones (RFC 1035 §4.1.1 REFUSED: "for policy reasons")."""
+        q = query.q
+        return q.qclass != 1 or q.qtype in (QTYPE.AXFR, QTYPE.IXFR) or not self.serves(qname)
 
     @staticmethod
     def _opt(query: DNSRecord) -> RR | None:
