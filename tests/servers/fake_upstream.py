@@ -9,6 +9,7 @@ listens on UDP and TCP on the same free port of 127.0.0.1.
     up.mode("servfail")                 # every query now gets SERVFAIL
     up.mode("drop", name="slow.test")   # ... except slow.test, which gets nothing
     up.delay(0.3)                       # every reply 300 ms late
+    up.loss(0.3); up.lose_next(1)       # random / deterministic loss of UDP queries
     up.close_port(); up.open_port()     # port unreachable, then back on the same port
     up.calls                            # [("udp", "www.test", "A"), ...]
     up.stop()
@@ -102,6 +103,8 @@ class _UDPProtocol(asyncio.DatagramProtocol):
             if transport is not None and not transport.is_closing():
                 transport.sendto(reply, addr)
 
+        if len(data) >= 2:
+            self.owner.received.append((int.from_bytes(data[:2], "big"), addr[1]))
         self.owner._spawn(self.owner._respond(data, "udp", send))
 
     def error_received(self, exc) -> None:  # ICMP from a client that went away
@@ -127,7 +130,9 @@ class FakeUpstream:
         self._calls: list[tuple[str, str, str]] = []
         self.raw_names: list[str] = []
         self._loss = 0.0
+        self._lose_next = 0
         self._rng = random.Random(5)
+        self.received: list[tuple[int, int]] = []  # (query ID, client port) of each UDP query
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._udp: asyncio.DatagramTransport | None = None
@@ -329,6 +334,12 @@ class FakeUpstream:
             self._rng = random.Random(seed)
         return self
 
+    def lose_next(self, count: int = 1) -> "FakeUpstream":
+        """Drop the next ``count`` UDP queries, as lost datagrams (deterministic loss)."""
+        with self._lock:
+            self._lose_next = int(count)
+        return self
+
     @property
     def calls(self) -> list[tuple[str, str, str]]:
         """(transport "udp"/"tcp", qname lowercase without trailing dot, qtype) received."""
@@ -376,7 +387,9 @@ class FakeUpstream:
     async def _respond(self, data: bytes, transport: str, send: Callable[[bytes], None]) -> None:
         try:
             query = DNSRecord.parse(data)
-        except Exception:  # noqa: BLE001 - not DNS: nothing sensible to answer
+        except Exception:  # noqa: BLE001 - unreadable past the header
+            if len(data) >= 12 and not data[2] & 0x80:  # a query: FORMERR, as a real server says
+                send(data[:2] + bytes((0x80 | (data[2] & 0x79), 0x01)) + b"\x00" * 8)
             return
         if query.header.qr or not query.questions:
             return
@@ -388,6 +401,9 @@ class FakeUpstream:
             mode = self._name_mode.get(qname, self._mode)
             delay = self._name_delay.get(qname, self._delay)
             lost = transport == "udp" and self._loss > 0 and self._rng.random() < self._loss
+            if transport == "udp" and self._lose_next > 0:
+                self._lose_next -= 1
+                lost = True
         if lost:
             return
         if delay > 0:
