@@ -74,6 +74,21 @@ class _Expiry:
         self.task.cancel()
 
 
+# Rcodes a server may send with an empty question section (FORMERR, SERVFAIL, NOTIMP,
+# REFUSED), as dnspython's ``Message.is_response`` allows.
+_ERROR_RCODES = frozenset((1, 2, 4, 5))
+
+
+def _error_without_question(reply: bytes, qid: int) -> bool:
+    """An error reply with our ID and no question (servers send FORMERR for a query
+    they cannot parse so).  Accepting it costs nothing in safety — it carries no
+    records to cache, and a forger needs our ID and port as for any reply — and
+    ignoring it would turn the server's "your question is bad" into a timeout, that
+    is into a failure of the upstream."""
+    return (len(reply) >= 12 and reply[0] << 8 | reply[1] == qid and reply[2] & 0x80
+            and reply[4:6] == b"\x00\x00" and (reply[3] & 0x0F) in _ERROR_RCODES)
+
+
 class UdpSend:
     """One query datagram in flight: its socket (own source port), ID, the question
     as sent (0x20 case) and when it went out (the RTT sample is taken from it)."""
@@ -108,6 +123,8 @@ class Upstream:
         try:
             wire.check_reply_matches(reply, qid, sent)
         except UpstreamBadResponse:
+            if _error_without_question(reply, qid):
+                return True
             self.mismatched += 1
             return False
         if self.case_0x20 and not antispoof.case_matches(reply, sent):

@@ -88,6 +88,16 @@ def _zone_of(name: str) -> str:
     return name.rsplit(".", 1)[-1] + "."
 
 
+def _raw_question(data: bytes) -> bytes:
+    """The first question's bytes (uncompressed name, type, class), or b"" if unreadable."""
+    off = 12
+    while off < len(data) and 0 < data[off] < 64:
+        off += 1 + data[off]
+    if off >= len(data) or data[off] != 0 or off + 5 > len(data) or data[4:6] != b"\x00\x01":
+        return b""
+    return data[12:off + 5]
+
+
 class _UDPProtocol(asyncio.DatagramProtocol):
     def __init__(self, owner: "FakeUpstream"):
         self.owner = owner
@@ -388,8 +398,14 @@ class FakeUpstream:
         try:
             query = DNSRecord.parse(data)
         except Exception:  # noqa: BLE001 - unreadable past the header
-            if len(data) >= 12 and not data[2] & 0x80:  # a query: FORMERR, as a real server says
-                send(data[:2] + bytes((0x80 | (data[2] & 0x79), 0x01)) + b"\x00" * 8)
+            if len(data) >= 12 and not data[2] & 0x80:
+                # dnslib cannot read it (e.g. a name with non-ASCII bytes, which a real
+                # server reads fine): a name outside our zones, so REFUSED with the
+                # question echoed; FORMERR without a question if even that is unreadable.
+                question = _raw_question(data)
+                rcode = RCODE.REFUSED if question else RCODE.FORMERR
+                send(data[:2] + bytes((0x80 | (data[2] & 0x79), 0x80 | rcode)) +
+                     (b"\x00\x01" if question else b"\x00\x00") + b"\x00" * 6 + question)
             return
         if query.header.qr or not query.questions:
             return
