@@ -35,7 +35,7 @@ from .config import UpstreamOptions
 from .errors import UpstreamError, UpstreamServfail, UpstreamTimeout
 from .eventloop import running_loop
 from .stats import UPSTREAM_BUCKETS, Histogram
-from .upstream import UdpSend, Upstream, _Expiry
+from .upstream import UdpSend, Upstream
 
 log = logging.getLogger("resolver.pool")
 
@@ -46,6 +46,29 @@ _NXDOMAIN = wire.NXDOMAIN
 # Sends per exchange at most (with the RTO doubling, a 4 s deadline and the 50 ms
 # minimum RTO allow 7): bounds the sockets one query can hold open.
 _MAX_SENDS = 8
+
+
+class _Wake:
+    """The fast path's timer: cancels the waiting task at the send's RTO (as
+    ``asyncio.timeout`` does, without its context-manager cost), or at once when the
+    upstream, down when the send went out, comes back (``recovered``)."""
+
+    __slots__ = ("task", "fired", "recovered")
+
+    def __init__(self, task: asyncio.Task):
+        self.task = task
+        self.fired = False
+        self.recovered = False
+
+    def fire(self) -> None:
+        if self.task is not None and not self.fired:
+            self.fired = True
+            self.task.cancel()
+
+    def comeback(self, _future=None) -> None:
+        if self.task is not None and not self.fired:
+            self.recovered = True
+            self.fire()
 
 
 class _Send:
@@ -99,6 +122,7 @@ class UpstreamPool:
         # The question that last failed (timeout, SERVFAIL): what the group is now
         # serving stale, and so what the health probe asks (health.py).
         self.failed_question: bytes | None = None
+        self._comeback: asyncio.Future | None = None
         self._turn = 0                           # round_robin position
 
     def _order(self, now: float) -> list[Upstream]:
@@ -116,6 +140,13 @@ class UpstreamPool:
         o = self.options
         return upstream_policy.rto(self.health[label], o.attempt_timeout, o.attempt_timeout_min,
                                    o.attempt_timeout_max)
+
+    def _comeback_future(self) -> asyncio.Future:
+        """Resolved when any upstream of this pool comes back up (``_succeeded``)."""
+        future = self._comeback
+        if future is None or future.done():
+            future = self._comeback = running_loop().create_future()
+        return future
 
     def _back_off(self, label: str, rto: float, next_rto: dict[str, float]) -> None:
         """A send to ``label`` passed its RTO: double it (RFC 6298 §5.5), at once and for
@@ -157,15 +188,18 @@ class UpstreamPool:
             self._failed(upstream, e.reason, now, now, question)
             raise
         task = asyncio.current_task(loop)
-        expiry = _Expiry(task)
-        timer = loop.call_at(min(now + rto, deadline), expiry.fire)
+        wake = _Wake(task)
+        timer = loop.call_at(min(now + rto, deadline), wake.fire)
+        if not self.health[label].up:  # sent into an outage: if it ends meanwhile, send again at once
+            self._comeback_future().add_done_callback(wake.comeback)
         self.inflight += 1
         try:
             reply = await upstream.receive(loop, send)
         except asyncio.CancelledError:
-            if expiry.fired and task.uncancel() == 0:
-                # Past its RTO without a reply: retransmit, and keep this socket listening.
-                return await self._race(order, question, cd, do, deadline, (send, rto))
+            if wake.fired and task.uncancel() == 0:
+                # Past its RTO without a reply (or the upstream came back): send again,
+                # and keep this socket listening.
+                return await self._race(order, question, cd, do, deadline, (send, rto, not wake.recovered))
             send.sock.close()
             raise
         except UpstreamError as e:
@@ -174,6 +208,7 @@ class UpstreamPool:
             raise
         finally:
             self.inflight -= 1
+            wake.task = None
             timer.cancel()
         send.sock.close()
         rtt = loop.time() - now
@@ -215,7 +250,7 @@ class UpstreamPool:
         return UpstreamServfail(reason, f"{upstream.label} answered rcode {rcode}")
 
     async def _race(self, order: list[Upstream], question: bytes, cd: bool, do: bool, deadline: float,
-                    first: tuple[UdpSend, float] | None = None) -> tuple[bytes, Upstream]:
+                    first: tuple[UdpSend, float, bool] | None = None) -> tuple[bytes, Upstream]:
         """Send, and send again each time the last send passes its RTO (or the hedge
         delay, towards another upstream), until a usable reply or the deadline.
 
@@ -230,7 +265,11 @@ class UpstreamPool:
         it ends: a failure rcode or unreachable is a failure; silence is a timeout
         only if the exchange ended without an answer, or another upstream won after
         this one had passed its RTO; a reply about the question is no failure.
-        ``first`` is the caller's send (and its RTO) that already timed out.
+        ``first`` is the caller's send, its RTO and whether it expired (else its
+        upstream came back from an outage).  Sends into an outage are not
+        retransmitted by the timer (the prober watches), but when their upstream
+        comes back every exchange still waiting sends again at once, so the
+        clients waiting on them get the recovery, not a timeout.
         """
         loop = running_loop()
         o = self.options
@@ -248,6 +287,7 @@ class UpstreamPool:
         last: _Send | None = None
         next_at = loop.time()
         prompt = False  # the next send replaces a failed one (no hedge, no retransmission)
+        comeback: asyncio.Future | None = None  # resolved when a down upstream comes back
 
         def watch(upstream, started: float, rto: float, awaitable, sock=None) -> _Send:
             send = _Send(upstream, started, rto)
@@ -294,17 +334,18 @@ class UpstreamPool:
 
         self.inflight += 1
         try:
-            if first is not None:  # the caller's send, already past its RTO
-                send, rto = first
+            if first is not None:  # the caller's send, past its RTO (or its upstream came back)
+                send, rto, expired = first
                 upstream = order[0]
                 sends = 1
                 asked[upstream.label] = send.started
                 last = watch(upstream, send.started, rto, upstream.receive(loop, send), send.sock)
-                last.late = True
-                late.add(upstream.label)
-                self._back_off(upstream.label, rto, next_rto)
+                if expired:
+                    last.late = True
+                    late.add(upstream.label)
+                    self._back_off(upstream.label, rto, next_rto)
                 cursor = 1
-                next_at = loop.time()
+                next_at, prompt = loop.time(), not expired
             while True:
                 now = loop.time()
                 if now >= deadline:
@@ -331,9 +372,15 @@ class UpstreamPool:
                     next_at, prompt = now, True
                     continue
                 wake = deadline if upstream is None else min(deadline, next_at)
-                done, _ = await asyncio.wait(pending, timeout=max(0.0, wake - now),
-                                             return_when=asyncio.FIRST_COMPLETED)
+                if comeback is None and any(not self.health[label].up for label in asked):
+                    comeback = self._comeback_future()
+                done, _ = await asyncio.wait(pending if comeback is None else [*pending, comeback],
+                                             timeout=max(0.0, wake - now), return_when=asyncio.FIRST_COMPLETED)
                 now = loop.time()
+                if comeback is not None and comeback in done:  # an upstream is back: send at once
+                    done.discard(comeback)
+                    comeback = None
+                    next_at, prompt = now, True
                 for task in done:
                     send = pending.pop(task)
                     label = send.upstream.label
@@ -424,6 +471,9 @@ class UpstreamPool:
             self.epoch += 1
             if self.on_up is not None:
                 self.on_up()
+            if self._comeback is not None and not self._comeback.done():
+                self._comeback.set_result(None)  # exchanges sent into the outage send again
+            self._comeback = None
             h.recovered_at = running_loop().time()
         h.failures = 0
         h.backoff = 0.0
