@@ -123,6 +123,8 @@ class UpstreamPool:
         # serving stale, and so what the health probe asks (health.py).
         self.failed_question: bytes | None = None
         self._comeback: asyncio.Future | None = None
+        # The RTO before any sample (RFC 6298 §2.1), within the configured bounds.
+        self._initial_rto = min(options.attempt_timeout_max, max(options.attempt_timeout_min, options.attempt_timeout))
         self._turn = 0                           # round_robin position
 
     def _order(self, now: float) -> list[Upstream]:
@@ -180,7 +182,8 @@ class UpstreamPool:
         if now >= deadline:
             raise UpstreamTimeout("no time left to ask any upstream")
         label = upstream.label
-        rto = self._rto(label)
+        health = self.health[label]
+        rto = health.rto or self._initial_rto
         self.requests[label] += 1
         try:
             send = upstream.send_udp(question, cd, do, now)
@@ -190,7 +193,7 @@ class UpstreamPool:
         task = asyncio.current_task(loop)
         wake = _Wake(task)
         timer = loop.call_at(min(now + rto, deadline), wake.fire)
-        if not self.health[label].up:  # sent into an outage: if it ends meanwhile, send again at once
+        if not health.up:  # sent into an outage: if it ends meanwhile, send again at once
             self._comeback_future().add_done_callback(wake.comeback)
         self.inflight += 1
         try:
@@ -200,36 +203,39 @@ class UpstreamPool:
                 # Past its RTO without a reply (or the upstream came back): send again,
                 # and keep this socket listening.
                 return await self._race(order, question, cd, do, deadline, (send, rto, not wake.recovered))
-            send.sock.close()
+            send[0].close()
             raise
         except UpstreamError as e:
-            send.sock.close()
+            send[0].close()
             self._failed(upstream, e.reason, loop.time(), now, question)
             raise
         finally:
             self.inflight -= 1
             wake.task = None
             timer.cancel()
-        send.sock.close()
+        send[0].close()
         rtt = loop.time() - now
         self.latency[label].observe(rtt)
         rcode = reply[3] & 0x0F
         if rcode != wire.NOERROR and rcode != _NXDOMAIN:
             raise self._unusable(upstream, rcode, now, question)
-        return await self._won(upstream, reply, rtt, question, cd, do, deadline), upstream
+        self._won(upstream, rtt)
+        if reply[2] & 0x02:  # TC=1
+            reply = await self._over_tcp(upstream, reply, question, cd, do, deadline)
+        return upstream.scrub(reply, question), upstream
 
-    async def _won(self, upstream: Upstream, reply: bytes, rtt: float, question: bytes, cd: bool, do: bool,
-                   deadline: float) -> bytes:
-        """Account a usable UDP (or stream) reply, then fetch over TCP if it was truncated."""
-        h = self.health[upstream.label]
+    def _won(self, upstream: Upstream, rtt: float) -> None:
+        """Account a usable reply: an RTT sample (resets the RTO) and a success."""
         o = self.options
-        upstream_policy.observe(h, rtt, o.attempt_timeout_min, o.attempt_timeout_max)
+        upstream_policy.observe(self.health[upstream.label], rtt, o.attempt_timeout_min, o.attempt_timeout_max)
         self._succeeded(upstream)
-        if not getattr(upstream, "udp", False):
-            return reply
+
+    async def _over_tcp(self, upstream: Upstream, reply: bytes, question: bytes, cd: bool, do: bool,
+                        deadline: float) -> bytes:
+        """The UDP reply was truncated (TC=1): ask again over TCP (RFC 7766 §5)."""
         try:
-            return await upstream.finish(reply, question, cd, do, deadline)
-        except UpstreamError as e:  # the TCP retry of a TC=1 reply failed
+            return await upstream.tcp_retry(question, cd, do, deadline)
+        except UpstreamError as e:
             self._failed(upstream, e.reason, running_loop().time(), None, question)
             raise
 
@@ -313,7 +319,7 @@ class UpstreamPool:
                     last_error = e
                     next_at, prompt = now, True
                     return
-                last = watch(upstream, now, rto, upstream.receive(loop, udp), udp.sock)
+                last = watch(upstream, now, rto, upstream.receive(loop, udp), udp[0])
             else:  # a stream: one exchange, to the deadline; never re-sent
                 finished.add(label)
                 last = watch(upstream, now, rto, upstream.exchange(question, cd, do, deadline))
@@ -338,8 +344,9 @@ class UpstreamPool:
                 send, rto, expired = first
                 upstream = order[0]
                 sends = 1
-                asked[upstream.label] = send.started
-                last = watch(upstream, send.started, rto, upstream.receive(loop, send), send.sock)
+                started = send[3]
+                asked[upstream.label] = started
+                last = watch(upstream, started, rto, upstream.receive(loop, send), send[0])
                 if expired:
                     last.late = True
                     late.add(upstream.label)
@@ -435,7 +442,13 @@ class UpstreamPool:
                 self._failed(upstream, "timeout", now, first_sent, question)
         if winner is not None:
             send, reply, rtt = winner
-            return await self._won(send.upstream, reply, rtt, question, cd, do, deadline), send.upstream
+            upstream = send.upstream
+            self._won(upstream, rtt)
+            if not getattr(upstream, "udp", False):  # a stream: already complete and scrubbed
+                return reply, upstream
+            if reply[2] & 0x02:  # TC=1
+                reply = await self._over_tcp(upstream, reply, question, cd, do, deadline)
+            return upstream.scrub(reply, question), upstream
         if now >= deadline or last_error is None:
             raise UpstreamTimeout("no reply from any upstream in time")
         raise last_error

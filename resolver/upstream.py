@@ -9,7 +9,7 @@ With ``security.upstream_0x20`` the question's letters go out in random case and
 must come back exactly so; accepted replies are scrubbed of records unrelated to
 the question before anyone caches them (resolver/antispoof.py).
 UDP replies with TC=1 are retried over TCP (RFC 7766 §5); ``tcp://`` upstreams use
-TCP only.  For UDP the pieces are public (``send_udp``, ``receive``, ``finish``):
+TCP only.  For UDP the pieces are public (``send_udp``, ``receive``, ``tcp_retry``, ``scrub``):
 the pool sends, times each datagram against the upstream's adaptive timeout and
 retransmits while earlier sockets keep listening (resolver/pool.py).  Failures are typed (errors.Upstream*) and carry a fixed metric label.
 """
@@ -89,17 +89,10 @@ def _error_without_question(reply: bytes, qid: int) -> bool:
             and reply[4:6] == b"\x00\x00" and (reply[3] & 0x0F) in _ERROR_RCODES)
 
 
-class UdpSend:
-    """One query datagram in flight: its socket (own source port), ID, the question
-    as sent (0x20 case) and when it went out (the RTT sample is taken from it)."""
-
-    __slots__ = ("sock", "qid", "sent", "started")
-
-    def __init__(self, sock, qid: int, sent: bytes, started: float):
-        self.sock = sock
-        self.qid = qid
-        self.sent = sent
-        self.started = started
+# One query datagram in flight, as a plain tuple (no Python-level constructor on the
+# miss path): (its socket — its own source port —, the ID, the question as sent
+# (0x20 case), the loop time it went out: the RTT sample is taken from it).
+UdpSend = tuple
 
 
 class Upstream:
@@ -147,9 +140,9 @@ class Upstream:
         loop = running_loop()
         if loop.time() >= deadline:
             raise UpstreamTimeout("no time left")
-        return self._scrub(await self._tcp(loop, question, cd, do, deadline), question)
+        return self.scrub(await self._tcp(loop, question, cd, do, deadline), question)
 
-    def _scrub(self, reply: bytes, question: bytes) -> bytes:
+    def scrub(self, reply: bytes, question: bytes) -> bytes:
         reply, removed = antispoof.scrub(reply, question)
         self.scrubbed += removed
         return reply
@@ -162,7 +155,7 @@ class Upstream:
         return qid, question, wire.build_upstream_query(qid, question, cd, do, self.udp_size)
 
     # -- UDP, one datagram at a time (the pool decides when to send another) ----
-    def send_udp(self, question: bytes, cd: bool, do: bool, now: float) -> "UdpSend":
+    def send_udp(self, question: bytes, cd: bool, do: bool, now: float) -> UdpSend:
         """Send one query datagram on a socket of its own (a fresh random source port
         and ID: RFC 5452 §9.2), without waiting.  ``connect`` makes the kernel drop
         datagrams from any other source and report ICMP errors."""
@@ -177,9 +170,9 @@ class Upstream:
         except OSError as e:
             sock.close()
             raise UpstreamUnreachable(f"UDP to {self.label}: {e}") from None
-        return UdpSend(sock, qid, sent, now)
+        return sock, qid, sent, now
 
-    async def receive(self, loop, send: "UdpSend") -> bytes:
+    async def receive(self, loop, send: UdpSend) -> bytes:
         """The reply to ``send`` as received (not scrubbed, TC not handled); waits until
         cancelled.  Anything that does not match is ignored and counted.
 
@@ -189,7 +182,7 @@ class Upstream:
         The caller closes the socket.
         """
         matches = self.matches
-        sock, qid, sent = send.sock, send.qid, send.sent
+        sock, qid, sent, _started = send
         try:
             while True:
                 reply = await loop.sock_recv(sock, 65535)
@@ -198,11 +191,9 @@ class Upstream:
         except OSError as e:  # ICMP port/host unreachable on a connected socket
             raise UpstreamUnreachable(f"{type(e).__name__}: {e}") from None
 
-    async def finish(self, reply: bytes, question: bytes, cd: bool, do: bool, deadline: float) -> bytes:
-        """A UDP reply with TC=1 is asked again over TCP (RFC 7766 §5); then scrubbed."""
-        if reply[2] & 0x02:
-            reply = await self._tcp(running_loop(), question, cd, do, deadline)
-        return self._scrub(reply, question)
+    def tcp_retry(self, question: bytes, cd: bool, do: bool, deadline: float) -> Awaitable[bytes]:
+        """The question again over TCP, after a UDP reply with TC=1 (RFC 7766 §5)."""
+        return self._tcp(running_loop(), question, cd, do, deadline)
 
     async def _udp(self, question: bytes, cd: bool, do: bool, deadline: float) -> bytes:
         """One datagram, waited for until ``deadline`` (health probes, direct use);
@@ -227,8 +218,10 @@ class Upstream:
             raise
         finally:
             timer.cancel()
-            send.sock.close()
-        return await self.finish(reply, question, cd, do, deadline)
+            send[0].close()
+        if reply[2] & 0x02:  # TC=1: the answer did not fit; ask again over TCP
+            reply = await self.tcp_retry(question, cd, do, deadline)
+        return self.scrub(reply, question)
 
     async def _tcp(self, loop, question, cd, do, deadline) -> bytes:
         qid, sent, query = self._query(question, cd, do)

@@ -232,8 +232,16 @@ def parse_query(data: bytes) -> Query:
                 raise FormatError(f"EDNS version {version}", rcode=BADVERS, question_end=qend)
     if off != len(data):
         raise FormatError("trailing bytes after the last record", question_end=qend)
-    _check_question(data[qend - 4 : qend], qend, edns)
+    if data[qend - 2 : qend] != _CLASS_IN_BYTES or (not data[qend - 4] and data[qend - 3] in _UNSERVED_TYPES):
+        _check_question(data[qend - 4 : qend], qend, edns)  # raises: not a question we serve
     return Query(data, qend, edns, udp_size, do)
+
+
+_CLASS_IN_BYTES = b"\x00\x01"
+# The qtypes below 256 that ``_check_question`` refuses or answers FORMERR (every
+# qtype above 255 is an ordinary one): OPT, the meta-types 128-250, IXFR, AXFR,
+# MAILB, MAILA — all of 128-254, ANY (255) excepted.
+_UNSERVED_TYPES = frozenset((41, *range(128, 255)))
 
 
 def _check_question(tail: bytes, qend: int, edns: bool) -> None:
