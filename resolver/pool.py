@@ -338,7 +338,9 @@ class UpstreamPool:
                     return upstream
             return None
 
-        self.inflight += 1
+        counted = first is None  # the caller's fast path already counts itself in flight
+        if counted:
+            self.inflight += 1
         try:
             if first is not None:  # the caller's send, past its RTO (or its upstream came back)
                 send, rto, expired = first
@@ -425,7 +427,8 @@ class UpstreamPool:
                         late.add(send.upstream.label)
                         self._back_off(send.upstream.label, send.rto, next_rto)
         finally:
-            self.inflight -= 1
+            if counted:
+                self.inflight -= 1
             for task in pending:
                 task.cancel()
         now = loop.time()
