@@ -193,8 +193,10 @@ class UpstreamPool:
         task = asyncio.current_task(loop)
         wake = _Wake(task)
         timer = loop.call_at(min(now + rto, deadline), wake.fire)
+        comeback = None
         if not health.up:  # sent into an outage: if it ends meanwhile, send again at once
-            self._comeback_future().add_done_callback(wake.comeback)
+            comeback = self._comeback_future()
+            comeback.add_done_callback(wake.comeback)
         self.inflight += 1
         try:
             reply = await upstream.receive(loop, send)
@@ -213,6 +215,8 @@ class UpstreamPool:
             self.inflight -= 1
             wake.task = None
             timer.cancel()
+            if comeback is not None:  # a long outage must not pile up callbacks of finished queries
+                comeback.remove_done_callback(wake.comeback)
         send[0].close()
         rtt = loop.time() - now
         self.latency[label].observe(rtt)

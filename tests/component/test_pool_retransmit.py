@@ -137,3 +137,33 @@ def test_a_loser_past_its_rto_counts_a_timeout_one_within_it_does_not():
     hedged = UpstreamPool([a2, b2], UpstreamOptions(attempt_timeout=0.2, max_failures=1, hedge_after=0.05))
     _, winner = run(hedged)
     assert winner is b2 and hedged.hedges == 1 and not hedged.errors and hedged.health["a"].up
+
+
+def test_queries_sent_into_an_outage_send_again_when_the_upstream_comes_back():
+    """Down, silent: the query waits (no retransmission into the outage); the moment a
+    probe finds the upstream back, it sends again and gets the answer."""
+    up = StubUdp("a", [None, 0.01, 0.01])
+    pool = UpstreamPool([up], OPTIONS)
+
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        pool._failed(up, "timeout", loop.time(), None, QUESTION)  # max_failures=1: down
+        pool.health["a"].rto = 4.0  # backed off in the outage
+        waiting = loop.create_task(pool.exchange(QUESTION, False, False, loop.time() + 3.0))
+        await asyncio.sleep(0.1)
+        assert up.sent == 1 and not waiting.done()
+        pool.mark_up(up)  # the prober's verdict
+        reply, _ = await asyncio.wait_for(waiting, 1.0)
+        # Queries that end while it is still down leave no callback behind on the
+        # pool's come-back future (a long outage must not pile them up).
+        pool._failed(up, "timeout", loop.time(), None, QUESTION)
+        up.delays += [0.0] * 3
+        up.rcodes = [0, 0] + [wire.SERVFAIL] * 3  # by send number
+        for _ in range(3):
+            with pytest.raises(UpstreamServfail):
+                await pool.exchange(QUESTION, False, False, loop.time() + 1.0)
+        return reply, pool._comeback, pool.health["a"].up
+
+    reply, comeback, up_now = asyncio.run(scenario())
+    assert reply[:2] == b"\x00\x01" and up.sent == 5 and not up_now
+    assert comeback is not None and not comeback.done() and not comeback._callbacks
