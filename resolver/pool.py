@@ -434,7 +434,10 @@ class UpstreamPool:
             if counted:
                 self.inflight -= 1
             for task in pending:
-                task.cancel()
+                if not task.done():
+                    task.cancel()
+                elif not task.cancelled():
+                    task.exception()  # retrieved: a loser's failure is not worth a log line
         now = loop.time()
         won = winner[0].upstream.label if winner is not None else None
         for label, first_sent in asked.items():
