@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import _socket
 import asyncio
+import errno
 import os
 import socket
 import struct
@@ -53,6 +54,10 @@ class _QueryIds:
 
 
 query_id = _QueryIds()
+
+# send() errors that mean "this datagram was dropped here", not "no route": an
+# nftables/iptables OUTPUT drop gives EPERM, a full device queue ENOBUFS/EAGAIN.
+_DATAGRAM_LOST = frozenset((errno.EPERM, errno.ENOBUFS, errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR))
 
 # The C socket type without the Python wrapper of ``socket.socket`` (whose
 # __init__/close are Python code): one of these is opened per upstream query.
@@ -166,10 +171,17 @@ class Upstream:
             raise UpstreamUnreachable(f"cannot open UDP socket: {e}") from None
         try:
             sock.connect(self.sockaddr)
-            sock.send(query)
         except OSError as e:
             sock.close()
             raise UpstreamUnreachable(f"UDP to {self.label}: {e}") from None
+        try:
+            sock.send(query)
+        except OSError as e:
+            if e.errno not in _DATAGRAM_LOST:
+                sock.close()
+                raise UpstreamUnreachable(f"UDP to {self.label}: {e}") from None
+            # Dropped on the way out (a local firewall's drop rule, a full queue): a
+            # lost datagram like any other, so the RTO timer sends it again.
         return sock, qid, sent, now
 
     async def receive(self, loop, send: UdpSend) -> bytes:
