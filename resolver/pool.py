@@ -150,14 +150,18 @@ class UpstreamPool:
             future = self._comeback = running_loop().create_future()
         return future
 
-    def _back_off(self, label: str, rto: float, next_rto: dict[str, float]) -> None:
-        """A send to ``label`` passed its RTO: double it (RFC 6298 §5.5), at once and for
-        every exchange — concurrent queries into a blackhole then back off together,
-        as Unbound's shared infra cache does — until a new sample resets it."""
+    def _back_off(self, label: str, rto: float) -> None:
+        """A send to ``label`` passed its RTO ``rto``: double it (RFC 6298 §5.5), at once
+        and for every exchange — concurrent queries into a blackhole then back off
+        together — until a new sample resets it.  As Unbound's ``rtt_lost``: the RTO
+        this send used is doubled, not the current one (many sends expiring at once
+        double it once), and if replies meanwhile brought the RTO below it, this was
+        a lost datagram, not a slowdown: no back-off, the next send goes out on the
+        current RTO."""
         h = self.health[label]
-        backed_off = min(self.options.attempt_timeout_max, rto * 2)
-        h.rto = max(h.rto, backed_off)
-        next_rto[label] = max(next_rto.get(label, 0.0), h.rto)
+        if h.rto and h.rto < rto:
+            return
+        h.rto = max(h.rto, min(self.options.attempt_timeout_max, rto * 2))
 
     async def exchange(self, question: bytes, cd: bool, do: bool, deadline: float) -> tuple[bytes, Upstream]:
         """Resolve through the first upstream that gives a usable reply before ``deadline``.
@@ -286,7 +290,6 @@ class UpstreamPool:
         hedging = len(order) > 1 and o.hedge_after != upstream_policy.HEDGE_OFF
         pending: dict[asyncio.Task, _Send] = {}
         asked: dict[str, float] = {}       # label -> time of its first send in this exchange
-        next_rto: dict[str, float] = {}    # label -> RTO for its next send (backed off)
         late: set[str] = set()             # labels with a send past its RTO, unanswered
         failed: dict[str, tuple[str, float]] = {}  # label -> (reason, when): no more sends
         finished: set[str] = set()         # labels that get no more sends in this exchange
@@ -311,7 +314,7 @@ class UpstreamPool:
             nonlocal sends, last, last_error, next_at, prompt
             sends += 1
             label = upstream.label
-            rto = max(next_rto.get(label, 0.0), self._rto(label))
+            rto = self._rto(label)  # shared: backed off by expiries, reset by replies
             asked.setdefault(label, now)
             self.requests[label] += 1
             if getattr(upstream, "udp", False):
@@ -356,7 +359,7 @@ class UpstreamPool:
                 if expired:
                     last.late = True
                     late.add(upstream.label)
-                    self._back_off(upstream.label, rto, next_rto)
+                    self._back_off(upstream.label, rto)
                 cursor = 1
                 next_at, prompt = loop.time(), not expired
             while True:
@@ -429,7 +432,7 @@ class UpstreamPool:
                     if not send.late and now >= send.started + send.rto:
                         send.late = True
                         late.add(send.upstream.label)
-                        self._back_off(send.upstream.label, send.rto, next_rto)
+                        self._back_off(send.upstream.label, send.rto)
         finally:
             if counted:
                 self.inflight -= 1

@@ -167,3 +167,24 @@ def test_queries_sent_into_an_outage_send_again_when_the_upstream_comes_back():
     reply, comeback, up_now = asyncio.run(scenario())
     assert reply[:2] == b"\x00\x01" and up.sent == 5 and not up_now
     assert comeback is not None and not comeback.done() and not comeback._callbacks
+
+
+def test_a_loss_among_answered_queries_does_not_back_off_the_rto():
+    """As Unbound's rtt_lost: other replies brought the RTO down meanwhile, so a send
+    that expired on the old (initial, 0.2 s) RTO was lost, not slow: the RTO stays as
+    measured and the next send goes out on it."""
+    lost = StubUdp("a", [None, None, 0.01])
+
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        pool = UpstreamPool([lost], OPTIONS)
+        waiting = loop.create_task(pool.exchange(QUESTION, False, False, loop.time() + 2.0))
+        await asyncio.sleep(0.05)
+        pool._won(lost, 0.001)  # another query's reply: RTO down to the 50 ms floor
+        await asyncio.sleep(0.17)  # past the first send's RTO (0.2 s): the second went out
+        after_loss = (lost.sent, pool.health["a"].rto)
+        await waiting
+        return after_loss
+
+    sent, rto = asyncio.run(scenario())
+    assert sent == 2 and rto == pytest.approx(0.05)  # not backed off to 0.4
