@@ -25,13 +25,14 @@ class FormatError(ResolverError):
 
     ``question_end`` is set when the header and question were readable, so the
     error reply can echo the question; ``rcode`` lets the parser ask for NOTIMP or
-    BADVERS instead of FORMERR.
+    BADVERS instead of FORMERR (or REFUSED for a question we do not serve).
     """
 
-    def __init__(self, reason: str, rcode: int = 1, question_end: int = 0):
+    def __init__(self, reason: str, rcode: int = 1, question_end: int = 0, edns: bool = False):
         self.reason = reason
         self.rcode = rcode
         self.question_end = question_end
+        self.edns = edns  # the query had an OPT record: the reply carries one too (RFC 6891 §7)
         super().__init__(reason)
 
 

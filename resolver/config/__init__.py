@@ -58,7 +58,7 @@ class UpstreamAddress:
 class UpstreamOptions:
     """How hard to try upstreams before giving up or falling back to stale data."""
 
-    attempt_timeout: float = 1.0  # one try at one upstream
+    attempt_timeout: float = 1.0  # initial retransmission timeout (RTO): see attempt_timeout_min/_max
     total_timeout: float = 4.0  # whole resolution; past it a never-cached name gets SERVFAIL
     max_failures: int = 3  # consecutive failures before an upstream is marked down
     backoff: float = 1.0  # first down period; doubles after each failed probe ...
@@ -70,6 +70,10 @@ class UpstreamOptions:
     policy: str = "sequential"  # sequential | round_robin | fastest (lowest smoothed latency first)
     hedge_after: float = -1.0  # ask the next upstream too after this long; -1 = "auto", 0 = "off"
     tls_ca_file: str = ""  # CA bundle (PEM) to verify tls:// upstreams; "" = the system store
+    # Once an upstream has answered, its RTO is SRTT + 4·RTTVAR (RFC 6298), doubled on each
+    # timeout, kept within these; a send past its RTO keeps listening until total_timeout.
+    attempt_timeout_min: float = 0.05  # floor (Unbound's): LAN upstreams answer in a millisecond
+    attempt_timeout_max: float = 4.0  # ceiling
 
 
 @dataclass(frozen=True, slots=True)
@@ -520,6 +524,9 @@ def _check_ranges(c: Config) -> None:
     levels, formats = ", ".join(LOG_LEVELS), ", ".join(LOG_FORMATS)
     rules = [
         ("upstream.attempt_timeout", u.attempt_timeout > 0, "must be greater than 0"),
+        ("upstream.attempt_timeout_min", u.attempt_timeout_min > 0, "must be greater than 0"),
+        ("upstream.attempt_timeout_max", u.attempt_timeout_max >= u.attempt_timeout_min,
+         f"must be at least upstream.attempt_timeout_min ({u.attempt_timeout_min:g})"),
         ("upstream.total_timeout", u.total_timeout >= u.attempt_timeout,
          f"must be at least upstream.attempt_timeout ({u.attempt_timeout:g})"),
         ("upstream.max_failures", u.max_failures >= 1, "must be at least 1"),

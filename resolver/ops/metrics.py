@@ -324,6 +324,10 @@ def outage_families(s: Stats, pool: UpstreamPool):
     yield probes
     yield CounterMetricFamily("resolver_upstream_hedges", "Second upstreams asked because the first was slow.",
                               value=pool.hedges)
+    yield CounterMetricFamily("resolver_upstream_retransmits",
+                              "Queries sent again to the same upstream past its retransmission timeout "
+                              "(a fresh ID and source port; the earlier send still listens).",
+                              value=pool.retransmits)
     yield CounterMetricFamily("resolver_prefetches", "Background refreshes of entries asked near the end of their TTL.",
                               value=s.prefetches)
     yield CounterMetricFamily("resolver_answers_vanished",

@@ -8,7 +8,7 @@ Pure functions over the pool's health records, so the choices are table-tested:
   gets measured), as dnsdist's ``leastOutstanding``/CoreDNS's ``random``-free path.
 
 Latency is smoothed as TCP does its RTT (RFC 6298 §2: SRTT with gain 1/8, RTTVAR
-with gain 1/4).  ``hedge_delay`` is how long to wait for one upstream before also
+with gain 1/4), and gives each upstream its retransmission timeout (``rto``).  ``hedge_delay`` is how long to wait for one upstream before also
 asking the next: a fixed ``hedge_after``, or by default SRTT + 2·RTTVAR (about the
 90th percentile for a roughly normal latency), never below 10 ms; an upstream not
 yet measured is given the whole attempt timeout.
@@ -22,8 +22,16 @@ HEDGE_OFF = 0.0    # hedge_after "off"
 _MIN_HEDGE = 0.01
 
 
-def observe(health, rtt: float) -> None:
-    """Fold one round-trip time into ``health.srtt`` / ``health.rttvar`` (RFC 6298 §2.2-2.3)."""
+def observe(health, rtt: float, rto_min: float = 0.05, rto_max: float = 4.0) -> None:
+    """Fold one round-trip time into ``health.srtt`` / ``health.rttvar`` and set its
+    retransmission timeout ``health.rto`` = SRTT + 4·RTTVAR (RFC 6298 §2.2-2.3),
+    clamped to [``rto_min``, ``rto_max``].
+
+    RFC 6298 §2.4's 1 s floor is for TCP segments; a DNS server on the same LAN
+    answers in a millisecond, so the floor is Unbound's 50 ms instead (a premature
+    retransmission costs one datagram here, not a congestion-window collapse).
+    A new sample replaces any backed-off RTO (RFC 6298 §5.7).
+    """
     if health.samples == 0:
         health.srtt = rtt
         health.rttvar = rtt / 2
@@ -31,6 +39,15 @@ def observe(health, rtt: float) -> None:
         health.rttvar = 0.75 * health.rttvar + 0.25 * abs(health.srtt - rtt)
         health.srtt = 0.875 * health.srtt + 0.125 * rtt
     health.samples += 1
+    health.rto = min(rto_max, max(rto_min, health.srtt + 4 * health.rttvar))
+
+
+def rto(health, initial: float, rto_min: float, rto_max: float) -> float:
+    """How long the next send to this upstream may go unanswered before another
+    goes out: the measured RTO, or ``initial`` (``attempt_timeout``, RFC 6298 §2.1's
+    initial RTO) before any sample, and backed off by timeouts (RFC 6298 §5.5)."""
+    value = health.rto or initial
+    return min(rto_max, max(rto_min, value))
 
 
 def order(usable: list, health: dict, policy: str, turn: int) -> list:

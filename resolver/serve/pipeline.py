@@ -7,8 +7,10 @@ The order of the stages, and why:
    failure recheck timer runs — is answered right here, synchronously, from the
    datagram callback: no parse, no task, no coroutine.  This is most traffic.
 2. **Parse** (``resolve``): everything else is validated strictly; malformed
-   queries get FORMERR/NOTIMP/BADVERS or are dropped, before any cache or upstream
-   work is spent on them.
+   queries get FORMERR/NOTIMP/BADVERS or are dropped, and questions a forwarder
+   does not serve (non-IN classes, zone transfers) get REFUSED, before any cache
+   or upstream work is spent on them — so no client can make an upstream look
+   broken by asking it what it refuses.
 2b. **Local answers** (``local.py``): localhost, local_records, the hosts file and
    block_zones, answered here and never cached, so they are never stale and no
    upstream answer can shadow them.
@@ -285,9 +287,10 @@ class Pipeline:
             stats.dropped_malformed += 1
             return None
         except FormatError as e:
-            stats.formerr += 1
+            if e.rcode != wire.REFUSED:  # REFUSED: a question we do not serve (non-IN class, AXFR)
+                stats.formerr += 1
             self._sent(Source.LOCAL, e.rcode)
-            return wire.error_reply(data, e.rcode, e.question_end, edns=e.rcode == wire.BADVERS,
+            return wire.error_reply(data, e.rcode, e.question_end, edns=e.rcode == wire.BADVERS or e.edns,
                                     udp_size=self.edns_size)
         if not chase:
             stats.queries_by_type[qtype_label(q.qtype)] += 1
@@ -536,10 +539,13 @@ class Pipeline:
         self._start_fetch(key, question, flags > 0 and bool(flags & wire.KEY_CD),
                           flags > 0 and bool(flags & wire.KEY_DO))
 
-    def _hold(self, entry: Entry, now: float) -> None:
-        """Start the RFC 8767 §4 failure recheck timer on ``entry`` under the current epoch."""
+    def _hold(self, entry: Entry, now: float, epoch: int | None = None) -> None:
+        """Start the RFC 8767 §4 failure recheck timer on ``entry`` under ``epoch`` (the
+        current one by default).  A fetch sent into an outage that fails after an
+        upstream came back holds under the epoch it was sent in, which no longer
+        holds: the next query fetches again instead of serving stale for ``recheck``."""
         entry.recheck_until = now + self.stale.recheck
-        entry.recheck_epoch = self.pool.epoch
+        entry.recheck_epoch = self.pool.epoch if epoch is None else epoch
 
     def _fetch_done(self, key: bytes, task: asyncio.Task) -> None:
         if self.inflight.get(key) is task:
@@ -551,6 +557,7 @@ class Pipeline:
         """Ask upstream and store the answer.  Returns the (possibly uncached) entry."""
         loop = running_loop()
         deadline = loop.time() + self.config.upstream.total_timeout
+        epoch = self.pool.epoch  # a failure is held (recheck) under the epoch it was sent in
         try:
             reply, _upstream = await self.pool.exchange(question, cd, do, deadline)
             cache_cfg = self.config.cache
@@ -558,11 +565,11 @@ class Pipeline:
                                         max_negative_ttl=cache_cfg.max_negative_ttl)
             self._check_vanished(key, question, prepared)
         except UpstreamError:
-            self._refresh_failed(key)
+            self._refresh_failed(key, epoch)
             raise
         except Exception as e:  # a bug must not leave waiters hanging: log, fail as upstream error
             log.exception("internal error while resolving %r", question)
-            self._refresh_failed(key)
+            self._refresh_failed(key, epoch)
             raise UpstreamError(f"internal error: {e}") from e
         now = self.clock.monotonic()
         if prepared.ttl > 0 and not prepared.tc:
@@ -607,12 +614,12 @@ class Pipeline:
         old.lkg_text = held.ede_text  # held answers carry the text too (via the slow path)
         raise held  # → _refresh_failed holds the entry (recheck)
 
-    def _refresh_failed(self, key: bytes) -> None:
+    def _refresh_failed(self, key: bytes, epoch: int | None = None) -> None:
         now = self.clock.monotonic()
         entry = self.cache.get(key)
         if entry is not None and now < entry.stale_until and entry.kind != wire.FAILURE:
             # RFC 8767 §4 failure recheck timer: answer this name stale at once for a while.
-            self._hold(entry, now)
+            self._hold(entry, now, epoch)
             return
         servfail_ttl = self.config.cache.servfail_ttl
         if servfail_ttl > 0 and (entry is None or now >= entry.stale_until):

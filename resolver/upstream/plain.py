@@ -9,13 +9,16 @@ With ``security.upstream_0x20`` the question's letters go out in random case and
 must come back exactly so; accepted replies are scrubbed of records unrelated to
 the question before anyone caches them (resolver/wire/scrub.py).
 UDP replies with TC=1 are retried over TCP (RFC 7766 §5); ``tcp://`` upstreams use
-TCP only.  Failures are typed (errors.Upstream*) and carry a fixed metric label.
+TCP only.  For UDP the pieces are public (``send_udp``, ``receive``, ``tcp_retry``, ``scrub``):
+the pool sends, times each datagram against the upstream's adaptive timeout and
+retransmits while earlier sockets keep listening (resolver/pool.py).  Failures are typed (errors.Upstream*) and carry a fixed metric label.
 """
 
 from __future__ import annotations
 
 import _socket
 import asyncio
+import errno
 import os
 import socket
 import struct
@@ -53,6 +56,10 @@ class _QueryIds:
 
 query_id = _QueryIds()
 
+# send() errors that mean "this datagram was dropped here", not "no route": an
+# nftables/iptables OUTPUT drop gives EPERM, a full device queue ENOBUFS/EAGAIN.
+_DATAGRAM_LOST = frozenset((errno.EPERM, errno.ENOBUFS, errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR))
+
 # The C socket type without the Python wrapper of ``socket.socket`` (whose
 # __init__/close are Python code): one of these is opened per upstream query.
 _UDP_NONBLOCK = socket.SOCK_DGRAM | socket.SOCK_NONBLOCK
@@ -73,6 +80,27 @@ class _Expiry:
         self.task.cancel()
 
 
+# Rcodes a server may send with an empty question section (FORMERR, SERVFAIL, NOTIMP,
+# REFUSED), as dnspython's ``Message.is_response`` allows.
+_ERROR_RCODES = frozenset((1, 2, 4, 5))
+
+
+def _error_without_question(reply: bytes, qid: int) -> bool:
+    """An error reply with our ID and no question (servers send FORMERR for a query
+    they cannot parse so).  Accepting it costs nothing in safety — it carries no
+    records to cache, and a forger needs our ID and port as for any reply — and
+    ignoring it would turn the server's "your question is bad" into a timeout, that
+    is into a failure of the upstream."""
+    return (len(reply) >= 12 and reply[0] << 8 | reply[1] == qid and reply[2] & 0x80
+            and reply[4:6] == b"\x00\x00" and (reply[3] & 0x0F) in _ERROR_RCODES)
+
+
+# One query datagram in flight, as a plain tuple (no Python-level constructor on the
+# miss path): (its socket — its own source port —, the ID, the question as sent
+# (0x20 case), the loop time it went out: the RTT sample is taken from it).
+UdpSend = tuple
+
+
 class Upstream:
     """A single upstream resolver address and how to talk to it."""
 
@@ -83,6 +111,9 @@ class Upstream:
         self.case_0x20 = case_0x20
         self.family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
         self.sockaddr = (address.host, address.port)
+        # Single datagrams: the pool times each send and may retransmit (a fresh ID
+        # and socket each time); over TCP the transport retransmits by itself.
+        self.udp = address.transport == "udp"
         self.mismatched = 0  # replies dropped for wrong ID/question: spoofing attempts or late replies
         self.scrubbed = 0  # records removed from replies as unrelated to the question
 
@@ -91,6 +122,8 @@ class Upstream:
         try:
             wire.check_reply_matches(reply, qid, sent)
         except UpstreamBadResponse:
+            if _error_without_question(reply, qid):
+                return True
             self.mismatched += 1
             return False
         if self.case_0x20 and not antispoof.case_matches(reply, sent):
@@ -113,9 +146,9 @@ class Upstream:
         loop = running_loop()
         if loop.time() >= deadline:
             raise UpstreamTimeout("no time left")
-        return self._scrub(await self._tcp(loop, question, cd, do, deadline), question)
+        return self.scrub(await self._tcp(loop, question, cd, do, deadline), question)
 
-    def _scrub(self, reply: bytes, question: bytes) -> bytes:
+    def scrub(self, reply: bytes, question: bytes) -> bytes:
         reply, removed = antispoof.scrub(reply, question)
         self.scrubbed += removed
         return reply
@@ -127,55 +160,81 @@ class Upstream:
             question = antispoof.randomize_case(question)
         return qid, question, wire.build_upstream_query(qid, question, cd, do, self.udp_size)
 
-    async def _udp(self, question: bytes, cd: bool, do: bool, deadline: float) -> bytes:
-        """One UDP exchange on a socket of its own (a fresh random source port);
-        a reply with TC=1 is asked again over TCP (RFC 7766 §5).
-
-        Written for the miss path's CPU budget, each step measured (bench/README.md):
-        a plain non-blocking C socket read with ``loop.sock_recv`` rather than a
-        transport/protocol pair (~20% less CPU per query) or ``add_reader`` (whose
-        check for a transport on the fd costs a KeyError in uvloop); the deadline is
-        a timer handle that cancels this task, as ``asyncio.timeout`` does, without
-        its context-manager cost.  ``connect`` makes the kernel drop datagrams from
-        any other source and report ICMP errors.
-        """
-        loop = running_loop()
-        if loop.time() >= deadline:
-            raise UpstreamTimeout("no time left")
+    # -- UDP, one datagram at a time (the pool decides when to send another) ----
+    def send_udp(self, question: bytes, cd: bool, do: bool, now: float) -> UdpSend:
+        """Send one query datagram on a socket of its own (a fresh random source port
+        and ID: RFC 5452 §9.2), without waiting.  ``connect`` makes the kernel drop
+        datagrams from any other source and report ICMP errors."""
         qid, sent, query = self._query(question, cd, do)
         try:
             sock = _socket.socket(self.family, _UDP_NONBLOCK)
         except OSError as e:
             raise UpstreamUnreachable(f"cannot open UDP socket: {e}") from None
-        timer = None
         try:
-            try:
-                sock.connect(self.sockaddr)
-                sock.send(query)
-            except OSError as e:
-                raise UpstreamUnreachable(f"UDP to {self.label}: {e}") from None
-            task = asyncio.current_task(loop)
-            expired = _Expiry(task)
-            timer = loop.call_at(deadline, expired.fire)
-            matches = self.matches
-            try:
-                while True:
-                    reply = await loop.sock_recv(sock, 65535)
-                    if matches(reply, qid, sent):
-                        break
-            except asyncio.CancelledError:
-                if expired.fired and task.uncancel() == 0:
-                    raise UpstreamTimeout(f"no UDP reply from {self.label}") from None
-                raise
-            except OSError as e:  # ICMP port/host unreachable on a connected socket
-                raise UpstreamUnreachable(f"{type(e).__name__}: {e}") from None
-        finally:
-            if timer is not None:
-                timer.cancel()
+            sock.connect(self.sockaddr)
+        except OSError as e:
             sock.close()
+            raise UpstreamUnreachable(f"UDP to {self.label}: {e}") from None
+        try:
+            sock.send(query)
+        except OSError as e:
+            if e.errno not in _DATAGRAM_LOST:
+                sock.close()
+                raise UpstreamUnreachable(f"UDP to {self.label}: {e}") from None
+            # Dropped on the way out (a local firewall's drop rule, a full queue): a
+            # lost datagram like any other, so the RTO timer sends it again.
+        return sock, qid, sent, now
+
+    async def receive(self, loop, send: UdpSend) -> bytes:
+        """The reply to ``send`` as received (not scrubbed, TC not handled); waits until
+        cancelled.  Anything that does not match is ignored and counted.
+
+        A plain non-blocking C socket read with ``loop.sock_recv`` rather than a
+        transport/protocol pair (~20% less CPU per query) or ``add_reader`` (whose
+        check for a transport on the fd costs a KeyError in uvloop): bench/README.md.
+        The caller closes the socket.
+        """
+        matches = self.matches
+        sock, qid, sent, _started = send
+        try:
+            while True:
+                reply = await loop.sock_recv(sock, 65535)
+                if matches(reply, qid, sent):
+                    return reply
+        except OSError as e:  # ICMP port/host unreachable on a connected socket
+            raise UpstreamUnreachable(f"{type(e).__name__}: {e}") from None
+
+    def tcp_retry(self, question: bytes, cd: bool, do: bool, deadline: float) -> Awaitable[bytes]:
+        """The question again over TCP, after a UDP reply with TC=1 (RFC 7766 §5)."""
+        return self._tcp(running_loop(), question, cd, do, deadline)
+
+    async def _udp(self, question: bytes, cd: bool, do: bool, deadline: float) -> bytes:
+        """One datagram, waited for until ``deadline`` (health probes, direct use);
+        the pool's exchanges retransmit by their own timers instead.
+
+        The deadline is a timer handle that cancels this task, as ``asyncio.timeout``
+        does, without its context-manager cost.
+        """
+        loop = running_loop()
+        now = loop.time()
+        if now >= deadline:
+            raise UpstreamTimeout("no time left")
+        send = self.send_udp(question, cd, do, now)
+        task = asyncio.current_task(loop)
+        expired = _Expiry(task)
+        timer = loop.call_at(deadline, expired.fire)
+        try:
+            reply = await self.receive(loop, send)
+        except asyncio.CancelledError:
+            if expired.fired and task.uncancel() == 0:
+                raise UpstreamTimeout(f"no UDP reply from {self.label}") from None
+            raise
+        finally:
+            timer.cancel()
+            send[0].close()
         if reply[2] & 0x02:  # TC=1: the answer did not fit; ask again over TCP
-            reply = await self._tcp(loop, question, cd, do, deadline)
-        return self._scrub(reply, question)
+            reply = await self.tcp_retry(question, cd, do, deadline)
+        return self.scrub(reply, question)
 
     async def _tcp(self, loop, question, cd, do, deadline) -> bytes:
         qid, sent, query = self._query(question, cd, do)
@@ -202,4 +261,4 @@ class Upstream:
                 writer.transport.abort()
 
 
-__all__ = ["Upstream", "UpstreamError"]
+__all__ = ["UdpSend", "Upstream", "UpstreamError"]

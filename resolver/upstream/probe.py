@@ -4,12 +4,27 @@ The pool marks an upstream down after ``max_failures`` consecutive failures and,
 from then on, client queries skip it (and, once every upstream is down, stale
 answers go out at once).  Nothing client-driven would then ever find out that it
 came back, or only after a back-off that grows to ``backoff_max``.  So while an
-upstream is down, this module sends it one small query (``probe_name`` NS, RD=1)
-every ``probe_interval`` seconds, doubling up to ``probe_interval_max``: a dead
-upstream costs at most one query per interval, and a recovery is seen within about
-an interval plus a round trip.  The first usable reply marks it up, which bumps
-the pool's epoch so names held by the failure recheck timer are refreshed on
-their next query (fresh data within about a second of recovery).
+upstream is down, this module sends it one small query every ``probe_interval``
+seconds, doubling up to ``probe_interval_max``: a dead upstream costs at most one
+query per interval, and a recovery is seen within about an interval plus a round
+trip.  A useful reply marks it up, which bumps the pool's epoch so names held by
+the failure recheck timer are refreshed on their next query (fresh data within
+about a second of recovery).
+
+What to ask: the question that last failed in this pool (``pool.failed_question``
+— a name the group is serving stale right now), else ``probe_name`` NS.  The root
+NS question alone is not enough: an authoritative-only upstream (a corporate
+server, a Kubernetes zone's server, NSD, knot) answers it REFUSED forever.  The
+verdicts:
+
+* NOERROR or NXDOMAIN: the upstream resolves names again → up.
+* SERVFAIL (or another failure rcode), silence, ICMP: still down.  An upstream
+  that SERVFAILs everything stays down.
+* REFUSED / FORMERR / NOTIMP: reachable, but the reply is about the question, so
+  the next probe asks the other question; when both questions (or the only one)
+  got such replies the upstream is marked up: it is answering, and real queries
+  judge it from there (a reply about the client's question never marks it down
+  again, so a REFUSED to ". NS" cannot keep it down forever).
 
 One probe loop per down upstream; the loop ends when the upstream is up again,
 from a probe or from client traffic.
@@ -41,7 +56,7 @@ class Prober:
 
     def __init__(self, options: UpstreamOptions):
         self.options = options
-        self.question = probe_question(options.probe_name)
+        self.question = probe_question(options.probe_name)  # the fallback question
         self.tasks: dict[tuple[int, str], asyncio.Task] = {}
         self.closed = False
 
@@ -69,16 +84,32 @@ class Prober:
         health = pool.health[upstream.label]
         interval = self.options.probe_interval
         in_flight: set[asyncio.Task] = set()
+        inconclusive: set[bytes] = set()  # questions answered REFUSED/FORMERR/NOTIMP
+        sent = 0
+
+        def judged(task: asyncio.Task, question: bytes) -> None:
+            in_flight.discard(task)
+            if task.cancelled() or task.exception() is not None or task.result() is not None:
+                return
+            inconclusive.add(question)  # reachable; is every question we have inconclusive?
+            if not health.up and inconclusive >= set(self._questions(pool)):
+                pool.mark_up(upstream)
+
         try:
             while not health.up:
                 await asyncio.sleep(interval)
                 if health.up:  # a probe or client traffic got a good answer meanwhile
                     return
                 if len(in_flight) < _MAX_IN_FLIGHT:
+                    # Alternate between the questions not yet answered inconclusively, so a
+                    # name that fails on its own (a broken zone) cannot hide a recovery.
+                    questions = [q for q in self._questions(pool) if q not in inconclusive] or [self.question]
+                    question = questions[sent % len(questions)]
+                    sent += 1
                     deadline = loop.time() + self.options.attempt_timeout
-                    task = loop.create_task(pool.probe(upstream, self.question, deadline))
+                    task = loop.create_task(pool.probe(upstream, question, deadline))
                     in_flight.add(task)
-                    task.add_done_callback(in_flight.discard)
+                    task.add_done_callback(lambda t, q=question: judged(t, q))
                 interval = min(interval * 2, self.options.probe_interval_max)
         except asyncio.CancelledError:
             raise
@@ -87,6 +118,13 @@ class Prober:
         finally:
             for task in in_flight:
                 task.cancel()
+
+    def _questions(self, pool: UpstreamPool) -> tuple[bytes, ...]:
+        """What to ask, best first: the question that last failed, then ``probe_name`` NS."""
+        failed = pool.failed_question
+        if failed is None or failed == self.question:
+            return (self.question,)
+        return (failed, self.question)
 
     async def close(self) -> None:
         self.closed = True

@@ -83,6 +83,8 @@ class _Connection:
 class TlsUpstream:
     """One DoT upstream; ``exchange(question, cd, do, deadline)`` like ``Upstream``."""
 
+    udp = False  # one exchange per query: TCP retransmits by itself, the pool never re-sends
+
     def __init__(self, address: UpstreamAddress, udp_size: int, context: ssl.SSLContext):
         self.address = address
         self.label = address.label

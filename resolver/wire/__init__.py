@@ -30,6 +30,8 @@ BADVERS = 16
 # Record types this module treats specially
 TYPE_SOA = 6
 TYPE_OPT = 41
+TYPE_IXFR, TYPE_AXFR = 251, 252
+CLASS_IN = 1
 
 # Kinds of upstream replies (RFC 2308 §1 / §2)
 POSITIVE, NODATA, NEGATIVE_NXDOMAIN, FAILURE = "positive", "nodata", "nxdomain", "failure"
@@ -230,7 +232,38 @@ def parse_query(data: bytes) -> Query:
                 raise FormatError(f"EDNS version {version}", rcode=BADVERS, question_end=qend)
     if off != len(data):
         raise FormatError("trailing bytes after the last record", question_end=qend)
+    if data[qend - 2 : qend] != _CLASS_IN_BYTES or (not data[qend - 4] and data[qend - 3] in _UNSERVED_TYPES):
+        _check_question(data[qend - 4 : qend], qend, edns)  # raises: not a question we serve
     return Query(data, qend, edns, udp_size, do)
+
+
+_CLASS_IN_BYTES = b"\x00\x01"
+# The qtypes below 256 that ``_check_question`` refuses or answers FORMERR (every
+# qtype above 255 is an ordinary one): OPT, the meta-types 128-250, IXFR, AXFR,
+# MAILB, MAILA — all of 128-254, ANY (255) excepted.
+_UNSERVED_TYPES = frozenset((41, *range(128, 255)))
+
+
+def _check_question(tail: bytes, qend: int, edns: bool) -> None:
+    """Refuse, here and without asking upstream, questions a forwarder does not serve.
+
+    As Unbound does (daemon/worker.c, worker_handle_request): zone transfers are
+    REFUSED, and the meta-types that cannot be a question — OPT (RFC 6891 §6.1.1),
+    TKEY, TSIG, MAILA, MAILB and the range 128-248 (RFC 6895 §3.1) — get FORMERR.
+    Classes other than IN (CHAOS, HESIOD, NONE, ANY, 0) are REFUSED: upstreams
+    refuse them too (an authoritative server for IN zones has nothing in CH), and
+    forwarding them would let clients make healthy upstreams look broken.
+    (dnsmasq answers CHAOS *.bind/*.server itself, NOTIMP otherwise.)  qtype ANY
+    (255) in class IN is a question like any other and goes upstream.
+    """
+    qtype = tail[0] << 8 | tail[1]
+    qclass = tail[2] << 8 | tail[3]
+    if qclass != CLASS_IN:
+        raise FormatError(f"class {qclass} is not served", rcode=REFUSED, question_end=qend, edns=edns)
+    if qtype == TYPE_AXFR or qtype == TYPE_IXFR:
+        raise FormatError("zone transfers are not served", rcode=REFUSED, question_end=qend, edns=edns)
+    if qtype == TYPE_OPT or 128 <= qtype <= 250 or qtype == 253 or qtype == 254:
+        raise FormatError(f"qtype {qtype} is not a question", question_end=qend, edns=edns)
 
 
 def error_reply(data: bytes, rcode: int, question_end: int = 0, edns: bool = False,

@@ -12,6 +12,7 @@ installs them); skipped elsewhere.
 from __future__ import annotations
 
 import os
+import random
 import socket
 import time
 
@@ -42,8 +43,9 @@ def ask_all(port: int, names: list[str], timeout: float = 6.0) -> dict[str, dns.
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
         pending = {}
-        for name in names:
-            q = dns.message.make_query(name, "A", use_edns=0)
+        first = random.randrange(0x10000)
+        for i, name in enumerate(names):  # distinct IDs, so no reply can stand for another
+            q = dns.message.make_query(name, "A", use_edns=0, id=(first + i) & 0xFFFF)
             pending[q.id] = name
             sock.sendto(q.to_wire(), ("127.0.0.1", port))
         replies = {}

@@ -57,6 +57,7 @@ def test_local_names_never_reach_the_upstream_and_never_go_stale(fake_upstream, 
 def test_hosts_file_answers_reloads_and_purges_the_cache(tmp_path, fake_upstream, start_forwarder, caplog):
     hosts = tmp_path / "hosts"
     hosts.write_text("192.0.2.7 nas.lan nas\n")
+    fake_upstream.serve_zones("lan", "in-addr.arpa")  # authoritative for the reverse zone too
     fake_upstream.answer("new.lan", "A", "203.0.113.1")
     fwd = start_forwarder([fake_upstream.address],
                           hosts_file={"enabled": True, "path": str(hosts), "ttl": 30, "check_interval": 0.05})

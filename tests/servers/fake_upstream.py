@@ -9,6 +9,7 @@ listens on UDP and TCP on the same free port of 127.0.0.1.
     up.mode("servfail")                 # every query now gets SERVFAIL
     up.mode("drop", name="slow.test")   # ... except slow.test, which gets nothing
     up.delay(0.3)                       # every reply 300 ms late
+    up.loss(0.3); up.lose_next(1)       # random / deterministic loss of UDP queries
     up.close_port(); up.open_port()     # port unreachable, then back on the same port
     up.calls                            # [("udp", "www.test", "A"), ...]
     up.stop()
@@ -30,6 +31,20 @@ empty      NOERROR, no answer records, the SOA in authority
 wrong_case the normal answer, but the question's letters in swapped case (0x20 tests)
 pollute    the normal answer plus unrelated records: an A record for
            evil.example in the answer section and in authority (scrubbing tests)
+
+Like a real authoritative server (NSD, knot, a corporate or Kubernetes zone's
+server), it serves only its zones, and only class IN, and answers REFUSED to:
+
+* names outside its zones — by default ``test.`` plus the top-level zone of every
+  name it was given records for (``www.example.com`` → ``com.``; the same zone whose
+  SOA goes into its negative answers; ``clear``/``nxdomain`` delete names, the
+  zone stays served), or exactly ``zones=[...]`` / ``serve_zones(...)``;
+  so ``. NS`` is REFUSED unless it serves the root (``zones=["."]``);
+* classes other than IN (CHAOS ``version.bind`` included);
+* zone transfers (AXFR, IXFR).
+
+These refusals apply in every mode that answers normally; the failure modes
+(drop, garbage, servfail, refused) behave the same for every question.
 
 ``raw_names`` lists the question names as received, case preserved.
 """
@@ -72,6 +87,16 @@ def _zone_of(name: str) -> str:
     return name.rsplit(".", 1)[-1] + "."
 
 
+def _raw_question(data: bytes) -> bytes:
+    """The first question's bytes (uncompressed name, type, class), or b"" if unreadable."""
+    off = 12
+    while off < len(data) and 0 < data[off] < 64:
+        off += 1 + data[off]
+    if off >= len(data) or data[off] != 0 or off + 5 > len(data) or data[4:6] != b"\x00\x01":
+        return b""
+    return data[12:off + 5]
+
+
 class _UDPProtocol(asyncio.DatagramProtocol):
     def __init__(self, owner: "FakeUpstream"):
         self.owner = owner
@@ -87,6 +112,8 @@ class _UDPProtocol(asyncio.DatagramProtocol):
             if transport is not None and not transport.is_closing():
                 transport.sendto(reply, addr)
 
+        if len(data) >= 2:
+            self.owner.received.append((int.from_bytes(data[:2], "big"), addr[1]))
         self.owner._spawn(self.owner._respond(data, "udp", send))
 
     def error_received(self, exc) -> None:  # ICMP from a client that went away
@@ -96,8 +123,13 @@ class _UDPProtocol(asyncio.DatagramProtocol):
 class FakeUpstream:
     """A fault-injecting DNS server on 127.0.0.1 (UDP and TCP, same port)."""
 
-    def __init__(self, port: int = 0):
+    def __init__(self, port: int = 0, zones: list[str] | tuple[str, ...] | None = None):
         self.port: int = port
+        # None: "test." plus the top-level zone of each record's name (see the module doc).
+        self._zones: set[str] | None = None if zones is None else {_norm(z) for z in zones}
+        # Zones of every record ever added: removing a name (``nxdomain``, ``clear``) deletes
+        # it from its zone, which is still served (NXDOMAIN, not REFUSED), as on a real server.
+        self._record_zones: set[str] = {"test"}
         self._lock = threading.Lock()
         self._records: dict[str, list[tuple[str, RR]]] = {}
         self._mode = "normal"
@@ -107,7 +139,9 @@ class FakeUpstream:
         self._calls: list[tuple[str, str, str]] = []
         self.raw_names: list[str] = []
         self._loss = 0.0
+        self._lose_next = 0
         self._rng = random.Random(5)
+        self.received: list[tuple[int, int]] = []  # (query ID, client port) of each UDP query
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._udp: asyncio.DatagramTransport | None = None
@@ -243,6 +277,7 @@ class FakeUpstream:
             rr = rrs[0]
         with self._lock:
             self._records.setdefault(key, []).append((rtype, rr))
+            self._record_zones.add(_zone_of(key).rstrip(".") or ".")
         return self
 
     def nxdomain(self, name: str) -> "FakeUpstream":
@@ -252,6 +287,21 @@ class FakeUpstream:
         return self
 
     remove = nxdomain
+
+    def serve_zones(self, *zones: str) -> "FakeUpstream":
+        """Serve exactly these zones ("." = every name); no argument: back to the default."""
+        with self._lock:
+            self._zones = {_norm(z) for z in zones} if zones else None
+        return self
+
+    def serves(self, name: str) -> bool:
+        """Is ``name`` inside one of the zones this server is authoritative for?"""
+        name = _norm(name)
+        with self._lock:
+            zones = self._record_zones if self._zones is None else self._zones
+        if "." in zones:
+            return True
+        return any(name == z or name.endswith("." + z) for z in zones)
 
     def clear(self) -> "FakeUpstream":
         """Forget every record and per-name setting; global mode back to normal, no delay."""
@@ -291,6 +341,12 @@ class FakeUpstream:
         with self._lock:
             self._loss = float(fraction)
             self._rng = random.Random(seed)
+        return self
+
+    def lose_next(self, count: int = 1) -> "FakeUpstream":
+        """Drop the next ``count`` UDP queries, as lost datagrams (deterministic loss)."""
+        with self._lock:
+            self._lose_next = int(count)
         return self
 
     @property
@@ -340,7 +396,15 @@ class FakeUpstream:
     async def _respond(self, data: bytes, transport: str, send: Callable[[bytes], None]) -> None:
         try:
             query = DNSRecord.parse(data)
-        except Exception:  # noqa: BLE001 - not DNS: nothing sensible to answer
+        except Exception:  # noqa: BLE001 - unreadable past the header
+            if len(data) >= 12 and not data[2] & 0x80:
+                # dnslib cannot read it (e.g. a name with non-ASCII bytes, which a real
+                # server reads fine): a name outside our zones, so REFUSED with the
+                # question echoed; FORMERR without a question if even that is unreadable.
+                question = _raw_question(data)
+                rcode = RCODE.REFUSED if question else RCODE.FORMERR
+                send(data[:2] + bytes((0x80 | (data[2] & 0x79), 0x80 | rcode)) +
+                     (b"\x00\x01" if question else b"\x00\x00") + b"\x00" * 6 + question)
             return
         if query.header.qr or not query.questions:
             return
@@ -352,6 +416,9 @@ class FakeUpstream:
             mode = self._name_mode.get(qname, self._mode)
             delay = self._name_delay.get(qname, self._delay)
             lost = transport == "udp" and self._loss > 0 and self._rng.random() < self._loss
+            if transport == "udp" and self._lose_next > 0:
+                self._lose_next -= 1
+                lost = True
         if lost:
             return
         if delay > 0:
@@ -364,8 +431,9 @@ class FakeUpstream:
         reply = self._reply_skeleton(query)
         if mode == "servfail":
             reply.header.rcode = RCODE.SERVFAIL
-        elif mode == "refused":
+        elif mode == "refused" or self._refuses(query, qname):
             reply.header.rcode = RCODE.REFUSED
+            reply.header.aa = 0
         elif mode == "empty":
             reply.add_auth(self._soa(qname))
         elif mode == "truncate" and transport == "udp":
@@ -387,6 +455,12 @@ class FakeUpstream:
                 reply.header.id = (query.header.id + 1) & 0xFFFF
             wire = reply.pack()
         send(wire)
+
+    def _refuses(self, query: DNSRecord, qname: str) -> bool:
+        """What a real authoritative server refuses: other classes, zone transfers,
+        names outside its zones (RFC 1035 §4.1.1 REFUSED: "for policy reasons")."""
+        q = query.q
+        return q.qclass != 1 or q.qtype in (QTYPE.AXFR, QTYPE.IXFR) or not self.serves(qname)
 
     @staticmethod
     def _opt(query: DNSRecord) -> RR | None:

@@ -4,7 +4,9 @@ Unbound serves the zone ``test.`` from an auth-zone file (``for-downstream``), s
 answers look like a real server's: CNAMEs inside the zone are followed, unknown
 names get NXDOMAIN and missing types NODATA, both with the zone's SOA (minimum 60,
 so the SOA in negative answers has TTL 60).  Every other name is REFUSED by a
-``local-zone: "." refuse``, so Unbound never sends a query anywhere: it also
+``local-zone: "." refuse`` (so ". NS" too: it is an authoritative-only upstream,
+as a corporate or a Kubernetes zone's server is; tests/integration/test_recovery.py
+relies on it), so Unbound never sends a query anywhere: it also
 listens on 127.0.0.1 only, its outgoing interface is 127.0.0.1 and its root hints
 point at 127.0.0.1.  Records are changed while it runs by rewriting the zone file
 and ``unbound-control auth_zone_reload test.`` over a unix socket in its directory

@@ -15,6 +15,7 @@ import pytest
 from resolver import wire
 from resolver.cache.store import Cache
 from resolver.config import parse_config
+from resolver.errors import FormatError
 from resolver.local.answers import BLOCK_TTL, Chase, LocalAnswers, purge
 from resolver.local.hosts import parse_hosts
 from resolver.wire.records import index
@@ -48,9 +49,21 @@ def ask(local: LocalAnswers, name: str, rdtype: str = "A", *, edns=True, rd=True
         q.flags |= dns.flags.CD
     if qid is not None:
         q.id = qid
-    query = wire.parse_query(q.to_wire())
+    query = validated(q.to_wire())
     reply = local.answer(query, limit or (query.udp_size), 1232)
     return None if reply is None else dns.message.from_wire(reply)
+
+
+def validated(data: bytes) -> wire.Query:
+    """``wire.parse_query``, but a question the parse stage refuses (a non-IN class or a
+    meta-type: the pipeline answers it REFUSED/FORMERR before local answers) is still
+    handed over, so local.py's own handling of any class stays tested on its own."""
+    try:
+        return wire.parse_query(data)
+    except FormatError as e:
+        if not (e.rcode == wire.REFUSED or e.reason.endswith("is not a question")):
+            raise
+        return wire.Query(data, e.question_end, e.edns, 1232 if e.edns else 512, False)
 
 
 def rrs(section):
@@ -217,7 +230,7 @@ def test_any_query_is_answered_or_passed_on_never_raises(labels, qtype, qclass, 
         qtype.to_bytes(2, "big") + qclass.to_bytes(2, "big")
     if edns:
         data += b"\x00\x00\x29\x04\xd0\x00\x00\x00\x00\x00\x00"
-    q = wire.parse_query(data)
+    q = validated(data)
     reply = local.answer(q, q.udp_size, 1232)
     if isinstance(reply, Chase):
         wire.parse_query(reply.subquery(q))

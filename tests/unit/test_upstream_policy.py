@@ -69,3 +69,31 @@ def test_hedge_delay(srtt, hedge_after, expect):
     if srtt is not None:
         policy.observe(h, srtt)
     assert policy.hedge_delay(h, hedge_after, 1.0) == pytest.approx(expect)
+
+
+# -- the retransmission timeout (RFC 6298 §2, §5.5; issue 13 item 2) ---------------------
+
+
+def test_rto_is_the_initial_value_before_any_sample():
+    assert policy.rto(Health(), 1.0, 0.05, 4.0) == 1.0
+    assert policy.rto(Health(), 9.0, 0.05, 4.0) == 4.0  # clamped like any RTO
+
+
+def test_rto_is_srtt_plus_four_rttvar_clamped():
+    h = Health()
+    policy.observe(h, 0.2, 0.05, 4.0)  # first sample: SRTT 0.2, RTTVAR 0.1
+    assert h.rto == pytest.approx(0.6) and policy.rto(h, 1.0, 0.05, 4.0) == pytest.approx(0.6)
+    fast = Health()
+    policy.observe(fast, 0.001, 0.05, 4.0)
+    assert fast.rto == 0.05  # the floor: a LAN upstream is not retransmitted to every 3 ms
+    slow = Health()
+    policy.observe(slow, 3.0, 0.05, 4.0)  # 3 + 4 x 1.5 = 9 > the ceiling
+    assert slow.rto == 4.0
+
+
+def test_a_new_sample_replaces_a_backed_off_rto():
+    h = Health()
+    policy.observe(h, 0.01, 0.05, 4.0)
+    h.rto = 3.2  # backed off by timeouts
+    policy.observe(h, 0.01, 0.05, 4.0)
+    assert h.rto == 0.05

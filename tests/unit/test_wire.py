@@ -827,3 +827,40 @@ def test_name_to_wire_and_text_round_trip():
 def test_opt_record_layout():
     opt = wire.opt_record(1232, True, b"", ext_rcode=1)
     assert opt == b"\x00\x00\x29\x04\xd0\x01\x00\x80\x00\x00\x00"
+
+
+# -- questions a forwarder does not serve (issue 13 item 5; Unbound's worker.c) -----------
+
+
+@pytest.mark.parametrize("qtype,qclass,rcode", [
+    (1, 3, wire.REFUSED),      # CHAOS
+    (16, 3, wire.REFUSED),     # CHAOS TXT (version.bind)
+    (1, 4, wire.REFUSED),      # HESIOD
+    (1, 255, wire.REFUSED),    # class ANY
+    (1, 254, wire.REFUSED),    # class NONE
+    (1, 0, wire.REFUSED),      # class 0
+    (252, 1, wire.REFUSED),    # AXFR
+    (251, 1, wire.REFUSED),    # IXFR
+    (41, 1, wire.FORMERR),     # OPT in the question: RFC 6891 §6.1.1
+    (250, 1, wire.FORMERR),    # TSIG
+    (249, 1, wire.FORMERR),    # TKEY
+    (253, 1, wire.FORMERR),    # MAILB
+    (254, 1, wire.FORMERR),    # MAILA
+    (128, 1, wire.FORMERR),    # meta-type range 128-248 (RFC 6895 §3.1)
+])
+def test_unserved_questions_are_refused_or_formerr_with_the_question_echoed(qtype, qclass, rcode):
+    for edns in (False, True):
+        data = header(ar=int(edns)) + question_bytes(qtype=qtype, qclass=qclass)
+        if edns:
+            data += wire.opt_record(1232, False)
+        with pytest.raises(FormatError) as info:
+            wire.parse_query(data)
+        e = info.value
+        assert (e.rcode, e.question_end, e.edns) == (rcode, 12 + len(question_bytes()), edns)
+
+
+@pytest.mark.parametrize("qtype", [1, 28, 255, 256, 257, 65, 0, 65535, 0x0129])
+def test_ordinary_qtypes_in_class_in_are_questions(qtype):
+    # ANY (255) and every type above 255 (0x0129: low byte 41, OPT's) are ordinary.
+    q = wire.parse_query(header() + question_bytes(qtype=qtype))
+    assert (q.qtype, q.qclass) == (qtype, 1)

@@ -71,9 +71,10 @@ def check_parse_query(data: bytes):
     except DropQuery:
         return None
     except FormatError as e:
-        assert e.rcode in (wire.FORMERR, wire.NOTIMP, wire.BADVERS)
+        assert e.rcode in (wire.FORMERR, wire.NOTIMP, wire.BADVERS, wire.REFUSED)
+        assert e.rcode != wire.REFUSED or e.question_end  # refused for its question: echoed
         assert e.question_end == 0 or 12 < e.question_end <= len(data)
-        reply = wire.error_reply(data, e.rcode, e.question_end, edns=e.rcode == wire.BADVERS)
+        reply = wire.error_reply(data, e.rcode, e.question_end, edns=e.rcode == wire.BADVERS or e.edns)
         assert reply[:2] == data[:2] and reply[2] & 0x80 and not reply[2] & 0x04
         return None
     assert isinstance(q, wire.Query)
