@@ -173,7 +173,6 @@ def choice(*allowed: str) -> Callable[[object, str], str]:
             raise ConfigError(key, f"must be one of: {', '.join(allowed)}, got {show(word)}")
         return word
 
-    parse.allowed = allowed
     return parse
 
 

@@ -76,13 +76,18 @@ class UpstreamOptions:
     total_timeout: float = setting(4.0, parse=parse.duration, unit="s")
     # consecutive failures before an upstream is marked down
     max_failures: int = setting(3, parse=parse.integer, unit="failures")
-    backoff: float = setting(1.0, parse=parse.duration, unit="s")  # first down period; doubles after each failed probe ...
-    backoff_max: float = setting(30.0, parse=parse.duration, unit="s")  # ... up to this, so a dead upstream costs little
-    edns_buffer_size: int = setting(1232, parse=parse.integer, unit="bytes")  # DNS flag day 2020: avoids IP fragmentation
+    # first down period; doubles after each failed probe ...
+    backoff: float = setting(1.0, parse=parse.duration, unit="s")
+    # ... up to this, so a dead upstream costs little
+    backoff_max: float = setting(30.0, parse=parse.duration, unit="s")
+    # DNS flag day 2020: avoids IP fragmentation
+    edns_buffer_size: int = setting(1232, parse=parse.integer, unit="bytes")
     # a down upstream is probed with "<probe_name> NS" in the background ...
     probe_name: str = setting(".", parse=parse.text)
-    probe_interval: float = setting(0.5, parse=parse.duration, unit="s")  # ... this often at first, doubling after each failed probe ...
-    probe_interval_max: float = setting(1.0, parse=parse.duration, unit="s")  # ... up to this: recovery is noticed within about a second
+    # ... this often at first, doubling after each failed probe ...
+    probe_interval: float = setting(0.5, parse=parse.duration, unit="s")
+    # ... up to this: recovery is noticed within about a second
+    probe_interval_max: float = setting(1.0, parse=parse.duration, unit="s")
     # sequential | round_robin | fastest (lowest smoothed latency first)
     policy: str = setting("sequential", parse=parse.choice(*POLICIES))
     # ask the next upstream too after this long; -1 = "auto", 0 = "off"
@@ -91,7 +96,8 @@ class UpstreamOptions:
     tls_ca_file: str = setting("", parse=parse.ca_file)
     # Once an upstream has answered, its RTO is SRTT + 4·RTTVAR (RFC 6298), doubled on each
     # timeout, kept within these; a send past its RTO keeps listening until total_timeout.
-    attempt_timeout_min: float = setting(0.05, parse=parse.duration, unit="s")  # floor (Unbound's): LAN upstreams answer in a millisecond
+    # The floor is Unbound's: LAN upstreams answer in a millisecond.
+    attempt_timeout_min: float = setting(0.05, parse=parse.duration, unit="s")  # floor
     attempt_timeout_max: float = setting(4.0, parse=parse.duration, unit="s")  # ceiling
 
 
