@@ -93,3 +93,58 @@ def test_every_config_module_postpones_annotations():
     (the old single module only worked because it did not)."""
     for path in sorted(CONFIG_PACKAGE.glob("*.py")):
         assert "from __future__ import annotations" in path.read_text(), path.name
+
+
+# Whole error lines, byte for byte, for the values whose parsing moved from a chain of
+# name tests into declared parsers (these lines were produced by the code before the move).
+WHOLE_MESSAGES = [
+    ({"upstream": {"policy": "random"}},
+     "upstream.policy: must be one of: sequential, round_robin, fastest, got 'random'"),
+    ({"upstream": {"policy": ""}}, "upstream.policy: expected a non-empty string, got ''"),
+    ({"stale": {"last_known_good": {"mode": "on"}}},
+     "stale.last_known_good.mode: must be one of: enforce, shadow, got 'on'"),
+    ({"security": {"refused_action": 1}}, "security.refused_action: expected a non-empty string, got 1"),
+    ({"logging": {"format": "xml"}}, "logging.format: must be one of: text, json, got 'xml'"),
+    ({"upstream": {"hedge_after": "never"}},
+     "upstream.hedge_after: expected a duration (seconds, or e.g. 500ms, 30s, 5m, 2h, 1d), got 'never'"),
+    ({"upstream": {"tls_ca_file": 3}},
+     "upstream.tls_ca_file: expected a file path (or \"\" for the system store), got 3"),
+    ({"admin": {"socket": None}}, "admin.socket: expected a socket path, \"auto\" or \"\" (none), got None"),
+    ({"admin": {"listen": 8953}}, "admin.listen: expected a non-empty string, got 8953"),
+    ({"cache": {"persist": {"path": []}}}, "cache.persist.path: expected a non-empty string, got []"),
+    ({"cache": {"prefetch": 1}}, "cache.prefetch: expected a fraction from 0 to below 1 (0.1 = last 10%), got 1"),
+    ({"logging": {"query_sample": "all"}}, "logging.query_sample: expected a number from 0 to 1, got 'all'"),
+    ({"hosts_file": {"ttl": "1.5s"}}, "hosts_file.ttl: expected a whole number of seconds, got '1.5s'"),
+    ({"security": {"client_limits_exempt": ["10.1.2.3/8"]}},
+     "security.client_limits_exempt[0]: expected a network such as 10.0.0.0/8: 10.1.2.3/8 has host bits set"),
+    ({"security": {"allow": []}},
+     "security.allow: must list at least one network (0.0.0.0/0 and ::/0 allow everyone)"),
+    ({"stale": {"last_known_good": {"zones": ["a..b"]}}},
+     "stale.last_known_good.zones[0]: expected a domain name such as example.com, got 'a..b'"),
+    ({"stale": {"rules": [{"match": ""}]}}, "stale.rules[0].match: is required (e.g. \"*.elb.amazonaws.com\")"),
+    ({"stale": {"rules": [{"enabled": True}]}}, "stale.rules[0].match: is required (e.g. \"*.elb.amazonaws.com\")"),
+    ({"stale": {"rules": [{"match": "*.Bad!"}]}},
+     "stale.rules[0].match: expected a domain name such as example.com, got 'bad!'"),
+    ({"stale": {"rules": {"match": "a"}}}, "stale.rules: expected a list, got {'match': 'a'}"),
+    ({"metrics": {"listen": "localhost:9153"}},
+     "metrics.listen: expected an IP address (not a hostname), got 'localhost'"),
+    ({"metrics": {"allow_remote_admin": True, "bogus": 1}},
+     "metrics.allow_remote_admin: removed: the admin API has its own listener now (admin.socket, or "
+     "admin.listen with admin.token_file for remote use)"),
+    ({"forward": [{"zone": "corp", "upstreams": []}]}, "forward[0].upstreams: must list at least one upstream"),
+    ({"forward": [None]}, "forward[0]: needs both 'zone' and 'upstreams'"),
+    ({"forward": "corp"}, "forward: expected a list of {zone, upstreams} mappings, got 'corp'"),
+    ({"workers": 0}, "workers: expected an integer from 1 to 256, or \"auto\", got 0"),
+    ({"resolv_conf": None}, "resolv_conf: expected a non-empty string, got None"),
+]
+
+
+@pytest.mark.parametrize("data, line", WHOLE_MESSAGES)
+def test_error_lines_are_unchanged(data, line, tmp_path):
+    from resolver.config import parse_config
+
+    resolv = tmp_path / "resolv.conf"
+    resolv.write_text("nameserver 127.0.0.1\n")
+    with pytest.raises(ConfigError) as info:
+        parse_config(data, resolv_conf=str(resolv))
+    assert str(info.value) == line
