@@ -30,7 +30,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import free_port
+from tests.support.unbound import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 HOST_CONFIG = REPO / "deploy" / "systemd" / "resolver.yaml"

@@ -21,8 +21,8 @@ import pytest
 import yaml
 
 from resolver.config import parse_config
-from tests.conftest import resolv_conf
-from tests.deploy.test_container_runtime import sandbox_or_skip
+from tests.support.image import sandbox_or_skip
+from tests.support.process import resolv_conf
 
 REPO = Path(__file__).resolve().parents[2]
 UNIT = REPO / "deploy" / "systemd" / "resolver.service"
@@ -180,7 +180,7 @@ def run_service(tmp_path: Path, caps: list[str]) -> dict:
             "command": exec_start_command(), "metrics": "127.0.0.1:9153",
             "env": {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": str(REPO),
                     "PYTHONDONTWRITEBYTECODE": "1"}}
-    out = subprocess.run(["unshare", "-m", "-n", "--", sys.executable, "-m", "tests.deploy.container_sandbox",
+    out = subprocess.run(["unshare", "-m", "-n", "--", sys.executable, "-m", "tests.support.container_sandbox",
                           json.dumps(spec)], capture_output=True, text=True, timeout=60, cwd=REPO,
                          env={**os.environ, "PYTHONPATH": str(REPO)})
     assert out.returncode == 0, out.stderr

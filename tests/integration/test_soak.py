@@ -26,7 +26,8 @@ from pathlib import Path
 import dns.message
 import dns.rcode
 
-from tests.conftest import free_port, resolv_conf
+from tests.support.process import resolv_conf
+from tests.support.unbound import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 SECONDS = float(os.environ.get("SOAK_SECONDS", "25"))

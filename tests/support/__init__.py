@@ -1,10 +1,15 @@
-"""DNS servers started by the integration tests; every one binds to 127.0.0.1 only.
+"""What the tests share; test modules import helpers from here only, never from each other.
 
-* :class:`UnboundServer` - a real Unbound process serving a static ``test.`` zone.
-* :class:`FakeUpstream` - an in-process, fault-injecting DNS upstream.
+* ``client``         asking a forwarder as a client would: ``ask`` (UDP/TCP), ``dig``, raw datagrams,
+                     TCP framing, ``eventually``, TTL and EDE readers.
+* ``forwarder``      the App in-process on real loopback sockets with a FakeClock (``advance()``).
+* ``fake_upstream``  an in-process, fault-injecting upstream that refuses like a real server.
+* ``unbound``        a real Unbound serving the zone ``test.``; ``DEFAULT_RECORDS``, ``free_port``.
+* ``packets``        queries, replies and cache entries built with dnslib, not with the code under test.
+* ``pipeline``       the pipeline without sockets (scripted ``FakePool`` from ``fake_pool``).
+* ``process``        the command as a real process: start, wait, files, metrics.
+* ``load``, ``netns`` client load; a network namespace with kernel faults.
+* ``image``, ``dockerfile``, ``container_sandbox``  the container image without a container engine.
+
+Every server here binds to 127.0.0.1 only.
 """
-
-from .fake_upstream import FakeUpstream
-from .unbound import UnboundServer, find_unbound, free_port
-
-__all__ = ["FakeUpstream", "UnboundServer", "find_unbound", "free_port"]
