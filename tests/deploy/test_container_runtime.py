@@ -18,6 +18,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.support import dockerfile as df
 from tests.support.image import CONTAINER_CONFIG, DOCKERFILE, REPO, healthcheck_command, image_command, sandbox_or_skip
 from tests.support.process import resolv_conf
@@ -49,6 +51,7 @@ def run_sandbox(tmp_path: Path, port_start: int) -> dict:
     return json.loads(out.stdout)
 
 
+@pytest.mark.netns
 def test_non_root_without_capabilities_serves_port_53_through_the_sysctl(tmp_path):
     result = run_sandbox(tmp_path, port_start=53)
     assert result.get("answer") == ["192.0.2.1"], result
@@ -60,6 +63,7 @@ def test_non_root_without_capabilities_serves_port_53_through_the_sysctl(tmp_pat
     assert "Traceback" not in result["stderr"]
 
 
+@pytest.mark.netns
 def test_without_the_sysctl_the_same_command_cannot_bind_port_53(tmp_path):
     result = run_sandbox(tmp_path, port_start=1024)
     assert "answer" not in result

@@ -187,6 +187,7 @@ def run_service(tmp_path: Path, caps: list[str]) -> dict:
     return json.loads(out.stdout)
 
 
+@pytest.mark.netns
 def test_exec_start_with_only_ambient_cap_net_bind_service_serves_port_53(tmp_path):
     assert one(directives(UNIT)["Service"], "AmbientCapabilities") == "CAP_NET_BIND_SERVICE"
     result = run_service(tmp_path, ["net_bind_service"])
@@ -197,6 +198,7 @@ def test_exec_start_with_only_ambient_cap_net_bind_service_serves_port_53(tmp_pa
     assert "Traceback" not in result["stderr"]
 
 
+@pytest.mark.netns
 def test_exec_start_without_the_capability_cannot_bind_port_53(tmp_path):
     result = run_service(tmp_path, [])
     assert "answer" not in result

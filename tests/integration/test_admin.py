@@ -271,6 +271,7 @@ def rss_kib(pid: int) -> int:
     raise AssertionError("no VmRSS")
 
 
+@pytest.mark.slow
 def test_clients_that_never_read_do_not_grow_memory(tmp_path, fake_upstream):
     """60 clients ask for the largest replies (metrics, a full pin list) and never read:
     each holds at most a chunk of the reply, and is cut off after the write timeout."""

@@ -45,6 +45,7 @@ def rcode_of(reply: bytes) -> int:
     return reply[3] & 0x0F
 
 
+@pytest.mark.slow
 def test_random_garbage_never_kills_the_listener(fwd):
     rng = random.Random(1)
     for size in list(range(0, 40)) + [100, 512, 1500, 4000]:

@@ -59,6 +59,7 @@ def stop(proc: subprocess.Popen) -> int:
         return proc.wait()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workers", [1, 2])
 def test_zero_gap_restart_under_load(unbound, tmp_path, workers):
     port = free_port()
@@ -109,6 +110,7 @@ def _children(pid: int) -> list[int]:
     return [int(p) for p in path.read_text().split()] if path.exists() else []
 
 
+@pytest.mark.slow
 def test_killed_worker_is_restarted_under_load(unbound, tmp_path):
     port = free_port()
     mport = metrics_ports(2, {port})  # worker 1 serves metrics on mport + 1

@@ -26,6 +26,7 @@ from tests.support.forwarder import RunningForwarder, forwarder_config
 from tests.support.unbound import UnboundServer, requires_unbound
 
 pytestmark = [
+    pytest.mark.netns,
     requires_unbound,
     pytest.mark.skipif(netns.available() is not None, reason=netns.available() or ""),
 ]

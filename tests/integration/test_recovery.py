@@ -96,6 +96,7 @@ def test_real_unbound_refuses_root_ns_and_outside_names(auth_unbound):
     assert auth_unbound.query("n0.test", "A").rcode() == 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["killed", "blackhole"])
 def test_recovery_from_a_real_authoritative_unbound(auth_unbound, start_forwarder, mode):
     """killed: the port is closed (ICMP port unreachable).  blackhole: Unbound is
@@ -125,6 +126,7 @@ def test_recovery_from_a_real_authoritative_unbound(auth_unbound, start_forwarde
 # -- the FakeUpstream, which refuses the same ---------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["drop", "servfail", "killed"])
 def test_recovery_from_an_authoritative_fake(fake_upstream, start_forwarder, mode):
     for i, name in enumerate(NAMES):

@@ -191,6 +191,7 @@ def test_trickling_tcp_client_is_closed_after_read_timeout(fake_upstream, start_
     assert fwd.metric("resolver_tcp_connections_closed_slow_total") == 1
 
 
+@pytest.mark.slow
 def test_tcp_client_that_never_reads_is_closed(fake_upstream, start_forwarder):
     """Pipelining queries without reading the replies cannot grow our buffers without bound."""
     fake_upstream.answer("www.test", "A", "192.0.2.1")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 from dnslib import AAAA, CNAME, NS, QTYPE, RR, SOA, TXT, A
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -20,6 +21,8 @@ from resolver.serve.pipeline import Pipeline
 from tests.support.packets import client_query, upstream_reply
 from tests.support.pipeline import make_pipeline as fast_path_pipeline
 from tests.support.pipeline import store
+
+pytestmark = pytest.mark.fuzz  # hypothesis searches, 300 examples each
 
 SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 TTLS = dict(min_ttl=0, max_ttl=86_400, max_negative_ttl=3_600)
