@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 
-import dns.edns
+import dns.flags
 import dns.message
 import dns.rcode
 import dns.rdatatype
@@ -26,9 +26,6 @@ def ask(pipe: Pipeline, data: bytes, tcp: bool = False) -> dns.message.Message:
     if reply is None:
         reply = asyncio.run(pipe.resolve(data, tcp))
     return dns.message.from_wire(reply)
-
-
-import dns.flags  # noqa: E402  (used by query())
 
 
 def test_miss_then_hit_ages_ttl_and_asks_upstream_once():
