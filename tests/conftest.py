@@ -1,12 +1,15 @@
-"""Shared fixtures and helpers.
+"""Shared fixtures; the helpers they use live in tests/support/.
 
 Fixtures:
-    unbound        a running UnboundServer (function scope) with DEFAULT_RECORDS
-    fake_upstream  a running FakeUpstream (function scope), no records, mode normal
+    unbound          a running UnboundServer (function scope) with DEFAULT_RECORDS
+    fake_upstream    a running FakeUpstream (function scope), no records, mode normal
+    second_upstream  another one
+    start_forwarder  factory for in-process RunningForwarders, stopped at teardown
+    resolv           a resolv.conf naming 127.0.0.1 (config tests), as a path string
 
-Helpers (plain functions; ``from tests.conftest import free_port, resolv_conf``):
-    free_port()                      a port free for both UDP and TCP on 127.0.0.1
-    resolv_conf(tmp_path, *ips)      writes tmp_path/"resolv.conf", returns its Path
+Marks (registered in pyproject.toml): every test under tests/deploy is ``deploy`` and every
+test under tests/fuzz is ``fuzz`` (set here, by directory); ``slow``, ``netns`` and the
+hypothesis ``fuzz`` tests elsewhere are marked where they are defined.
 
 Every server here binds to 127.0.0.1 only.
 """
@@ -17,43 +20,22 @@ from pathlib import Path
 
 import pytest
 
-from tests.servers.fake_upstream import FakeUpstream
-from tests.servers.unbound import UnboundServer, find_unbound, free_port
+from tests.support.fake_upstream import FakeUpstream
+from tests.support.unbound import DEFAULT_RECORDS, HAVE_UNBOUND, UnboundServer
 
-__all__ = ["DEFAULT_RECORDS", "BIG_TXT", "free_port", "resolv_conf", "requires_unbound"]
-
-# big.test: 40 TXT strings of 50 characters: the answer is ~2.4 kB, well over 512 bytes
-# (and over the 1232-byte EDNS default), so UDP replies come back with TC=1.
-BIG_TXT = [f"txt-{i:02d}-" + "x" * 43 for i in range(40)]
-
-DEFAULT_RECORDS = [
-    "www.test. 300 IN A 192.0.2.1",
-    "short.test. 2 IN A 192.0.2.2",
-    "v6.test. 300 IN AAAA 2001:db8::1",
-    "alias.test. 300 IN CNAME www.test.",
-    *[f'big.test. 300 IN TXT "{s}"' for s in BIG_TXT],
-]
-
-HAVE_UNBOUND = find_unbound("unbound") is not None and find_unbound("unbound-control") is not None
-
-requires_unbound = pytest.mark.skipif(
-    not HAVE_UNBOUND,
-    reason="the unbound binary is not installed (apt-get install unbound; `make test` does it)",
-)
+TESTS = Path(__file__).resolve().parent
+DIRECTORY_MARKS = {"deploy": pytest.mark.deploy, "fuzz": pytest.mark.fuzz}
 
 
-def resolv_conf(tmp_path: str | Path, *ips: str, options: list[str] | None = None,
-                search: list[str] | None = None) -> Path:
-    """Write ``tmp_path/resolv.conf`` with one ``nameserver`` line per ip."""
-    lines = []
-    if search:
-        lines.append("search " + " ".join(search))
-    lines += [f"nameserver {ip}" for ip in ips]
-    if options:
-        lines.append("options " + " ".join(options))
-    path = Path(tmp_path) / "resolv.conf"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+def pytest_collection_modifyitems(items):
+    """Mark whole directories, so a new test there cannot be forgotten by ``-m "not deploy"``."""
+    for item in items:
+        try:
+            top = Path(item.path).resolve().relative_to(TESTS).parts[0]
+        except ValueError:
+            continue
+        if top in DIRECTORY_MARKS:
+            item.add_marker(DIRECTORY_MARKS[top])
 
 
 @pytest.fixture
@@ -94,7 +76,7 @@ def second_upstream():
 def start_forwarder():
     """Factory: ``start_forwarder(upstreams, **sections)`` → a RunningForwarder, stopped at teardown;
     ``join=True`` starts it as a handover successor on addresses already bound."""
-    from tests.servers.forwarder import RunningForwarder, forwarder_config
+    from tests.support.forwarder import RunningForwarder, forwarder_config
 
     running = []
 
@@ -108,3 +90,11 @@ def start_forwarder():
     finally:
         for fwd in running:
             fwd.stop()
+
+
+@pytest.fixture
+def resolv(tmp_path):
+    """A resolv.conf of our own naming 127.0.0.1, so no test depends on the host's."""
+    path = tmp_path / "resolv.conf"
+    path.write_text("nameserver 127.0.0.1\n")
+    return str(path)

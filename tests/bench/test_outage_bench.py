@@ -251,6 +251,7 @@ def test_only_selects_one_test_and_quick_shrinks_the_outage():
     assert args.outage_modes == list(outage.MODES) and args.outage_servers == ["resolver", "unbound", "dnsmasq"]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("nsd") is None, reason="needs NSD (apt-get install nsd)")
 def test_tiny_outage_run_end_to_end(tmp_path):
     """bench/run.py --only outage on a tiny configuration: NSD pair, proxy, resolver, report."""

@@ -15,9 +15,8 @@ import dns.edns
 import dns.rcode
 
 from resolver.config import LastKnownGoodConfig
-
-from .test_outage_policies import ask_in_loop, settle
-from .test_pipeline import answers, ede_codes, make, query
+from tests.support.client import ede_codes
+from tests.support.pipeline import answers, ask_in_loop, make, query, settle
 
 
 def with_lkg(pipe, **values):

@@ -17,8 +17,7 @@ from resolver.config import StaleConfig, UpstreamOptions, parse_config
 from resolver.local.answers import LocalAnswers
 from resolver.serve.pipeline import Pipeline
 from resolver.stats import Stats
-
-from .fake_pool import FakePool
+from tests.support.fake_pool import FakePool
 
 
 def make():

@@ -13,26 +13,13 @@ import dataclasses
 
 import dns.message
 
-from .test_pipeline import answers, ede_codes, make, query
+from tests.support.client import ede_codes
+from tests.support.pipeline import answers, ask_in_loop, make, query, settle
 
 
 def with_client_timeout(pipe, seconds: float):
     config = pipe.config
     pipe.configure(dataclasses.replace(config, stale=dataclasses.replace(config.stale, client_timeout=seconds)))
-
-
-async def ask_in_loop(pipe, data: bytes, tcp: bool = False) -> dns.message.Message:
-    """As a listener would: the hit path, then the full path, inside the running loop."""
-    reply = pipe.answer_fast(data, tcp)
-    if reply is None:
-        reply = await pipe.resolve(data, tcp)
-    return dns.message.from_wire(reply)
-
-
-async def settle(pipe) -> None:
-    """Let background refreshes finish."""
-    while pipe.inflight:
-        await asyncio.gather(*pipe.inflight.values(), return_exceptions=True)
 
 
 # ------------------------------------------------------------------------ prefetch

@@ -8,45 +8,16 @@ One test per RFC 8767 behaviour, each with a short overview.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 
-import dns.edns
+import dns.flags
 import dns.message
 import dns.rcode
 import dns.rdatatype
 import pytest
 
-from resolver.cache.store import Cache
-from resolver.clock import FakeClock
-from resolver.config import CacheConfig, Config, StaleConfig, UpstreamOptions
 from resolver.serve.pipeline import Pipeline
-from resolver.stats import Stats
-
-from .fake_pool import FakePool
-
-CLIENT_TIMEOUT = 0.05
-
-
-def make(stale: dict | None = None, cache: dict | None = None, total_timeout: float = 0.3):
-    config = Config(
-        stale=dataclasses.replace(StaleConfig(), client_timeout=CLIENT_TIMEOUT, **(stale or {})),
-        cache=dataclasses.replace(CacheConfig(), **(cache or {})),
-        upstream=dataclasses.replace(UpstreamOptions(), attempt_timeout=total_timeout, total_timeout=total_timeout),
-    )
-    clock = FakeClock()
-    pool = FakePool()
-    pool.answer("www.test", "A", "192.0.2.1", ttl=300)
-    pool.answer("short.test", "A", "192.0.2.2", ttl=10)
-    stats = Stats()
-    pipe = Pipeline(config, Cache(config.cache.max_entries, stats.tally), pool, clock, stats)
-    return pipe, pool, clock, stats
-
-
-def query(name: str, rtype: str = "A", edns: bool = True, do: bool = False, cd: bool = False) -> bytes:
-    q = dns.message.make_query(name, rtype, use_edns=0 if edns else False, want_dnssec=do)
-    if cd:
-        q.flags |= dns.flags.CD
-    return q.to_wire()
+from tests.support.client import ede_codes
+from tests.support.pipeline import CLIENT_TIMEOUT, answers, make, query
 
 
 def ask(pipe: Pipeline, data: bytes, tcp: bool = False) -> dns.message.Message:
@@ -55,17 +26,6 @@ def ask(pipe: Pipeline, data: bytes, tcp: bool = False) -> dns.message.Message:
     if reply is None:
         reply = asyncio.run(pipe.resolve(data, tcp))
     return dns.message.from_wire(reply)
-
-
-def answers(msg: dns.message.Message) -> list[tuple[str, int]]:
-    return [(rr.to_text(), rrset.ttl) for rrset in msg.answer for rr in rrset]
-
-
-def ede_codes(msg: dns.message.Message) -> list[int]:
-    return [o.code for o in msg.options if o.otype == dns.edns.OptionType.EDE]
-
-
-import dns.flags  # noqa: E402  (used by query())
 
 
 def test_miss_then_hit_ages_ttl_and_asks_upstream_once():

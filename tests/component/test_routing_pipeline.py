@@ -13,8 +13,7 @@ from resolver.config import Config
 from resolver.serve.pipeline import Pipeline
 from resolver.stats import Stats
 from resolver.upstream.routing import Router
-
-from .fake_pool import FakePool
+from tests.support.fake_pool import FakePool
 
 
 class CountingRouter(Router):

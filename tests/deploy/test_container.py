@@ -29,14 +29,20 @@ import pytest
 import yaml
 
 from resolver.config import load_config, parse_address
-from tests.conftest import free_port, resolv_conf
-from tests.deploy import dockerfile as df
-from tests.servers.fake_upstream import FakeUpstream
+from tests.support import dockerfile as df
+from tests.support.fake_upstream import FakeUpstream
+from tests.support.image import (
+    CONTAINER_CONFIG,
+    DOCKERFILE,
+    IMAGE_CONFIG,
+    REPO,
+    healthcheck_command,
+    image_command,
+    image_files,
+)
+from tests.support.process import resolv_conf
+from tests.support.unbound import free_port
 
-REPO = Path(__file__).resolve().parents[2]
-DOCKERFILE = REPO / "Dockerfile"
-CONTAINER_CONFIG = REPO / "config" / "container.yaml"
-IMAGE_CONFIG = "/etc/resolver/resolver.yaml"
 ENV = {**os.environ, "PYTHONPATH": str(REPO)}  # this checkout's package, not an installed one
 
 
@@ -63,18 +69,6 @@ def test_hadolint_flags_a_bad_dockerfile(tmp_path):
                          timeout=60)
     assert out.returncode != 0
     assert "DL3007" in out.stdout and "DL3008" in out.stdout
-
-
-def image_files() -> dict[str, Path]:
-    """Image path -> repository file for the final stage's COPY instructions from the context."""
-    instructions = df.parse(DOCKERFILE)
-    final = max(i.stage for i in instructions)
-    files = {}
-    for i in instructions:
-        if i.keyword == "COPY" and i.stage == final and not i.args.startswith("--from"):
-            source, dest = i.args.split()
-            files[dest] = REPO / source
-    return files
 
 
 def container_config_ports(tmp_path: Path) -> tuple[set[int], int]:
@@ -146,27 +140,6 @@ def test_dockerignore_keeps_what_copy_needs_and_nothing_else():
         assert _ignored(path, patterns), f"{path} should not be in the build context"
 
 
-def image_command(config_path: Path) -> list[str]:
-    """ENTRYPOINT + CMD as this machine can run them: the console script's target function
-    (from pyproject's [project.scripts]) with this interpreter, the config path swapped."""
-    instructions = df.parse(DOCKERFILE)
-    entrypoint = df.last(instructions, "ENTRYPOINT").exec_form()
-    cmd = df.last(instructions, "CMD").exec_form()
-    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
-    module, function = scripts[entrypoint[0]].split(":")
-    argv = [sys.executable, "-c", f"import sys; from {module} import {function}; sys.exit({function}())"]
-    return argv + [str(config_path) if a == IMAGE_CONFIG else a for a in entrypoint[1:] + cmd]
-
-
-def healthcheck_command(config_path: Path) -> list[str]:
-    """The HEALTHCHECK CMD with image paths mapped to the repository's files."""
-    _, check = df.healthcheck_command(df.last(df.parse(DOCKERFILE), "HEALTHCHECK"))
-    files = image_files()
-    mapped = [str(config_path) if a == IMAGE_CONFIG else str(files.get(a, a)) for a in check]
-    assert mapped[0] in ("python", "python3")
-    return [sys.executable] + mapped[1:]
-
-
 def derived_config(tmp_path: Path, upstream: FakeUpstream) -> tuple[Path, int, int]:
     """config/container.yaml with listen and metrics moved to free loopback ports, and the
     upstreams left to a resolv.conf of the test's own — which can only name port 53, so that
@@ -212,7 +185,7 @@ def test_image_command_serves_with_the_container_config(tmp_path, upstream_on_53
     proc = subprocess.Popen(image_command(config), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env=ENV, cwd=tmp_path)
     try:
-        from tests.integration.test_cli import wait_for_dns
+        from tests.support.process import wait_for_dns
         wait_for_dns(port)
         reply = dns.query.udp(dns.message.make_query("www.test", "A"), "127.0.0.1", port=port, timeout=3)
         assert [rr.to_text() for rr in reply.answer[0]] == ["192.0.2.1"]

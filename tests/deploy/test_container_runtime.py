@@ -14,40 +14,19 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import resolv_conf
-from tests.deploy import dockerfile as df
-from tests.deploy.test_container import CONTAINER_CONFIG, DOCKERFILE, REPO, healthcheck_command, image_command
+from tests.support import dockerfile as df
+from tests.support.image import CONTAINER_CONFIG, DOCKERFILE, REPO, healthcheck_command, image_command, sandbox_or_skip
+from tests.support.process import resolv_conf
 
 
 def image_uid() -> int:
     return int(df.last(df.parse(DOCKERFILE), "USER").args.split(":")[0])
-
-
-def sandbox_or_skip(uid: int) -> None:
-    if os.geteuid() != 0:
-        pytest.skip("needs root to make network and mount namespaces (unshare -m -n)")
-    for tool in ("unshare", "setpriv", "ip", "mount"):
-        if shutil.which(tool) is None:
-            pytest.skip(f"{tool} is not installed (util-linux, iproute2)")
-    probe = subprocess.run(["unshare", "-m", "-n", "--", "sh", "-c",
-                            "ip link set lo up && echo 53 > /proc/sys/net/ipv4/ip_unprivileged_port_start"],
-                           capture_output=True, text=True, timeout=20)
-    if probe.returncode != 0:
-        pytest.skip(f"cannot make a network namespace with its own port sysctl here: {probe.stderr.strip()}")
-    # The unprivileged user must be able to run this interpreter and read this checkout.
-    can_run = subprocess.run(["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--",
-                              sys.executable, "-c", "import resolver.cli, yaml"],
-                             capture_output=True, text=True, timeout=30,
-                             env={**os.environ, "PYTHONPATH": str(REPO)}, cwd="/")
-    if can_run.returncode != 0:
-        pytest.skip(f"uid {uid} cannot run {sys.executable} on this checkout: {can_run.stderr.strip()[-200:]}")
 
 
 def run_sandbox(tmp_path: Path, port_start: int) -> dict:
@@ -65,13 +44,14 @@ def run_sandbox(tmp_path: Path, port_start: int) -> dict:
         "env": {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": str(REPO),
                 "PYTHONDONTWRITEBYTECODE": "1"},
     }
-    out = subprocess.run(["unshare", "-m", "-n", "--", sys.executable, "-m", "tests.deploy.container_sandbox",
+    out = subprocess.run(["unshare", "-m", "-n", "--", sys.executable, "-m", "tests.support.container_sandbox",
                           json.dumps(spec)], capture_output=True, text=True, timeout=60, cwd=REPO,
                          env={**os.environ, "PYTHONPATH": str(REPO)})
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout)
 
 
+@pytest.mark.netns
 def test_non_root_without_capabilities_serves_port_53_through_the_sysctl(tmp_path):
     result = run_sandbox(tmp_path, port_start=53)
     assert result.get("answer") == ["192.0.2.1"], result
@@ -83,6 +63,7 @@ def test_non_root_without_capabilities_serves_port_53_through_the_sysctl(tmp_pat
     assert "Traceback" not in result["stderr"]
 
 
+@pytest.mark.netns
 def test_without_the_sysctl_the_same_command_cannot_bind_port_53(tmp_path):
     result = run_sandbox(tmp_path, port_start=1024)
     assert "answer" not in result

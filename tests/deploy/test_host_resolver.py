@@ -30,7 +30,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import free_port
+from tests.support.unbound import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 HOST_CONFIG = REPO / "deploy" / "systemd" / "resolver.yaml"
@@ -143,6 +143,7 @@ def metric(mport: int, name: str) -> float:
                if line.startswith(name) and not line.startswith("#"))
 
 
+@pytest.mark.netns
 def test_glibc_resolves_through_the_forwarder_and_from_stale_cache_in_an_outage(tmp_path, fake_upstream):
     namespace_or_skip(tmp_path)
     listen_host = next((h for h in CANDIDATES if port_53_free(h)), None)

@@ -21,8 +21,8 @@ import yaml
 from resolver.app import App
 from resolver.config import Config, parse_config
 from resolver.ops.admin import Gate
-from tests.conftest import resolv_conf
-from tests.deploy import dockerfile as df
+from tests.support import dockerfile as df
+from tests.support.process import resolv_conf
 
 REPO = Path(__file__).resolve().parents[2]
 MANIFESTS = sorted((REPO / "deploy" / "kubernetes").glob("*.yaml"))

@@ -21,8 +21,8 @@ import pytest
 import yaml
 
 from resolver.config import parse_config
-from tests.conftest import resolv_conf
-from tests.deploy.test_container_runtime import sandbox_or_skip
+from tests.support.image import sandbox_or_skip
+from tests.support.process import resolv_conf
 
 REPO = Path(__file__).resolve().parents[2]
 UNIT = REPO / "deploy" / "systemd" / "resolver.service"
@@ -180,13 +180,14 @@ def run_service(tmp_path: Path, caps: list[str]) -> dict:
             "command": exec_start_command(), "metrics": "127.0.0.1:9153",
             "env": {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": str(REPO),
                     "PYTHONDONTWRITEBYTECODE": "1"}}
-    out = subprocess.run(["unshare", "-m", "-n", "--", sys.executable, "-m", "tests.deploy.container_sandbox",
+    out = subprocess.run(["unshare", "-m", "-n", "--", sys.executable, "-m", "tests.support.container_sandbox",
                           json.dumps(spec)], capture_output=True, text=True, timeout=60, cwd=REPO,
                          env={**os.environ, "PYTHONPATH": str(REPO)})
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout)
 
 
+@pytest.mark.netns
 def test_exec_start_with_only_ambient_cap_net_bind_service_serves_port_53(tmp_path):
     assert one(directives(UNIT)["Service"], "AmbientCapabilities") == "CAP_NET_BIND_SERVICE"
     result = run_service(tmp_path, ["net_bind_service"])
@@ -197,6 +198,7 @@ def test_exec_start_with_only_ambient_cap_net_bind_service_serves_port_53(tmp_pa
     assert "Traceback" not in result["stderr"]
 
 
+@pytest.mark.netns
 def test_exec_start_without_the_capability_cannot_bind_port_53(tmp_path):
     result = run_service(tmp_path, [])
     assert "answer" not in result

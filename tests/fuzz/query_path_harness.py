@@ -44,7 +44,7 @@ with atheris.instrument_imports(include=["resolver"]):
 
 import dnslib  # noqa: E402
 
-from tests.component.fake_pool import FakePool  # noqa: E402
+from tests.support.fake_pool import FakePool  # noqa: E402
 
 QUESTION = wire.name_to_wire("www.test") + b"\x00\x01\x00\x01"
 QUERY = b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00" + QUESTION

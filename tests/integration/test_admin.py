@@ -20,23 +20,17 @@ import sys
 import time
 from pathlib import Path
 
-import dns.message
-import dns.query
 import pytest
 
 from resolver.ops import ctl
-from tests.conftest import free_port
-from tests.servers.forwarder import http_request
+from tests.support.client import ask
+from tests.support.forwarder import http_request
+from tests.support.unbound import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 PUBLIC = {"/metrics", "/healthz", "/readyz"}
 KNOWN_PRIVILEGED = {"/cache": "GET", "/cache/flush": "POST", "/lkg/pin": "POST", "/lkg/unpin": "POST",
                     "/lkg/pins": "GET", "/status": "GET", "/reload": "POST"}
-
-
-def ask(port: int, name: str, qtype: str = "A", tcp: bool = False, timeout: float = 3.0):
-    q = dns.message.make_query(name, qtype)
-    return (dns.query.tcp if tcp else dns.query.udp)(q, "127.0.0.1", port=port, timeout=timeout)
 
 
 # -- one gate, every route -------------------------------------------------------------------
@@ -277,6 +271,7 @@ def rss_kib(pid: int) -> int:
     raise AssertionError("no VmRSS")
 
 
+@pytest.mark.slow
 def test_clients_that_never_read_do_not_grow_memory(tmp_path, fake_upstream):
     """60 clients ask for the largest replies (metrics, a full pin list) and never read:
     each holds at most a chunk of the reply, and is cut off after the write timeout."""

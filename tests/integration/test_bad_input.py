@@ -17,6 +17,8 @@ import dns.query
 import dns.rcode
 import pytest
 
+from tests.support.client import read_msg, tcp_connect, udp_exchange
+
 
 @pytest.fixture
 def fwd(fake_upstream, start_forwarder):
@@ -32,16 +34,6 @@ def still_works(port: int) -> None:
     assert [rr.to_text() for rr in msg.answer[0]] == ["192.0.2.1"]
 
 
-def udp_exchange(port: int, data: bytes, timeout: float = 0.5) -> bytes | None:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.settimeout(timeout)
-        s.sendto(data, ("127.0.0.1", port))
-        try:
-            return s.recv(65535)
-        except TimeoutError:
-            return None
-
-
 def header(qid=0x1234, flags=0x0100, qd=1, an=0, ns=0, ar=0) -> bytes:
     return struct.pack(">HHHHHH", qid, flags, qd, an, ns, ar)
 
@@ -53,6 +45,7 @@ def rcode_of(reply: bytes) -> int:
     return reply[3] & 0x0F
 
 
+@pytest.mark.slow
 def test_random_garbage_never_kills_the_listener(fwd):
     rng = random.Random(1)
     for size in list(range(0, 40)) + [100, 512, 1500, 4000]:
@@ -112,30 +105,10 @@ def test_client_case_and_id_are_echoed(fwd):
     assert reply2[12:12 + len(QUESTION)] == b"\x03WWW\x04TEST\x00\x00\x01\x00\x01"
 
 
-def _tcp_connect(port: int) -> socket.socket:
-    s = socket.create_connection(("127.0.0.1", port), timeout=3)
-    return s
-
-
-def _read_msg(s: socket.socket) -> bytes:
-    size = struct.unpack(">H", _recv_exact(s, 2))[0]
-    return _recv_exact(s, size)
-
-
-def _recv_exact(s: socket.socket, n: int) -> bytes:
-    buf = b""
-    while len(buf) < n:
-        chunk = s.recv(n - len(buf))
-        if not chunk:
-            raise ConnectionError("closed")
-        buf += chunk
-    return buf
-
-
 def test_tcp_pipelined_queries_all_answered(fwd):
     """RFC 7766 §6.2.1.1: several queries on one connection, sent at once, all answered."""
     ids = [101, 102, 103, 104]
-    with _tcp_connect(fwd.port) as s:
+    with tcp_connect(fwd.port) as s:
         payload = b""
         for qid in ids:
             q = dns.message.make_query("www.test" if qid % 2 else "nosuch.test", "A")
@@ -143,13 +116,13 @@ def test_tcp_pipelined_queries_all_answered(fwd):
             w = q.to_wire()
             payload += struct.pack(">H", len(w)) + w
         s.sendall(payload)
-        got = {dns.message.from_wire(_read_msg(s)).id for _ in ids}
+        got = {dns.message.from_wire(read_msg(s)).id for _ in ids}
     assert got == set(ids)
 
 
 def test_stalled_tcp_client_is_closed_and_does_not_block_others(fwd):
     """A client that sends half a message and stops is cut off at the idle timeout."""
-    with _tcp_connect(fwd.port) as stalled:
+    with tcp_connect(fwd.port) as stalled:
         stalled.sendall(b"\x00\x30\x12")  # promises 48 bytes, sends 1
         still_works(fwd.port)
         stalled.settimeout(3)
@@ -159,7 +132,7 @@ def test_stalled_tcp_client_is_closed_and_does_not_block_others(fwd):
 
 
 def test_idle_tcp_connection_closed(fwd):
-    with _tcp_connect(fwd.port) as idle:
+    with tcp_connect(fwd.port) as idle:
         idle.settimeout(3)
         assert idle.recv(10) == b""
 
@@ -169,12 +142,12 @@ def test_tcp_connection_cap(fwd, fake_upstream):
     the rest keep working (with an idle one, that one makes room: see the next test)."""
     fake_upstream.mode("drop", name="silent.test")
     q = dns.message.make_query("silent.test", "A").to_wire()
-    held = [_tcp_connect(fwd.port) for _ in range(4)]
+    held = [tcp_connect(fwd.port) for _ in range(4)]
     try:
         for s in held:  # a query pending on each: none idle
             s.sendall(struct.pack(">H", len(q)) + q)
         time.sleep(0.1)
-        extra = _tcp_connect(fwd.port)
+        extra = tcp_connect(fwd.port)
         extra.settimeout(2)
         try:
             data = extra.recv(10)
@@ -193,7 +166,7 @@ def test_tcp_connection_cap(fwd, fake_upstream):
 def test_tcp_connection_cap_closes_oldest_idle(fwd):
     """RFC 7766 §6.2.3: at the cap, the least recently active idle connection is closed for
     the new one (issue 13: an application's pool of idle connections locked out its next)."""
-    held = [_tcp_connect(fwd.port) for _ in range(4)]
+    held = [tcp_connect(fwd.port) for _ in range(4)]
     try:
         time.sleep(0.1)
         msg = dns.query.tcp(dns.message.make_query("www.test", "A"), "127.0.0.1", port=fwd.port, timeout=3)
@@ -208,7 +181,7 @@ def test_tcp_connection_cap_closes_oldest_idle(fwd):
 
 
 def test_garbage_over_tcp(fwd):
-    with _tcp_connect(fwd.port) as s:
+    with tcp_connect(fwd.port) as s:
         junk = os.urandom(30)
         s.sendall(struct.pack(">H", len(junk)) + junk)
         w = dns.message.make_query("www.test", "A").to_wire()
@@ -217,7 +190,7 @@ def test_garbage_over_tcp(fwd):
         replies = []
         try:
             while len(replies) < 2:
-                replies.append(_read_msg(s))
+                replies.append(read_msg(s))
         except (TimeoutError, ConnectionError):
             pass
         assert any(r[:2] == w[:2] and dns.message.from_wire(r).answer for r in replies)

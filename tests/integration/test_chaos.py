@@ -30,7 +30,7 @@ import dns.rcode
 import pytest
 
 from resolver.config import LastKnownGoodConfig
-from tests.servers.fake_upstream import FakeUpstream
+from tests.support.fake_upstream import FakeUpstream
 
 CLIENT_TIMEOUT = 0.5
 TOTAL_TIMEOUT = 1.0

@@ -15,7 +15,8 @@ import dns.query
 import dns.rcode
 import pytest
 
-from tests.conftest import free_port, resolv_conf
+from tests.support.process import resolv_conf, start, wait_for_dns, write_config
+from tests.support.unbound import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -23,28 +24,6 @@ REPO = Path(__file__).resolve().parents[2]
 def run(*args: str, timeout: float = 20) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "resolver", *args], capture_output=True, text=True,
                           timeout=timeout, cwd=REPO)
-
-
-def start(*args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "resolver", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, cwd=REPO)
-
-
-def wait_for_dns(port: int, deadline: float = 10.0) -> None:
-    end = time.monotonic() + deadline
-    while time.monotonic() < end:
-        try:
-            dns.query.udp(dns.message.make_query("probe.invalid", "A"), "127.0.0.1", port=port, timeout=0.2)
-            return
-        except (dns.exception.Timeout, ConnectionRefusedError, OSError):
-            time.sleep(0.05)
-    raise AssertionError("forwarder did not answer in time")
-
-
-def write_config(tmp_path: Path, text: str) -> Path:
-    path = tmp_path / "resolver.yaml"
-    path.write_text(text)
-    return path
 
 
 def test_version():

@@ -7,7 +7,7 @@ not count against a per-client cap.  When a cap really bites (a hostile client,
 made here by exempting nobody), a cached name is answered stale and anything else
 gets SERVFAIL with EDE 14 — never silence, never a hanging TCP query.
 
-Real sockets: the in-process forwarder (tests/servers/forwarder.py) with its fake
+Real sockets: the in-process forwarder (tests/support/forwarder.py) with its fake
 clock, a FakeUpstream that blackholes ("drop") or is 0.5 s slow, dnspython clients.
 """
 
@@ -23,8 +23,7 @@ import dns.query
 import dns.rcode
 import pytest
 
-from tests.integration.test_bad_input import _read_msg
-from tests.integration.test_outage import eventually
+from tests.support.client import eventually, read_msg
 
 HOSTILE = {"client_limits_exempt": ()}  # 127.0.0.1 treated as any other address: no exemption
 EXEMPTION = pytest.mark.parametrize("security", [{}, HOSTILE], ids=["loopback-exempt", "no-exemption"])
@@ -105,7 +104,7 @@ def _pipeline_tcp(port: int, queries: list[bytes], timeout: float) -> dict[int, 
         while len(replies) < len(queries) and time.monotonic() < end:
             s.settimeout(max(0.01, end - time.monotonic()))
             try:
-                msg = dns.message.from_wire(_read_msg(s))
+                msg = dns.message.from_wire(read_msg(s))
             except (TimeoutError, EOFError, OSError):
                 break
             replies[msg.id] = msg

@@ -20,7 +20,7 @@ import dns.rcode
 import dns.rdataclass
 import dns.rdatatype
 
-from tests.integration.test_outage import ask
+from tests.support.client import ask
 
 LOCAL_RCODES = [
     ("version.bind", "TXT", "CH", dns.rcode.REFUSED),

@@ -15,9 +15,8 @@ from concurrent.futures import ThreadPoolExecutor
 import dns.rcode
 import pytest
 
-from tests.conftest import DEFAULT_RECORDS, HAVE_UNBOUND
-from tests.integration.test_outage import ask
-from tests.servers.unbound import UnboundServer, free_port
+from tests.support.client import ask
+from tests.support.unbound import DEFAULT_RECORDS, HAVE_UNBOUND, UnboundServer, free_port
 
 pytestmark = pytest.mark.skipif(not HAVE_UNBOUND or shutil.which("openssl") is None,
                                 reason="needs unbound and openssl (`make test` installs them)")

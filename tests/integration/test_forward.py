@@ -15,8 +15,8 @@ import dns.query
 import dns.rcode
 import pytest
 
-from tests.conftest import HAVE_UNBOUND, free_port
-from tests.servers.unbound import UnboundServer
+from tests.support.client import ask, ede_codes
+from tests.support.unbound import HAVE_UNBOUND, UnboundServer, free_port
 
 pytestmark = pytest.mark.skipif(not HAVE_UNBOUND, reason="the unbound binary is not installed")
 
@@ -44,16 +44,8 @@ def routed(start_forwarder):
     return lambda upstreams, forward, **sections: start_forwarder(upstreams, forward=forward, **sections)
 
 
-def ask(port: int, name: str, rtype: str = "A") -> dns.message.Message:
-    return dns.query.udp(dns.message.make_query(name, rtype, use_edns=0), "127.0.0.1", port=port, timeout=5)
-
-
 def addresses(msg: dns.message.Message) -> list[str]:
     return sorted(rr.to_text() for rrset in msg.answer for rr in rrset)
-
-
-def ede(msg: dns.message.Message) -> list[int]:
-    return [o.code for o in msg.options if o.otype == dns.edns.OptionType.EDE]
 
 
 def label(server) -> str:
@@ -109,9 +101,9 @@ def test_serve_stale_per_group(two_unbounds, routed):
     a.set_record("www.test. 300 IN A 192.0.2.99")
     fwd.advance(400)  # both entries expire
     stale = ask(fwd.port, "db.corp.test")
-    assert addresses(stale) == ["198.51.100.5"] and stale.answer[0].ttl == 30 and ede(stale) == [3]
+    assert addresses(stale) == ["198.51.100.5"] and stale.answer[0].ttl == 30 and ede_codes(stale) == [3]
     fresh = ask(fwd.port, "www.test")
-    assert addresses(fresh) == ["192.0.2.99"] and ede(fresh) == []
+    assert addresses(fresh) == ["192.0.2.99"] and ede_codes(fresh) == []
     assert fwd.metric("resolver_stale_answers_total", reason="unreachable") == 1
     assert fwd.metric("resolver_upstream_errors_total", upstream=label(b), reason="unreachable") == 1
     assert fwd.metric("resolver_upstream_errors_total", upstream=label(a), reason="unreachable") == 0

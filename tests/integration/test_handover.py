@@ -1,7 +1,7 @@
 """Restarts and worker deaths that no client notices, measured under a continuous load.
 
 Real processes on one fixed loopback port, a real Unbound upstream, and a bounded
-UDP + TCP client load (tests/servers/load.py) running the whole time:
+UDP + TCP client load (tests/support/load.py) running the whole time:
 
 * zero-gap upgrade: a second process starts on the same ports (SO_REUSEPORT),
   loads the snapshot and binds while the first still serves; the first gets
@@ -20,15 +20,14 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import free_port
-from tests.integration.test_outage import ask, eventually
-from tests.integration.test_reload import _metric
-from tests.servers.load import Load
+from tests.support.client import ask, eventually
+from tests.support.load import Load
+from tests.support.process import metric, metrics_ports, ready
+from tests.support.unbound import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 NAMES = [("www.test", "A"), ("v6.test", "AAAA"), ("alias.test", "A"), ("big.test", "TXT")]
@@ -37,16 +36,6 @@ NAMES = [("www.test", "A"), ("v6.test", "AAAA"), ("alias.test", "A"), ("big.test
 def spawn(config: Path, log: Path, *extra: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "resolver", "--config", str(config), *extra], cwd=REPO,
                             stdout=subprocess.DEVNULL, stderr=open(log, "w"))
-
-
-def ready(mport: int, pid: int | None = None) -> bool:
-    """/readyz, or with ``pid`` ready *and* answered by that process (or its workers)."""
-    query = "" if pid is None else f"?pid={pid}"
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{mport}/readyz{query}", timeout=1) as r:
-            return r.status == 200
-    except OSError:
-        return False
 
 
 def config(tmp_path: Path, name: str, port: int, mport: int, upstream: str, **extra: str) -> Path:
@@ -70,32 +59,12 @@ def stop(proc: subprocess.Popen) -> int:
         return proc.wait()
 
 
-def _metrics_ports(workers: int, taken: set[int]) -> int:
-    """A base port with ``workers`` free ports from it (worker i serves metrics on base + i)."""
-    import socket
-
-    while True:
-        base = free_port()
-        try:
-            socks = []
-            for i in range(workers):
-                s = socket.socket()
-                socks.append(s)
-                s.bind(("127.0.0.1", base + i))
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-        if not taken & set(range(base, base + workers)):
-            return base
-
-
+@pytest.mark.slow
 @pytest.mark.parametrize("workers", [1, 2])
 def test_zero_gap_restart_under_load(unbound, tmp_path, workers):
     port = free_port()
-    m_old = _metrics_ports(workers, {port})
-    m_new = _metrics_ports(workers, {port, *range(m_old, m_old + workers)})
+    m_old = metrics_ports(workers, {port})
+    m_new = metrics_ports(workers, {port, *range(m_old, m_old + workers)})
     extra = {"workers": str(workers)}
     old = spawn(config(tmp_path, "old.yaml", port, m_old, unbound.address, **extra), tmp_path / "old.log")
     new = None
@@ -110,12 +79,12 @@ def test_zero_gap_restart_under_load(unbound, tmp_path, workers):
         new = spawn(config(tmp_path, "new.yaml", port, m_new, unbound.address, **extra), tmp_path / "new.log",
                     "--handover")
         assert eventually(lambda: all(ready(m_new + i, new.pid) for i in range(workers)), 15)
-        assert _metric(m_new, "resolver_cache_snapshot_loaded_entries") >= 3
+        assert metric(m_new, "resolver_cache_snapshot_loaded_entries") >= 3
         time.sleep(1.0)
         assert stop(old) == 0  # SIGTERM: steer away, answer what is queued, drain, snapshot, exit
         time.sleep(1.5)
         load.stop()
-        served_by_new = sum(_metric(m_new + i, "resolver_queries_total", transport="udp") for i in range(workers))
+        served_by_new = sum(metric(m_new + i, "resolver_queries_total", transport="udp") for i in range(workers))
     finally:
         stop(old)
         if new is not None:
@@ -141,9 +110,10 @@ def _children(pid: int) -> list[int]:
     return [int(p) for p in path.read_text().split()] if path.exists() else []
 
 
+@pytest.mark.slow
 def test_killed_worker_is_restarted_under_load(unbound, tmp_path):
     port = free_port()
-    mport = _metrics_ports(2, {port})  # worker 1 serves metrics on mport + 1
+    mport = metrics_ports(2, {port})  # worker 1 serves metrics on mport + 1
     parent = spawn(config(tmp_path, "w.yaml", port, mport, unbound.address, workers="2"), tmp_path / "w.log")
     try:
         assert eventually(lambda: ready(mport) and ready(mport + 1), 20), (tmp_path / "w.log").read_text()
@@ -159,8 +129,8 @@ def test_killed_worker_is_restarted_under_load(unbound, tmp_path):
         assert eventually(lambda: ready(mport) and ready(mport + 1), 15)
         time.sleep(1.5)
         load.stop()
-        restarts = max(_metric(mport, "resolver_worker_restarts_total"),
-                       _metric(mport + 1, "resolver_worker_restarts_total"))
+        restarts = max(metric(mport, "resolver_worker_restarts_total"),
+                       metric(mport + 1, "resolver_worker_restarts_total"))
     finally:
         assert stop(parent) == 0
     print("worker killed under load:", load.summary())

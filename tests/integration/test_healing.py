@@ -11,7 +11,7 @@ import time
 
 import dns.rcode
 
-from tests.integration.test_outage import ask, ede, eventually, ttls
+from tests.support.client import ask, ede_codes, eventually, ttls
 
 FAST = {"attempt_timeout": 0.3, "total_timeout": 0.6, "max_failures": 1,
         "probe_interval": 0.1, "probe_interval_max": 0.2}
@@ -33,14 +33,14 @@ def test_prober_notices_recovery_and_held_names_refresh_without_waiting(fake_ups
     fake_upstream.mode("drop")
     fwd.advance(61)
     msg = ask(fwd.port, "www.test")  # the refresh times out (0.3 s): stale, upstream marked down
-    assert values(msg) == ["192.0.2.1"] and ttls(msg) == {30} and ede(msg) == [3]
+    assert values(msg) == ["192.0.2.1"] and ttls(msg) == {30} and ede_codes(msg) == [3]
     assert eventually(lambda: fwd.metric("resolver_upstream_up", upstream=label) == 0)
 
     # Known down: another expired name is answered stale at once, not after client_timeout (2 s).
     t = time.monotonic()
     msg = ask(fwd.port, "two.test")
     assert time.monotonic() - t < 1.0
-    assert values(msg) == ["192.0.2.2"] and ede(msg) == [3]
+    assert values(msg) == ["192.0.2.2"] and ede_codes(msg) == [3]
     assert fwd.metric("resolver_stale_answers_total", reason="upstreams_down") == 1
     assert eventually(lambda: fwd.metric("resolver_upstream_probes_total", upstream=label, result="fail") >= 1)
 
@@ -53,7 +53,7 @@ def test_prober_notices_recovery_and_held_names_refresh_without_waiting(fake_ups
     # www.test is held by a 300 s recheck timer, but the recovery ended the hold.
     msg = ask(fwd.port, "www.test")
     assert values(msg) == ["192.0.2.100"]
-    assert not ede(msg) and ttls(msg) == {60}
+    assert not ede_codes(msg) and ttls(msg) == {60}
 
 
 def test_dead_upstream_is_probed_at_a_bounded_rate(fake_upstream, start_forwarder):
@@ -98,7 +98,7 @@ def test_real_unbound_blackholed_then_back(unbound, start_forwarder):
     assert eventually(lambda: fwd.metric("resolver_upstream_up", upstream=label) == 0)
     t = time.monotonic()
     msg = ask(fwd.port, "alias.test")
-    assert time.monotonic() - t < 1.0 and ede(msg) == [3]
+    assert time.monotonic() - t < 1.0 and ede_codes(msg) == [3]
     unbound.set_record("www.test. 300 IN A 192.0.2.77")
     unbound.restart()
     back = time.monotonic()
@@ -131,6 +131,6 @@ def test_client_timeout_zero_answers_stale_first(fake_upstream, start_forwarder)
     fwd.advance(61)
     t = time.monotonic()
     msg = ask(fwd.port, "www.test")
-    assert time.monotonic() - t < 1.2 and values(msg) == ["192.0.2.1"] and ede(msg) == [3]
+    assert time.monotonic() - t < 1.2 and values(msg) == ["192.0.2.1"] and ede_codes(msg) == [3]
     assert fwd.metric("resolver_stale_answers_total", reason="answer_first") == 1
     assert eventually(lambda: values(ask(fwd.port, "www.test")) == ["192.0.2.2"], timeout=5)

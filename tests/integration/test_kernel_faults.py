@@ -1,6 +1,6 @@
 """The outage promise under kernel-level faults: real packet loss, blackholes, ICMP.
 
-Everything runs in a network namespace the test creates (tests/servers/netns.py):
+Everything runs in a network namespace the test creates (tests/support/netns.py):
 a real Unbound, authoritative for ``test.`` only (it REFUSES ". NS" and every
 other name, as a corporate or Kubernetes zone server does), the forwarder on real
 sockets with a fake clock for TTLs, and one client socket — a sidecar's whole pod
@@ -21,12 +21,12 @@ import dns.message
 import dns.rcode
 import pytest
 
-from tests.conftest import requires_unbound
-from tests.servers import netns
-from tests.servers.forwarder import RunningForwarder, forwarder_config
-from tests.servers.unbound import UnboundServer
+from tests.support import netns
+from tests.support.forwarder import RunningForwarder, forwarder_config
+from tests.support.unbound import UnboundServer, requires_unbound
 
 pytestmark = [
+    pytest.mark.netns,
     requires_unbound,
     pytest.mark.skipif(netns.available() is not None, reason=netns.available() or ""),
 ]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dns.rcode
 
 from resolver.config import LastKnownGoodConfig
-from tests.integration.test_outage import ask, dig, ede, ttls
+from tests.support.client import ask, dig, ede_codes, ttls
 
 
 def test_enforce_keeps_records_through_an_empty_answer_storm(fake_upstream, start_forwarder):
@@ -24,7 +24,7 @@ def test_enforce_keeps_records_through_an_empty_answer_storm(fake_upstream, star
     msg = ask(fwd.port, "dynamodb.us-east-1.amazonaws.com")
     assert msg.rcode() == dns.rcode.NOERROR
     assert [rr.to_text() for rr in msg.answer[0]] == ["192.0.2.10"] and ttls(msg) == {30}
-    assert ede(msg) == [3]
+    assert ede_codes(msg) == [3]
     out = dig(fwd.port, "dynamodb.us-east-1.amazonaws.com")
     assert "serving last known good records" in out and "192.0.2.10" in out
     # Outside the listed zones the empty answer goes through, and is counted.
@@ -71,7 +71,7 @@ def test_operator_pins_and_unpins_over_http(fake_upstream, start_forwarder):
     fake_upstream.clear()
     fwd.advance(61)
     msg = ask(fwd.port, "pay.example")
-    assert [rr.to_text() for rr in msg.answer[0]] == ["192.0.2.20"] and ede(msg) == [3]
+    assert [rr.to_text() for rr in msg.answer[0]] == ["192.0.2.20"] and ede_codes(msg) == [3]
     assert post(fwd, "/lkg/unpin?name=pay.example&type=A") == (200, "unpinned\n")
     fwd.advance(31)  # past the recheck hold
     assert ask(fwd.port, "pay.example").rcode() == dns.rcode.NXDOMAIN

@@ -10,7 +10,7 @@ import dns.query
 import pytest
 
 from resolver.config import Address
-from tests.servers.forwarder import RunningForwarder, forwarder_config
+from tests.support.forwarder import RunningForwarder, forwarder_config
 
 
 def _have_ipv6_loopback() -> bool:

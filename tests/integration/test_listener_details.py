@@ -15,7 +15,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -25,9 +24,9 @@ import dns.rcode
 import pytest
 
 from resolver.config import Address
-from tests.conftest import free_port
-from tests.integration.test_handover import _metrics_ports
-from tests.integration.test_outage import eventually
+from tests.support.client import eventually
+from tests.support.process import metrics_ports
+from tests.support.unbound import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -93,12 +92,12 @@ def test_second_start_on_a_port_in_use_is_refused(fake_upstream, tmp_path, worke
     """Issue 13: three accidental instances shared one port and answered in turn (every
     listener sets SO_REUSEPORT).  Without --handover, the second exits 1 with one line."""
     port = free_port()
-    mport = _metrics_ports(workers, {port})  # worker i serves metrics on mport + i
+    mport = metrics_ports(workers, {port})  # worker i serves metrics on mport + i
     first = _start(_config(tmp_path, "a.yaml", port, mport, fake_upstream.address, workers))
     try:
         assert eventually(lambda: _readyz(mport)[0] == 200, 15), first.stderr.read() if first.poll() else ""
         # Its own metrics ports: the DNS port alone must refuse it.
-        other_mport = _metrics_ports(workers, {port, *range(mport, mport + workers)})
+        other_mport = metrics_ports(workers, {port, *range(mport, mport + workers)})
         second = _start(_config(tmp_path, "b.yaml", port, other_mport, fake_upstream.address, workers))
         try:
             assert second.wait(15) == 1

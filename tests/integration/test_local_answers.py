@@ -14,16 +14,9 @@ import dns.query
 import dns.rcode
 import pytest
 
-from tests.integration.test_outage import eventually
+from tests.support.client import ask, eventually
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def ask(port: int, name: str, rtype: str = "A", tcp: bool = False) -> dns.message.Message:
-    q = dns.message.make_query(name, rtype, use_edns=0)
-    if tcp:
-        return dns.query.tcp(q, "127.0.0.1", port=port, timeout=5)
-    return dns.query.udp(q, "127.0.0.1", port=port, timeout=5)
 
 
 def values(msg: dns.message.Message) -> list[str]:

@@ -24,7 +24,7 @@ import dns.query
 import dns.rcode
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.integration.test_outage import ask
+from tests.support.client import ask
 
 
 def scrape(fwd) -> dict[tuple[str, frozenset], float]:

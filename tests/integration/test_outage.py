@@ -8,47 +8,16 @@ upstream returns and fresh data flows again.
 
 from __future__ import annotations
 
-import subprocess
-
 import dns.edns
 import dns.message
 import dns.query
 import dns.rcode
 import pytest
 
+from tests.support.client import ask, dig, ede_codes, eventually, ttls
+
 NAMES = ["www.test", "v6.test", "alias.test"]
 TYPES = {"www.test": "A", "v6.test": "AAAA", "alias.test": "A"}
-
-
-def dig(port: int, *args: str) -> str:
-    out = subprocess.run(["dig", "@127.0.0.1", "-p", str(port), "+tries=1", "+time=3", *args],
-                         capture_output=True, text=True, timeout=15)
-    return out.stdout
-
-
-def ask(port: int, name: str, rtype: str = "A", timeout: float = 3.0) -> dns.message.Message:
-    q = dns.message.make_query(name, rtype, use_edns=0)
-    return dns.query.udp(q, "127.0.0.1", port=port, timeout=timeout)
-
-
-def eventually(check, timeout: float = 3.0) -> bool:
-    """Poll ``check`` until true or ``timeout`` passes (for effects of background tasks)."""
-    import time
-
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if check():
-            return True
-        time.sleep(0.02)
-    return check()
-
-
-def ttls(msg: dns.message.Message) -> set[int]:
-    return {rrset.ttl for rrset in msg.answer}
-
-
-def ede(msg: dns.message.Message) -> list[int]:
-    return [o.code for o in msg.options if o.otype == dns.edns.OptionType.EDE]
 
 
 def test_dig_through_forwarder_to_unbound(unbound, start_forwarder):
@@ -80,7 +49,7 @@ def test_outage_unbound_killed_then_back(unbound, start_forwarder):
         msg = ask(fwd.port, name, TYPES[name])
         assert msg.rcode() == dns.rcode.NOERROR, name
         assert msg.answer and ttls(msg) == {30}, name
-        assert ede(msg) == [3], name
+        assert ede_codes(msg) == [3], name
     out = dig(fwd.port, "www.test")
     assert "192.0.2.1" in out and "EDE: 3 (Stale Answer)" in out
     stale_total = sum(fwd.metric("resolver_stale_answers_total", reason=r)
@@ -96,7 +65,7 @@ def test_outage_unbound_killed_then_back(unbound, start_forwarder):
     assert eventually(lambda: fwd.metric("resolver_upstream_up", upstream=label) == 1, timeout=5)
     msg = ask(fwd.port, "www.test")
     assert [rr.to_text() for rr in msg.answer[0]] == ["192.0.2.100"]
-    assert ttls(msg) == {300} and not ede(msg)
+    assert ttls(msg) == {300} and not ede_codes(msg)
 
 
 @pytest.mark.parametrize("mode, reason", [
@@ -116,7 +85,7 @@ def test_outage_each_failure_mode(fake_upstream, start_forwarder, mode, reason):
     fwd.advance(61)
     msg = ask(fwd.port, "www.test")
     assert [rr.to_text() for rr in msg.answer[0]] == ["192.0.2.1"]
-    assert ttls(msg) == {30} and ede(msg) == [3]
+    assert ttls(msg) == {30} and ede_codes(msg) == [3]
     assert fwd.metric("resolver_stale_answers_total", reason=reason) == 1
     label = f"udp://{fake_upstream.address}"
     if mode in ("garbage", "wrong_id"):

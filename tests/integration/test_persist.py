@@ -12,7 +12,7 @@ import dns.rcode
 import dns.rdatatype
 
 from resolver.cache import snapshot
-from tests.integration.test_outage import ask
+from tests.support.client import ask, eventually
 
 
 def test_restart_during_outage_answers_from_the_snapshot(unbound, fake_upstream, start_forwarder, tmp_path):
@@ -42,7 +42,6 @@ def test_snapshot_written_periodically(unbound, start_forwarder, tmp_path):
     path = tmp_path / "cache.snap"
     fwd = start_forwarder([unbound.address], cache={"persist": {"path": str(path), "interval": 0.2}})
     ask(fwd.port, "www.test")
-    from tests.integration.test_outage import eventually
     assert eventually(lambda: fwd.metric("resolver_cache_snapshot_entries") == 1, timeout=10)
     assert fwd.metric("resolver_cache_snapshot_saves_total") >= 1
     _, records = snapshot.decode(path.read_bytes())
@@ -65,7 +64,6 @@ def test_unwritable_path_counts_failures_and_keeps_serving(fake_upstream, start_
     path = tmp_path / "missing-dir" / "cache.snap"
     fake_upstream.answer("www.test", "A", "192.0.2.9")
     fwd = start_forwarder([fake_upstream.address], cache={"persist": {"path": str(path), "interval": 0.1}})
-    from tests.integration.test_outage import eventually
     assert eventually(lambda: fwd.metric("resolver_cache_snapshot_save_failures_total") >= 2, timeout=10)
     assert ask(fwd.port, "www.test").answer[0][0].address == "192.0.2.9"
     assert fwd.metric("resolver_cache_snapshot_saves_total") == 0

@@ -3,7 +3,7 @@
 The upstream is authoritative-only, as a corporate server, a Kubernetes zone's
 server, NSD or knot is: it REFUSES ". NS" and every name outside its zone.  A real
 Unbound configured so (``local-zone: "." refuse`` plus the static zone ``test.``,
-tests/servers/unbound.py) and the FakeUpstream (which refuses the same) are broken
+tests/support/unbound.py) and the FakeUpstream (which refuses the same) are broken
 in every outage mode — blackhole, SERVFAIL, killed (port closed) — while a client
 at one address (127.0.0.1) keeps asking its expired names and gets them stale.
 Then the upstream comes back with new data: every name must be fresh within 2 s,
@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-from tests.integration.test_outage import ask, ede, eventually
+from tests.support.client import ask, ede_codes, eventually
 
 NAMES = [f"n{i}.test" for i in range(20)]
 TTL = 2
@@ -36,7 +36,7 @@ def new(i: int) -> str:
 
 def answer_of(port: int, name: str) -> tuple[list[str], list[int]]:
     msg = ask(port, name, timeout=5.0)
-    return [rr.to_text() for rrset in msg.answer for rr in rrset], ede(msg)
+    return [rr.to_text() for rrset in msg.answer for rr in rrset], ede_codes(msg)
 
 
 def outage_then_recovery(fwd, label: str, breaks, restores) -> float:
@@ -73,8 +73,7 @@ def outage_then_recovery(fwd, label: str, breaks, restores) -> float:
 
 @pytest.fixture
 def auth_unbound(tmp_path):
-    from tests.conftest import HAVE_UNBOUND
-    from tests.servers.unbound import UnboundServer
+    from tests.support.unbound import HAVE_UNBOUND, UnboundServer
 
     if not HAVE_UNBOUND:
         pytest.skip("the unbound binary is not installed")
@@ -97,6 +96,7 @@ def test_real_unbound_refuses_root_ns_and_outside_names(auth_unbound):
     assert auth_unbound.query("n0.test", "A").rcode() == 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["killed", "blackhole"])
 def test_recovery_from_a_real_authoritative_unbound(auth_unbound, start_forwarder, mode):
     """killed: the port is closed (ICMP port unreachable).  blackhole: Unbound is
@@ -126,6 +126,7 @@ def test_recovery_from_a_real_authoritative_unbound(auth_unbound, start_forwarde
 # -- the FakeUpstream, which refuses the same ---------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["drop", "servfail", "killed"])
 def test_recovery_from_an_authoritative_fake(fake_upstream, start_forwarder, mode):
     for i, name in enumerate(NAMES):

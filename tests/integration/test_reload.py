@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import signal
-import urllib.request
-
-from prometheus_client.parser import text_string_to_metric_families
 
 from resolver.config import Address, parse_upstream
 from resolver.errors import ConfigError
 from resolver.ops import reload as live_reload
-from tests.conftest import free_port
-from tests.integration.test_cli import start, wait_for_dns, write_config
-from tests.integration.test_outage import ask, eventually
+from tests.support.client import ask, eventually
+from tests.support.process import metric, start, wait_for_dns, write_config
+from tests.support.unbound import free_port
 
 
 def test_reload_switches_upstreams_and_keeps_the_cache(fake_upstream, second_upstream, start_forwarder):
@@ -56,16 +53,6 @@ def test_reload_refuses_listen_changes_and_bad_files(fake_upstream, start_forwar
     assert ask(fwd.port, "www.test").answer[0][0].address == "192.0.2.1"
 
 
-def _metric(port: int, name: str, **labels) -> float:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
-        text = r.read().decode()
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
-                return s.value
-    return 0.0
-
-
 def test_sighup_reloads_the_file_in_a_real_process(fake_upstream, second_upstream, tmp_path):
     fake_upstream.answer("www.test", "A", "192.0.2.1")
     second_upstream.answer("new.test", "A", "192.0.2.2")
@@ -78,12 +65,12 @@ def test_sighup_reloads_the_file_in_a_real_process(fake_upstream, second_upstrea
         assert ask(port, "www.test").answer[0][0].address == "192.0.2.1"
         path.write_text(head + f"upstreams: ['{second_upstream.address}']\n")
         proc.send_signal(signal.SIGHUP)
-        assert eventually(lambda: _metric(mport, "resolver_config_reloads_total", result="success") == 1, 10)
+        assert eventually(lambda: metric(mport, "resolver_config_reloads_total", result="success") == 1, 10)
         assert ask(port, "new.test").answer[0][0].address == "192.0.2.2"
         assert ask(port, "www.test").answer[0][0].address == "192.0.2.1"  # from the kept cache
         path.write_text(head + "cache: {max_entries: lots}\n")
         proc.send_signal(signal.SIGHUP)
-        assert eventually(lambda: _metric(mport, "resolver_config_reloads_total", result="failure") == 1, 10)
+        assert eventually(lambda: metric(mport, "resolver_config_reloads_total", result="failure") == 1, 10)
         assert ask(port, "new.test").answer[0][0].address == "192.0.2.2"  # still running, old config
         assert proc.poll() is None
     finally:
@@ -94,10 +81,10 @@ def test_sighup_reloads_the_file_in_a_real_process(fake_upstream, second_upstrea
 
 
 def test_sighup_to_the_parent_reloads_every_worker(fake_upstream, second_upstream, tmp_path):
-    from tests.integration.test_handover import _metrics_ports, ready
+    from tests.support.process import metrics_ports, ready
 
     port = free_port()
-    mport = _metrics_ports(2, {port})
+    mport = metrics_ports(2, {port})
     head = f"listen: ['127.0.0.1:{port}']\nmetrics: {{listen: '127.0.0.1:{mport}'}}\nworkers: 2\n"
     path = write_config(tmp_path, head + f"upstreams: ['{fake_upstream.address}']\n")
     proc = start("--config", str(path))
@@ -106,8 +93,8 @@ def test_sighup_to_the_parent_reloads_every_worker(fake_upstream, second_upstrea
         path.write_text(head + f"upstreams: ['{second_upstream.address}']\n")
         proc.send_signal(signal.SIGHUP)
         for m in (mport, mport + 1):
-            assert eventually(lambda: _metric(m, "resolver_config_reloads_total", result="success") == 1, 10)
-            assert _metric(m, "resolver_worker") == m - mport
+            assert eventually(lambda: metric(m, "resolver_config_reloads_total", result="success") == 1, 10)
+            assert metric(m, "resolver_worker") == m - mport
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=30)

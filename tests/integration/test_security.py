@@ -17,7 +17,8 @@ import dns.rcode
 import pytest
 
 from resolver.config import SecurityConfig
-from tests.integration.test_bad_input import _read_msg, _tcp_connect, udp_exchange
+from tests.support import client
+from tests.support.client import read_msg, udp_exchange
 
 OUTSIDE = {"allow": ("192.0.2.0/24",)}  # 127.0.0.1 is not in it
 
@@ -34,7 +35,7 @@ def udp_ask(port: int, data: bytes, timeout: float = 0.7) -> bytes | None:
 
 
 def tcp_connect(port: int) -> socket.socket:
-    s = _tcp_connect(port)
+    s = client.tcp_connect(port)
     s.settimeout(5)
     return s
 
@@ -99,7 +100,7 @@ def test_client_outside_allow_list_gets_refused_tcp(fake_upstream, start_forward
     with tcp_connect(fwd.port) as s:
         for qid in (1, 2):  # every query on the connection is refused
             s.sendall(struct.pack(">H", len(query(qid=qid))) + query(qid=qid))
-            reply = dns.message.from_wire(_read_msg(s))
+            reply = dns.message.from_wire(read_msg(s))
             assert reply.id == qid and reply.rcode() == dns.rcode.REFUSED
     assert fake_upstream.calls == []
     assert fwd.metric("resolver_acl_refused_total", transport="tcp") == 1
@@ -156,10 +157,10 @@ def test_per_client_tcp_connection_cap(fake_upstream, start_forwarder):
     try:
         for s in held:  # make sure both are accepted before the third
             s.sendall(struct.pack(">H", len(query())) + query())
-            assert dns.message.from_wire(_read_msg(s)).answer
+            assert dns.message.from_wire(read_msg(s)).answer
         with tcp_connect(fwd.port) as extra:
             extra.sendall(struct.pack(">H", len(query())) + query())
-            assert dns.message.from_wire(_read_msg(extra)).answer
+            assert dns.message.from_wire(read_msg(extra)).answer
             assert closed_by_peer(held[0], 3)  # the least recently used one made room
             assert fwd.metric("resolver_tcp_connections_idle_closed_total",
                               limit="tcp_max_connections_per_client") == 1
@@ -190,6 +191,7 @@ def test_trickling_tcp_client_is_closed_after_read_timeout(fake_upstream, start_
     assert fwd.metric("resolver_tcp_connections_closed_slow_total") == 1
 
 
+@pytest.mark.slow
 def test_tcp_client_that_never_reads_is_closed(fake_upstream, start_forwarder):
     """Pipelining queries without reading the replies cannot grow our buffers without bound."""
     fake_upstream.answer("www.test", "A", "192.0.2.1")
@@ -315,7 +317,7 @@ def test_bad_security_config_exits_2_naming_the_key(tmp_path):
     import sys
     from pathlib import Path
 
-    from tests.conftest import resolv_conf
+    from tests.support.process import resolv_conf
 
     path = tmp_path / "bad.yaml"
     path.write_text("security:\n  allow: ['10.0.0.1/8']\n")

@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 import dns.rcode
 import pytest
 
-from tests.integration.test_outage import ask, ede, eventually
+from tests.support.client import ask, ede_codes, eventually
 
 STUB_TIMEOUT = 6.0  # a stub resolver's patience (glibc: 5 s per try)
 
@@ -54,7 +54,7 @@ def test_slow_upstream_refreshes_a_stale_entry(fake_upstream, start_forwarder):
     fake_upstream.clear().answer("www.test", "A", "192.0.2.99", ttl=60).delay(3.0)
     fwd.advance(61)
     msg = ask(fwd.port, "www.test", timeout=STUB_TIMEOUT)
-    assert values(msg) == ["192.0.2.1"] and ede(msg) == [3]  # stale after client_timeout (1.8 s)
+    assert values(msg) == ["192.0.2.1"] and ede_codes(msg) == [3]  # stale after client_timeout (1.8 s)
     # No clock move: the entry is fresh again only if the late answer was kept.
     assert eventually(lambda: values(ask(fwd.port, "www.test", timeout=STUB_TIMEOUT)) == ["192.0.2.99"],
                       timeout=8.0)

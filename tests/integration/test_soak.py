@@ -25,8 +25,10 @@ from pathlib import Path
 
 import dns.message
 import dns.rcode
+import pytest
 
-from tests.conftest import free_port, resolv_conf
+from tests.support.process import resolv_conf
+from tests.support.unbound import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 SECONDS = float(os.environ.get("SOAK_SECONDS", "25"))
@@ -156,6 +158,7 @@ class Client:
                 self.lost.append(("tcp" if key[0] in self.tcp_buf else "udp", key[1]))
 
 
+@pytest.mark.slow
 def test_soak_valid_and_garbage_udp_and_tcp(fake_upstream, tmp_path):
     for i, name in enumerate(NAMES):
         fake_upstream.answer(name, "A", f"192.0.2.{i % 250 + 1}", ttl=1 if name in SHORT else 300)

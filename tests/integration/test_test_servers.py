@@ -18,9 +18,9 @@ import dns.rcode
 import dns.rdatatype
 import pytest
 
-from tests.conftest import BIG_TXT, free_port, requires_unbound, resolv_conf
-from tests.servers.fake_upstream import FakeUpstream
-from tests.servers.unbound import UnboundServer
+from tests.support.fake_upstream import FakeUpstream
+from tests.support.process import resolv_conf
+from tests.support.unbound import BIG_TXT, UnboundServer, free_port, requires_unbound
 
 T = 0.5  # client timeout for every query here
 

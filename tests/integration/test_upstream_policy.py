@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from tests.integration.test_outage import ask
+from tests.support.client import ask
 
 
 def names(n):

@@ -14,7 +14,7 @@ from resolver import wire
 from resolver.app import App
 from resolver.clock import FakeClock
 from resolver.ops.admin import BadRequest, Gate, default_socket_path, parse_head
-from tests.servers.forwarder import forwarder_config
+from tests.support.forwarder import forwarder_config
 
 PUBLIC = {"/metrics", "/healthz", "/readyz"}
 TOKEN = b"s3cret-token-0123456789"

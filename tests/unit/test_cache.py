@@ -5,37 +5,12 @@ from __future__ import annotations
 import math
 
 import pytest
-from dnslib import EDNS0, QTYPE, RR, SOA, A, DNSHeader, DNSQuestion, DNSRecord
+from dnslib import DNSRecord
 
 from resolver import wire
 from resolver.cache.store import FRESH, MISS, STALE, Cache, Entry
 from resolver.clock import FakeClock
-
-TTLS = dict(min_ttl=0, max_ttl=86_400, max_negative_ttl=3_600)
-
-
-def question(name: str, qtype: int = QTYPE.A) -> bytes:
-    return wire.name_to_wire(name) + qtype.to_bytes(2, "big") + b"\x00\x01"
-
-
-def prepared(name="www.example.com", ttl=60, ip="192.0.2.1", extra_ttl=None) -> wire.Prepared:
-    rec = DNSRecord(DNSHeader(id=1, qr=1, rd=1, ra=1), q=DNSQuestion(name, QTYPE.A))
-    rec.add_answer(RR(name, QTYPE.A, rdata=A(ip), ttl=ttl))
-    if extra_ttl is not None:
-        rec.add_answer(RR(name, QTYPE.A, rdata=A("192.0.2.99"), ttl=extra_ttl))
-    rec.add_ar(EDNS0(udp_len=1232))
-    return wire.parse_reply(bytes(rec.pack()), question(name), **TTLS)
-
-
-def negative(name="nx.example.com", ttl=120) -> wire.Prepared:
-    rec = DNSRecord(DNSHeader(id=1, qr=1, rd=1, ra=1, rcode=3), q=DNSQuestion(name, QTYPE.A))
-    rec.add_auth(RR("example.com", QTYPE.SOA, rdata=SOA("ns.example.com", "h.example.com", (1, 2, 3, 4, ttl)),
-                    ttl=ttl))
-    return wire.parse_reply(bytes(rec.pack()), question(name), **TTLS)
-
-
-def key(name: str) -> bytes:
-    return question(name)
+from tests.support.packets import key, negative, prepared, question
 
 
 def ttls_of(entry: Entry, body: bytes) -> list[int]:

@@ -8,7 +8,7 @@ from dnslib import QTYPE
 
 from resolver.cache.store import Cache
 from resolver.stats import HitTally
-from tests.unit.test_cache import key, negative, prepared, question
+from tests.support.packets import key, negative, prepared, question
 
 NOW = 1000.0
 

@@ -101,7 +101,7 @@ def test_parse_type_forms():
 
 def admin() -> tuple[object, Cache]:
     from resolver.app import App
-    from tests.servers.forwarder import forwarder_config
+    from tests.support.forwarder import forwarder_config
 
     app = App(forwarder_config(["127.0.0.1:1053"]), FakeClock(NOW))
     put(app.cache, "www.test")

@@ -28,14 +28,6 @@ from resolver.errors import ConfigError
 EXAMPLE = Path(__file__).resolve().parents[2] / "config" / "resolver.yaml"
 
 
-@pytest.fixture
-def resolv(tmp_path):
-    """A resolv.conf of our own naming 127.0.0.1, so no test depends on the host's."""
-    path = tmp_path / "resolv.conf"
-    path.write_text("nameserver 127.0.0.1\n")
-    return str(path)
-
-
 def parse(data, resolv_conf):
     return parse_config(data, resolv_conf=resolv_conf)
 

@@ -8,13 +8,6 @@ from resolver.config import WORKERS_AUTO, PersistConfig, parse_config
 from resolver.errors import ConfigError
 
 
-@pytest.fixture
-def resolv(tmp_path):
-    path = tmp_path / "resolv.conf"
-    path.write_text("nameserver 127.0.0.1\n")
-    return str(path)
-
-
 def test_defaults_persistence_off_one_worker(resolv):
     config = parse_config(None, resolv)
     assert config.cache.persist == PersistConfig(path="", interval=60.0)

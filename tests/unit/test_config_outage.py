@@ -4,7 +4,6 @@ import pytest
 
 from resolver.config import LastKnownGoodConfig, parse_config
 from resolver.errors import ConfigError
-from tests.unit.test_config import resolv  # noqa: F401  (fixture)
 
 
 def test_defaults(resolv):

@@ -14,65 +14,17 @@ import random
 import struct
 
 import pytest
-from dnslib import AAAA, EDNS0, NS, QTYPE, RR, SOA, TXT, A, DNSHeader, DNSQuestion, DNSRecord
+from dnslib import AAAA, NS, QTYPE, RR, SOA, TXT, A, DNSRecord
 
 from resolver import wire
-from resolver.cache.store import Cache
-from resolver.clock import FakeClock
 from resolver.config import Config, StaleConfig
 from resolver.errors import FormatError
 from resolver.policy import stale as stale_policy
 from resolver.serve.pipeline import Pipeline
-from resolver.stats import Stats
-from tests.unit.test_wire import upstream_reply
+from tests.support.packets import client_query
+from tests.support.pipeline import START, make_pipeline, store
 
 EDNS_SIZE = Config().upstream.edns_buffer_size  # 1232
-START = 1000.0
-
-
-class NoPool:
-    """answer_fast never talks upstream; neither does resolve() on a cache hit."""
-
-    epoch = 0  # as UpstreamPool: no upstream ever recovers here
-
-    def known_down(self, qname: bytes | None = None) -> bool:
-        return False
-
-    async def exchange(self, *args, **kwargs):  # pragma: no cover - failing is the point
-        raise AssertionError("the upstream pool must not be used on a cache hit")
-
-
-# ------------------------------------------------------------------- helpers
-def client_query(name="www.example.com", qtype=QTYPE.A, *, qid=0x4242, edns=None, do=False, cd=False,
-                 rd=True, qclass=1) -> bytes:
-    """A client query built by dnslib; ``edns`` is None (no OPT) or the UDP size."""
-    rec = DNSRecord(DNSHeader(id=qid, rd=int(rd), cd=int(cd)), q=DNSQuestion(name, qtype, qclass))
-    if edns is not None:
-        rec.add_ar(EDNS0(udp_len=edns, flags="do" if do else ""))
-    return bytes(rec.pack())
-
-
-def make_pipeline(config: Config | None = None, max_entries: int = 1000):
-    clock = FakeClock(START)
-    stats = Stats()
-    cache = Cache(max_entries, stats.tally)
-    pipeline = Pipeline(config or Config(), cache, NoPool(), clock, stats)
-    return pipeline, cache, clock
-
-
-def store(pipeline: Pipeline, name: str, qtype=QTYPE.A, *, do=False, cd=False, rcode=0, answers=(), auth=(),
-          additional=(), qclass=1):
-    """Cache a dnslib-built upstream reply exactly as the miss path would; returns the Entry."""
-    q = wire.parse_query(client_query(name, qtype, edns=1232, do=do, cd=cd, qclass=qclass))
-    upstream_question = q.qname.lower() + q.question[-4:]
-    reply = upstream_reply(name.lower(), qtype, qid=99, rcode=rcode, answers=answers, auth=auth,
-                           additional=additional, do=do, cd=cd, qclass=qclass)
-    wire.check_reply_matches(reply, 99, upstream_question)
-    c = pipeline.config.cache
-    prepared = wire.parse_reply(reply, upstream_question, min_ttl=c.min_ttl, max_ttl=c.max_ttl,
-                                max_negative_ttl=c.max_negative_ttl)
-    assert prepared.ttl > 0
-    return pipeline.cache.put(q.key, prepared, pipeline.clock.monotonic(), pipeline.stale_window)
 
 
 def variant(do, cd) -> int:

@@ -10,7 +10,7 @@ from resolver.ops import metrics
 from resolver.stats import Stats
 from resolver.upstream.plain import Upstream
 from resolver.upstream.pool import UpstreamPool
-from tests.unit.test_cache import key, negative, prepared
+from tests.support.packets import key, negative, prepared
 
 NOW = 1000.0
 

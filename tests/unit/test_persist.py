@@ -8,7 +8,7 @@ from resolver.cache.persist import SLICE, Persister
 from resolver.cache.store import Cache
 from resolver.clock import FakeClock
 from resolver.config import PersistConfig
-from tests.unit.test_cache import key, prepared
+from tests.support.packets import key, prepared
 
 
 def fill(cache: Cache, clock: FakeClock, n: int) -> None:

@@ -18,7 +18,7 @@ from resolver import wire
 from resolver.cache import snapshot
 from resolver.cache.store import Cache
 from resolver.clock import FakeClock
-from tests.unit.test_cache import key, negative, prepared
+from tests.support.packets import key, negative, prepared
 
 
 def filled(clock: FakeClock, n: int = 3, max_stale: float = 1000) -> Cache:

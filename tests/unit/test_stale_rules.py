@@ -8,7 +8,6 @@ from resolver import wire
 from resolver.config import StaleConfig, StaleRule, parse_config
 from resolver.errors import ConfigError
 from resolver.policy.stale_rules import StaleRules, matches
-from tests.unit.test_config import resolv  # noqa: F401  (fixture)
 
 ELB = StaleRule(match="*.elb.amazonaws.com", max_age=300.0, answer_ttl=10)
 CDN = StaleRule(match="*.cdn.example", enabled=False)

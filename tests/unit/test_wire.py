@@ -10,6 +10,7 @@ from dnslib import AAAA, CLASS, EDNS0, QTYPE, RR, SOA, TXT, A, DNSHeader, DNSQue
 
 from resolver import wire
 from resolver.errors import DropQuery, FormatError, UpstreamBadResponse
+from tests.support.packets import upstream_reply
 
 TTLS = dict(min_ttl=0, max_ttl=86_400, max_negative_ttl=3_600)
 
@@ -35,22 +36,6 @@ def header(qid=0x1234, flags=0x0100, qd=1, an=0, ns=0, ar=0) -> bytes:
 
 def question_bytes(name="www.example.com", qtype=1, qclass=1) -> bytes:
     return wire.name_to_wire(name) + struct.pack(">HH", qtype, qclass)
-
-
-def upstream_reply(name="www.example.com", qtype=QTYPE.A, *, qid=7, rcode=0, answers=(), auth=(),
-                   additional=(), edns=True, do=False, aa=False, ad=False, tc=False, cd=False, qclass=1) -> bytes:
-    """An upstream's reply built by dnslib (also used by test_fast_path and test_wire_fuzz)."""
-    hdr = DNSHeader(id=qid, qr=1, rd=1, ra=1, aa=int(aa), ad=int(ad), tc=int(tc), cd=int(cd), rcode=rcode)
-    rec = DNSRecord(hdr, q=DNSQuestion(name, qtype, qclass))
-    for rr in answers:
-        rec.add_answer(rr)
-    for rr in auth:
-        rec.add_auth(rr)
-    for rr in additional:
-        rec.add_ar(rr)
-    if edns and not any(getattr(rr, "rtype", None) == QTYPE.OPT for rr in additional):
-        rec.add_ar(EDNS0(udp_len=1232, flags="do" if do else ""))
-    return bytes(rec.pack())
 
 
 def a_rr(name="www.example.com", ip="192.0.2.1", ttl=300):

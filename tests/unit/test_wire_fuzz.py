@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 from dnslib import AAAA, CNAME, NS, QTYPE, RR, SOA, TXT, A
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -17,9 +18,11 @@ from hypothesis import strategies as st
 from resolver import wire
 from resolver.errors import DropQuery, FormatError, UpstreamBadResponse
 from resolver.serve.pipeline import Pipeline
-from tests.unit.test_fast_path import client_query, store
-from tests.unit.test_fast_path import make_pipeline as fast_path_pipeline
-from tests.unit.test_wire import upstream_reply
+from tests.support.packets import client_query, upstream_reply
+from tests.support.pipeline import make_pipeline as fast_path_pipeline
+from tests.support.pipeline import store
+
+pytestmark = pytest.mark.fuzz  # hypothesis searches, 300 examples each
 
 SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 TTLS = dict(min_ttl=0, max_ttl=86_400, max_negative_ttl=3_600)

@@ -33,11 +33,25 @@ import dns.message
 import dns.query
 import dns.rdataclass
 import dns.rdatatype
+import pytest
 
 HOST = "127.0.0.1"
 
 # The SOA of the zone test.: negative answers carry it, with minimum 60.
 ZONE_SOA = "test. 3600 IN SOA ns.test. admin.test. 1 3600 600 86400 60"
+
+# big.test: 40 TXT strings of 50 characters: the answer is ~2.4 kB, well over 512 bytes
+# (and over the 1232-byte EDNS default), so UDP replies come back with TC=1.
+BIG_TXT = [f"txt-{i:02d}-" + "x" * 43 for i in range(40)]
+
+# What the ``unbound`` fixture (tests/conftest.py) serves in the zone test.
+DEFAULT_RECORDS = [
+    "www.test. 300 IN A 192.0.2.1",
+    "short.test. 2 IN A 192.0.2.2",
+    "v6.test. 300 IN AAAA 2001:db8::1",
+    "alias.test. 300 IN CNAME www.test.",
+    *[f'big.test. 300 IN TXT "{s}"' for s in BIG_TXT],
+]
 
 _CLASSES = {"IN", "CH", "HS", "CS", "ANY"}
 
@@ -358,3 +372,11 @@ class UnboundServer:
 
     def __repr__(self) -> str:
         return f"<UnboundServer {self.address} {'running' if self.running else 'stopped'}>"
+
+
+HAVE_UNBOUND = find_unbound("unbound") is not None and find_unbound("unbound-control") is not None
+
+requires_unbound = pytest.mark.skipif(
+    not HAVE_UNBOUND,
+    reason="the unbound binary is not installed (apt-get install unbound; `make test` does it)",
+)

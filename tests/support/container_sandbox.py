@@ -2,7 +2,7 @@
 container's or a systemd service's runtime conditions without a container engine or a booted
 systemd.
 
-    python -m tests.deploy.container_sandbox SPEC_JSON
+    python -m tests.support.container_sandbox SPEC_JSON
 
 SPEC: {"port_start": 53 | 1024, "uid": 10053, "caps": [] | ["net_bind_service"],
        "binds": {target path: file} (e.g. {"/etc/resolv.conf": ...}), "tmpfs": [dirs],
@@ -31,7 +31,7 @@ import urllib.request
 import dns.message
 import dns.query
 
-from tests.servers import fake_upstream
+from tests.support import fake_upstream
 
 
 def unprivileged(uid: int, caps: list[str] = ()) -> list[str]:
