@@ -37,7 +37,7 @@ def make():
 def ask(pipe, name, rtype="A", edns=True):
     q = dns.message.make_query(name, rtype, use_edns=0 if edns else False)
     data = q.to_wire()
-    reply = pipe.answer_fast(data, False) or asyncio.run(pipe.resolve(data, False))
+    reply = pipe.answer_fast(data, False) or asyncio.run(pipe.resolve(data, False)).reply
     msg = dns.message.from_wire(reply)
     assert msg.id == q.id and msg.question == q.question
     return msg

@@ -25,7 +25,7 @@ async def ask_in_loop(pipe, data: bytes, tcp: bool = False) -> dns.message.Messa
     """As a listener would: the hit path, then the full path, inside the running loop."""
     reply = pipe.answer_fast(data, tcp)
     if reply is None:
-        reply = await pipe.resolve(data, tcp)
+        reply = (await pipe.resolve(data, tcp)).reply
     return dns.message.from_wire(reply)
 
 

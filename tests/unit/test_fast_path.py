@@ -135,7 +135,7 @@ def stale_path(pipeline, data: bytes, entry, tcp=False) -> bytes:
 
 
 def slow(pipeline, data: bytes, tcp=False):
-    return asyncio.run(pipeline.resolve(data, tcp))
+    return asyncio.run(pipeline.resolve(data, tcp)).reply
 
 
 def rrs(rec):
@@ -617,7 +617,7 @@ def test_resolve_on_cached_fresh_entry_matches_answer_fast():
         assert fast is not None
 
         async def go():
-            return await pipeline.resolve(data, False)
+            return (await pipeline.resolve(data, False)).reply
 
         assert asyncio.run(go()) == fast
     assert pipeline.stats.cache_misses == 0
@@ -641,7 +641,7 @@ def test_ttls_never_state_more_time_left_than_there_is(path, stored_at_fraction)
             if path == "fast":
                 reply = pipeline.answer_fast(data, False)
             else:
-                reply = asyncio.run(pipeline.resolve(data, False))
+                reply = asyncio.run(pipeline.resolve(data, False)).reply
             msg = DNSRecord.parse(reply)
             rr = msg.rr[0] if msg.rr else msg.auth[0]
             left = data_ttl - (clock.monotonic() - (START + stored_at_fraction))
