@@ -1,4 +1,5 @@
-"""Table test for the RFC 8767 serve-stale decision (resolver.stale.decide)."""
+"""Table tests for the RFC 8767 serve-stale decision (resolver.policy.stale): the timers (decide),
+every outcome of a query (plan, with the hit path checked against every row) and of a failed fetch."""
 
 from __future__ import annotations
 
