@@ -108,7 +108,10 @@ def plan(entry: Entry | None, now: float, stale: StaleConfig, epoch: int | None 
     ``fetching``: this key's fetch is already in flight (joining it is free).
     ``cap``: OVERLOAD or CLIENT_LIMIT if that cap is reached, else None.
     """
-    state = decide(entry, now, stale, epoch)
+    if entry is None:  # the common miss, without a call to ``decide``
+        state = RESOLVE
+    else:
+        state = decide(entry, now, stale, epoch)
     if state == ANSWER_FRESH:
         return _FRESH
     if state == RESOLVE:

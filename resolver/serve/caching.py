@@ -63,12 +63,18 @@ class CachingStage:
         now = self.clock.monotonic()
         _, entry = self.cache.lookup(q.key, now)
         fetching = q.key in self.refresher.inflight
-        # Inputs ``plan`` reads only for some rows, computed only then (the miss path is measured).
-        cap = _CLIENT_LIMIT if (client is not None and not fetching and self.limits.inflight_at_limit(client)) \
-            else None
+        # ``upstreams_down`` only matters past the TTL: not asked for a miss or a fresh entry.
         down = entry is not None and now >= entry.fresh_until and self.pool.known_down(q.qname.lower())
-        p = stale_policy.plan(entry, now, self.stale, self.pool.epoch, upstreams_down=down, fetching=fetching,
-                              cap=cap)
+        p = stale_policy.plan(entry, now, self.stale, self.pool.epoch, upstreams_down=down, fetching=fetching)
+        charged = None
+        if p.fetch and not fetching and client is not None:
+            # Starting a fetch is charged to the client (security.max_inflight_per_client);
+            # over its share, the plan's capped row decides instead.
+            if self.limits.acquire_inflight(client):
+                charged = client
+            else:
+                p = stale_policy.plan(entry, now, self.stale, self.pool.epoch, upstreams_down=down,
+                                      fetching=fetching, cap=_CLIENT_LIMIT)
         if p.answer is _FRESH:
             self.stats.cache_hits += 1
             self.cache.touch(q.key)
@@ -79,7 +85,7 @@ class CachingStage:
             if p.hold:
                 self.refresher.hold(entry, now)
             if p.fetch:
-                self.refresher.fetch(q, client)
+                self.refresher.fetch(q, charged)
             return self.render_stale(q, entry, limit, p.reason, entry.lkg_text or b"")
         self.stats.cache_misses += 1
         if p.answer is _NOT_READY or p.reason in _CAP_REASONS:
@@ -88,13 +94,13 @@ class CachingStage:
             # Nothing to fall back on and nobody asking yet: this task fetches itself.
             # The one place a plain miss starts upstream work: charged to the client.
             try:
-                fresh = await self.refresher.lead(q, client)
+                fresh = await self.refresher.lead(q, charged)
             except lkg.LastKnownGoodHeld as e:
                 return self.render_stale(q, e.entry, limit, e.reason, e.ede_text)
             except UpstreamError as e:
                 return self.servfail(data, q, e)
             return self.render(q, fresh, fresh.body, limit, Source.UPSTREAM)
-        fetch = self.refresher.fetch(q, client)
+        fetch = self.refresher.fetch(q, charged)
         if p.answer is _STALE:  # answer-first: stale at once; the fetch refreshes the cache behind it
             return self.render_stale(q, entry, limit, p.reason)
         if p.wait is not None:

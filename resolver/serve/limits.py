@@ -106,7 +106,6 @@ class ClientLimits:
         self.tcp = self._tcp.counts
         self.acquire_inflight = self._inflight.acquire
         self.release_inflight = self._inflight.release
-        self.inflight_at_limit = self._inflight.at_limit
         self.acquire_tcp = self._tcp.acquire
         self.release_tcp = self._tcp.release
         self.tcp_at_limit = self._tcp.at_limit

@@ -75,26 +75,27 @@ class Refresher:
         self.rules = StaleRules(config.stale)
 
     # ------------------------------------------------------------------ starting
-    def fetch(self, q: wire.Query, client: str | None = None) -> InFlight:
+    def fetch(self, q: wire.Query, charged: str | None = None) -> InFlight:
         """The one upstream fetch for this key: joined if already running (coalescing).
 
-        Joining is free.  Starting one is charged to ``client`` until the fetch ends
-        (even if the client was answered stale before that); the caching stage has
-        checked that the client is within its share (``policy.stale.plan``).
+        Joining is free.  ``charged``: the client the caching stage charged for
+        starting it (security.max_inflight_per_client), released when the fetch
+        ends (even if the client was answered stale before that).
         """
         running = self.inflight.get(q.key)
         if running is not None:
+            if charged is not None:  # (the caching stage charges only when nothing runs)
+                self.limits.release_inflight(charged)
             self.stats.coalesced += 1
             return running
-        charged = client is not None and self.limits.acquire_inflight(client)
         try:
             record = self._start(q.key, wire.key_question(q.key), bool(q.cd), q.do)
         except BaseException:
-            if charged:
-                self.limits.release_inflight(client)
+            if charged is not None:
+                self.limits.release_inflight(charged)
             raise
-        if charged:
-            record.done.add_done_callback(lambda _t, release=self.limits.release_inflight: release(client))
+        if charged is not None:
+            record.done.add_done_callback(lambda _t, release=self.limits.release_inflight: release(charged))
         return record
 
     def _start(self, key: bytes, upstream_question: bytes, cd: bool, do: bool) -> InFlight:
@@ -110,16 +111,16 @@ class Refresher:
         if not record.done.cancelled():
             record.done.exception()  # retrieved: waiters handle it; nobody else must log it
 
-    async def lead(self, q: wire.Query, client: str | None) -> Entry:
+    async def lead(self, q: wire.Query, charged: str | None) -> Entry:
         """Fetch in the calling (client's) task: the cheapest miss, measured.
 
         No fetch task, no shield: nothing to fall back on, so the client waits for
         the fetch anyway.  Clients asking the same question meanwhile join through
         the record's future, which gets the outcome as is — an upstream error if
-        this task is cancelled (shutdown).  Charged to ``client`` until it ends.
+        this task is cancelled (shutdown).  ``charged``: the client the caching stage
+        charged for it, released when it ends.
         """
         key = q.key
-        charged = client is not None and self.limits.acquire_inflight(client)
         loop = running_loop()
         joined = loop.create_future()
         record = InFlight(joined, loop.time(), asyncio.current_task(loop))
@@ -139,8 +140,8 @@ class Refresher:
         finally:
             if inflight.get(key) is record:
                 del inflight[key]
-            if charged:
-                self.limits.release_inflight(client)
+            if charged is not None:
+                self.limits.release_inflight(charged)
 
     def prefetch(self, key: bytes) -> None:
         """Refresh a popular entry before it expires (the last ``cache.prefetch`` of its TTL).

@@ -47,11 +47,12 @@ def test_fetch_is_coalesced_into_one_in_flight_record():
     pool.delay(0.02)
 
     async def scenario():
+        assert limits.acquire_inflight("192.0.2.10")  # the caching stage charges the client that starts it
         first = refresher.fetch(parsed(), "192.0.2.10")
-        second = refresher.fetch(parsed(), "192.0.2.11")
+        second = refresher.fetch(parsed())
         assert first is second and isinstance(first, InFlight)
         assert refresher.inflight == {parsed().key: first}
-        assert limits.inflight == {"192.0.2.10": 1}  # only the client that started it is charged
+        assert limits.inflight == {"192.0.2.10": 1}  # until the fetch ends
         assert first.started <= asyncio.get_running_loop().time()
         return await first
 
@@ -66,11 +67,12 @@ def test_lead_fetches_in_the_clients_task_and_joiners_get_its_failure():
 
     async def scenario():
         loop = asyncio.get_running_loop()
+        assert limits.acquire_inflight("192.0.2.10")
         leader = loop.create_task(refresher.lead(parsed(), "192.0.2.10"))
         await asyncio.sleep(0)
         record = refresher.inflight[parsed().key]
         assert record.leader is leader  # what shutdown cancels
-        joined = refresher.fetch(parsed(), "192.0.2.11")
+        joined = refresher.fetch(parsed())
         assert joined is record
         results = await asyncio.gather(leader, joined, return_exceptions=True)
         return results
