@@ -160,7 +160,7 @@ class CachingStage:
             which = p.reason
             answer = Answer(wire.error_reply(data, wire.SERVFAIL, q.qend, edns=q.edns, udp_size=self.edns_size,
                                              ede=wire.ede_option(_EDE_NOT_READY, _LIMIT_TEXT[which])),
-                            Source.LOCAL, wire.SERVFAIL)
+                            Source.LOCAL, wire.SERVFAIL, ede=_EDE_NOT_READY)
             label = "servfail"
         self.note_cap(which, client, label)
         return answer
@@ -174,7 +174,7 @@ class CachingStage:
         self.stats.servfail_upstream += 1
         code = wire.EDE_NETWORK_ERROR if e.reason == "unreachable" else wire.EDE_NO_REACHABLE_AUTHORITY
         return Answer(wire.error_reply(data, wire.SERVFAIL, q.qend, edns=q.edns, udp_size=self.edns_size,
-                                       ede=wire.ede_option(code)), Source.LOCAL, wire.SERVFAIL)
+                                       ede=wire.ede_option(code)), Source.LOCAL, wire.SERVFAIL, ede=code)
 
     @staticmethod
     def aged(entry: Entry, now: float) -> bytes:
@@ -187,4 +187,4 @@ class CachingStage:
         code = wire.EDE_STALE_NXDOMAIN if entry.rcode == wire.NXDOMAIN else wire.EDE_STALE_ANSWER
         body = entry.stale_answer_body(self.stale.answer_ttl)
         reply = wire.render(q, entry.hdr, entry.hdr_opt, body, limit, self.edns_size, wire.ede_option(code, text))
-        return Answer(reply, Source.STALE, entry.rcode, reason)
+        return Answer(reply, Source.STALE, entry.rcode, reason, code)

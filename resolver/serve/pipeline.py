@@ -177,14 +177,14 @@ class Pipeline:
         if self.local is not None:
             reply = self.local.answer(q, limit, self.edns_size)
             if reply is not None:
-                stale_reason = None
                 if type(reply) is not bytes:  # a local CNAME to an outside name: resolve the target
                     # Part of this one query: its answer is counted once, as the whole reply
                     # (a stale target makes the whole reply a stale answer).
                     sub = await self._answer(reply.subquery(q), True, client, chase=True)
-                    stale_reason = sub.stale_reason
                     reply = reply.merge(q, sub.reply, limit, self.edns_size)
-                return Answer(reply, Source.LOCAL, reply[3] & 0x0F, stale_reason)
+                    # (the target's EDE travels with it only if the client speaks EDNS: see merge)
+                    return Answer(reply, Source.LOCAL, reply[3] & 0x0F, sub.stale_reason, sub.ede if q.edns else None)
+                return Answer(reply, Source.LOCAL, reply[3] & 0x0F)
         return await self.caching.answer(q, data, limit, client)
 
     def answer_limited(self, data: bytes, tcp: bool, client: str | None = None) -> Answer:

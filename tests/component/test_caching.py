@@ -9,7 +9,6 @@ import dataclasses
 
 import dns.edns
 import dns.message
-import dns.rcode
 
 from resolver import wire
 from resolver.cache.store import Cache
@@ -55,6 +54,8 @@ def ede(answer: Answer) -> list[int]:
 
 
 def provenance(answer: Answer) -> tuple:
+    """(source, rcode, stale reason), after checking the value's EDE code is the one in the bytes."""
+    assert ede(answer) == ([] if answer.ede is None else [answer.ede])
     return answer.source, answer.rcode, answer.stale_reason
 
 
