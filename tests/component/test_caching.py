@@ -139,3 +139,28 @@ def test_a_dropped_datagram_is_an_answer_without_reply_and_is_not_counted():
     answer = asyncio.run(pipe.resolve(b"\x00\x01", False))
     assert answer.reply is None and answer.source is None
     assert sum(pipe.stats.responses_by_source.values()) == 0 and pipe.stats.dropped_malformed == 1
+
+
+def test_provenance_travels_as_a_value_not_through_context_or_task_attributes():
+    """No module keeps reply bookkeeping in a context variable, and none sets attributes on
+    the asyncio tasks or futures it creates (the in-flight record carries start and leader)."""
+    import ast
+    from pathlib import Path
+
+    import resolver
+
+    offenders = []
+    for path in Path(resolver.__file__).parent.rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                names = [a.name for a in node.names] + [getattr(node, "module", None) or ""]
+                if "contextvars" in names:
+                    offenders.append(f"{path.name}: imports contextvars")
+            if isinstance(node, ast.Assign):
+                for target in node.targets:
+                    if isinstance(target, ast.Attribute) and isinstance(target.value, ast.Name) \
+                            and target.value.id in ("task", "fetch", "joined", "future") \
+                            and target.attr in ("started", "leader"):
+                        offenders.append(f"{path.name}: {target.value.id}.{target.attr} =")
+    assert offenders == []
