@@ -105,7 +105,7 @@ def local_answer(name: str, rtype: str, n: int, rounds: int) -> float:
 
     loop = asyncio.new_event_loop()
     try:
-        assert loop.run_until_complete(resolve(data, False)) is not None
+        assert loop.run_until_complete(resolve(data, False)).reply is not None
         return _median(lambda k: loop.run_until_complete(go(k)), n, rounds)
     finally:
         loop.close()

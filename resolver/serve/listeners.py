@@ -249,7 +249,7 @@ class Listeners:
         """Run ``coro`` as a task (the caller checked ``full``); None while shutting down.
 
         No per-client count here: a client's share is of upstream work, which the
-        pipeline charges when a query starts a fetch (``Pipeline._fetch``).
+        pipeline charges when a query starts a fetch (``Refresher.fetch``).
         """
         if self.draining:  # a successor (or the client's retry) takes new work
             coro.close()
@@ -268,7 +268,7 @@ class Listeners:
         """A datagram the hit path did not answer: a task, or at the global cap an answer at once."""
         if self.full() and not self.draining:
             try:
-                reply = self.pipeline.answer_limited(data, False, addr[0])
+                reply = self.pipeline.answer_limited(data, False, addr[0]).reply
             except Exception:
                 self.stats.internal_errors += 1
                 log.exception("internal error answering a UDP query over max_inflight")
@@ -287,7 +287,7 @@ class Listeners:
 
     async def udp_slow(self, transport, data: bytes, addr) -> None:
         try:
-            reply = await self.pipeline.resolve(data, False, addr[0])
+            reply = (await self.pipeline.resolve(data, False, addr[0])).reply
         except Exception:
             self.stats.internal_errors += 1
             log.exception("internal error answering a UDP query from %s", addr[0])
@@ -383,7 +383,7 @@ class Listeners:
                     break
                 if self.full():  # server.max_inflight: answered at once, never left hanging
                     try:
-                        reply = self.pipeline.answer_limited(data, True, host)
+                        reply = self.pipeline.answer_limited(data, True, host).reply
                     except Exception:
                         self.stats.internal_errors += 1
                         log.exception("internal error answering a TCP query over max_inflight")
@@ -426,7 +426,7 @@ class Listeners:
 
     async def _tcp_answer(self, writer: asyncio.StreamWriter, data: bytes, host: str) -> None:
         try:
-            reply = await self.pipeline.resolve(data, True, host)
+            reply = (await self.pipeline.resolve(data, True, host)).reply
         except Exception:
             self.stats.internal_errors += 1
             log.exception("internal error answering a TCP query")

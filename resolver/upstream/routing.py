@@ -9,7 +9,7 @@ pool, and config.py refuses any other overlap, so an upstream's metric label
 names exactly one group.  Reverse zones (``10.in-addr.arpa``) are zones like any
 other.
 
-Routing runs on the miss path only (``Pipeline._refresh`` → ``exchange``): the
+Routing runs on the miss path only (``Refresher.refresh`` → ``exchange``): the
 cache key is the question, so a cached answer is served without asking which
 group fetched it.
 """

@@ -5,38 +5,18 @@ upstream or the cache."""
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 
 import dns.edns
 import dns.message
 import dns.rcode
 
-from resolver.cache.store import Cache
-from resolver.clock import FakeClock
-from resolver.config import StaleConfig, UpstreamOptions, parse_config
-from resolver.local.answers import LocalAnswers
-from resolver.serve.pipeline import Pipeline
-from resolver.stats import Stats
-from tests.support.fake_pool import FakePool
-
-
-def make():
-    config = parse_config({"upstreams": ["192.0.2.53"], "local_records": [
-        "api.lan. 60 IN CNAME lb.test.", "web.lan. 60 IN CNAME api.lan.", "gone.lan. 60 IN CNAME nosuch.test.",
-        "blk.lan. 60 IN CNAME x.home.arpa.", "printer.lan. 300 IN A 192.0.2.20"],
-        "block_zones": ["home.arpa"]})
-    config = dataclasses.replace(config, stale=dataclasses.replace(StaleConfig(), client_timeout=0.05),
-                                 upstream=dataclasses.replace(UpstreamOptions(), attempt_timeout=0.3,
-                                                              total_timeout=0.3))
-    pool = FakePool().answer("lb.test", "A", "198.51.100.7", ttl=20).nxdomain("nosuch.test")
-    clock, cache = FakeClock(), Cache(100)
-    return Pipeline(config, cache, pool, clock, Stats(), LocalAnswers(config)), pool, clock, cache
+from tests.support.pipeline import make_local_pipeline as make
 
 
 def ask(pipe, name, rtype="A", edns=True):
     q = dns.message.make_query(name, rtype, use_edns=0 if edns else False)
     data = q.to_wire()
-    reply = pipe.answer_fast(data, False) or asyncio.run(pipe.resolve(data, False))
+    reply = pipe.answer_fast(data, False) or asyncio.run(pipe.resolve(data, False)).reply
     msg = dns.message.from_wire(reply)
     assert msg.id == q.id and msg.question == q.question
     return msg

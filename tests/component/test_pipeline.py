@@ -24,7 +24,7 @@ def ask(pipe: Pipeline, data: bytes, tcp: bool = False) -> dns.message.Message:
     """What a client would get: the hit path first, then the full path."""
     reply = pipe.answer_fast(data, tcp)
     if reply is None:
-        reply = asyncio.run(pipe.resolve(data, tcp))
+        reply = asyncio.run(pipe.resolve(data, tcp)).reply
     return dns.message.from_wire(reply)
 
 
@@ -106,13 +106,13 @@ def test_slow_upstream_client_gets_stale_then_cache_repaired():
     pipe, pool, clock, stats = make(total_timeout=1.0)
 
     async def scenario():
-        first = pipe.answer_fast(query("short.test"), False) or await pipe.resolve(query("short.test"), False)
+        first = pipe.answer_fast(query("short.test"), False) or (await pipe.resolve(query("short.test"), False)).reply
         assert first
         pool.replace("short.test", "A", "192.0.2.77", ttl=10).delay(CLIENT_TIMEOUT * 4)
         clock.advance(60)
         loop = asyncio.get_running_loop()
         started = loop.time()
-        stale_reply = await pipe.resolve(query("short.test"), False)
+        stale_reply = (await pipe.resolve(query("short.test"), False)).reply
         waited = loop.time() - started
         await asyncio.gather(*pipe.inflight.values(), return_exceptions=True)  # let the refresh land
         fresh_reply = pipe.answer_fast(query("short.test"), False)
@@ -152,7 +152,7 @@ def test_never_cached_name_gets_servfail_within_deadline_and_failure_is_remember
     async def timed():
         loop = asyncio.get_running_loop()
         t = loop.time()
-        reply = await pipe.resolve(query("www.test"), False)
+        reply = (await pipe.resolve(query("www.test"), False)).reply
         return dns.message.from_wire(reply), loop.time() - t
 
     msg, waited = asyncio.run(timed())
@@ -191,7 +191,7 @@ def test_concurrent_identical_misses_are_coalesced():
     pool.delay(0.02)
 
     async def many():
-        return await asyncio.gather(*(pipe.resolve(query("www.test"), False) for _ in range(10)))
+        return [a.reply for a in await asyncio.gather(*(pipe.resolve(query("www.test"), False) for _ in range(10)))]
 
     replies = asyncio.run(many())
     assert all(answers(dns.message.from_wire(r)) == [("192.0.2.1", 300)] for r in replies)
@@ -206,7 +206,7 @@ def test_coalesced_clients_of_a_failed_miss_all_get_servfail():
     pool.servfail()
 
     async def many():
-        return await asyncio.gather(*(pipe.resolve(query("www.test"), False) for _ in range(5)))
+        return [a.reply for a in await asyncio.gather(*(pipe.resolve(query("www.test"), False) for _ in range(5)))]
 
     replies = [dns.message.from_wire(r) for r in asyncio.run(many())]
     assert [r.rcode() for r in replies] == [dns.rcode.SERVFAIL] * 5
@@ -229,7 +229,7 @@ def test_cancelling_a_client_led_fetch_fails_its_joiners_and_caches_nothing():
         await asyncio.sleep(0.01)
         assert pipe.inflight  # the leader's fetch, joined
         await asyncio.wait_for(pipe.cancel_refreshes(), 0.5)
-        reply = await asyncio.wait_for(joiner, 0.5)
+        reply = (await asyncio.wait_for(joiner, 0.5)).reply
         return dns.message.from_wire(reply), leader.cancelled()
 
     msg, cancelled = asyncio.run(scenario())
@@ -258,7 +258,7 @@ def test_client_joining_an_old_fetch_gets_stale_at_once():
         await pipe.resolve(query("short.test"), False)  # waits client_timeout; fetch still running
         loop = asyncio.get_running_loop()
         t = loop.time()
-        reply = await pipe.resolve(query("short.test"), False)
+        reply = (await pipe.resolve(query("short.test"), False)).reply
         return dns.message.from_wire(reply), loop.time() - t
 
     msg, waited = asyncio.run(scenario())

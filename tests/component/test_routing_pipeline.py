@@ -41,6 +41,6 @@ def test_misses_are_routed_and_hits_never_consult_routing():
     for _ in range(3):
         for data in queries.values():
             assert pipe.answer_fast(data, False) is not None      # the hit path
-            assert asyncio.run(pipe.resolve(data, True)) is not None  # the general path's hit
+            assert asyncio.run(pipe.resolve(data, True)).reply is not None  # the general path's hit
     assert router.lookups == 2  # no hit asked which group serves the name
     assert len(default.calls) == len(corp.calls) == 1

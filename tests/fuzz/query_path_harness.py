@@ -122,7 +122,7 @@ def _one_input(raw: bytes) -> None:
     if target == 0:
         for tcp in (False, True):
             _check_reply(data, PIPELINE.answer_fast(data, tcp))
-            _check_reply(data, LOOP.run_until_complete(PIPELINE.resolve(data, tcp)))
+            _check_reply(data, LOOP.run_until_complete(PIPELINE.resolve(data, tcp)).reply)
         refusal = ACL.refusal(data)
         if refusal is not None and (len(refusal) > len(data) or refusal[3] & 0x0F != wire.REFUSED):
             raise AssertionError("refusal larger than the query, or not REFUSED")
@@ -139,7 +139,7 @@ def _one_input(raw: bytes) -> None:
     POOL.reply = reply
     try:
         PIPELINE.cache.entries.clear()
-        _check_reply(QUERY, LOOP.run_until_complete(PIPELINE.resolve(QUERY, False)))
+        _check_reply(QUERY, LOOP.run_until_complete(PIPELINE.resolve(QUERY, False)).reply)
         _check_reply(QUERY, PIPELINE.answer_fast(QUERY, False))
     except UpstreamError:
         pass

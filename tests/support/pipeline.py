@@ -13,14 +13,15 @@ from dnslib import QTYPE
 from resolver import wire
 from resolver.cache.store import Cache
 from resolver.clock import FakeClock
-from resolver.config import CacheConfig, Config, StaleConfig, UpstreamOptions
+from resolver.config import CacheConfig, Config, StaleConfig, UpstreamOptions, parse_config
+from resolver.local.answers import LocalAnswers
 from resolver.serve.pipeline import Pipeline
 from resolver.stats import Stats
 from tests.support.fake_pool import FakePool
 from tests.support.packets import client_query, upstream_reply
 
 __all__ = ["CLIENT_TIMEOUT", "START", "NoPool", "answers", "ask_in_loop", "make", "make_pipeline",
-           "query", "settle", "store"]
+           "make_local_pipeline", "query", "settle", "store"]
 
 # --- the caching stage with a scripted pool (tests/component)
 
@@ -53,11 +54,25 @@ def answers(msg: dns.message.Message) -> list[tuple[str, int]]:
     return [(rr.to_text(), rrset.ttl) for rrset in msg.answer for rr in rrset]
 
 
+def make_local_pipeline():
+    """A pipeline with local records (CNAMEs to outside names, a block zone) and a scripted pool."""
+    config = parse_config({"upstreams": ["192.0.2.53"], "local_records": [
+        "api.lan. 60 IN CNAME lb.test.", "web.lan. 60 IN CNAME api.lan.", "gone.lan. 60 IN CNAME nosuch.test.",
+        "blk.lan. 60 IN CNAME x.home.arpa.", "printer.lan. 300 IN A 192.0.2.20"],
+        "block_zones": ["home.arpa"]})
+    config = dataclasses.replace(config, stale=dataclasses.replace(StaleConfig(), client_timeout=0.05),
+                                 upstream=dataclasses.replace(UpstreamOptions(), attempt_timeout=0.3,
+                                                              total_timeout=0.3))
+    pool = FakePool().answer("lb.test", "A", "198.51.100.7", ttl=20).nxdomain("nosuch.test")
+    clock, cache = FakeClock(), Cache(100)
+    return Pipeline(config, cache, pool, clock, Stats(), LocalAnswers(config)), pool, clock, cache
+
+
 async def ask_in_loop(pipe, data: bytes, tcp: bool = False) -> dns.message.Message:
     """As a listener would: the hit path, then the full path, inside the running loop."""
     reply = pipe.answer_fast(data, tcp)
     if reply is None:
-        reply = await pipe.resolve(data, tcp)
+        reply = (await pipe.resolve(data, tcp)).reply
     return dns.message.from_wire(reply)
 
 

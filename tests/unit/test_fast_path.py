@@ -22,7 +22,7 @@ from resolver.errors import FormatError
 from resolver.policy import stale as stale_policy
 from resolver.serve.pipeline import Pipeline
 from tests.support.packets import client_query
-from tests.support.pipeline import START, make_pipeline, store
+from tests.support.pipeline import START, NoPool, make_pipeline, store
 
 EDNS_SIZE = Config().upstream.edns_buffer_size  # 1232
 
@@ -87,7 +87,7 @@ def stale_path(pipeline, data: bytes, entry, tcp=False) -> bytes:
 
 
 def slow(pipeline, data: bytes, tcp=False):
-    return asyncio.run(pipeline.resolve(data, tcp))
+    return asyncio.run(pipeline.resolve(data, tcp)).reply
 
 
 def rrs(rec):
@@ -569,7 +569,7 @@ def test_resolve_on_cached_fresh_entry_matches_answer_fast():
         assert fast is not None
 
         async def go():
-            return await pipeline.resolve(data, False)
+            return (await pipeline.resolve(data, False)).reply
 
         assert asyncio.run(go()) == fast
     assert pipeline.stats.cache_misses == 0
@@ -593,9 +593,33 @@ def test_ttls_never_state_more_time_left_than_there_is(path, stored_at_fraction)
             if path == "fast":
                 reply = pipeline.answer_fast(data, False)
             else:
-                reply = asyncio.run(pipeline.resolve(data, False))
+                reply = asyncio.run(pipeline.resolve(data, False)).reply
             msg = DNSRecord.parse(reply)
             rr = msg.rr[0] if msg.rr else msg.auth[0]
             left = data_ttl - (clock.monotonic() - (START + stored_at_fraction))
             assert rr.ttl <= left + 1e-6, (name, elapsed, rr.ttl, left)
             assert rr.ttl == math.floor(left + 1e-9), (name, elapsed, rr.ttl, left)
+
+
+def test_fast_path_stands_alone_and_hands_prefetch_to_its_callback():
+    """``FastPath`` needs only the cache, the clock, something with an ``epoch`` and a
+    prefetch callback: no pipeline, no loop.  Near expiry it asks the callback (once per
+    second per entry, when the aged body is rebuilt) and still answers from cache."""
+    import dataclasses
+
+    from resolver.config import CacheConfig
+    from resolver.serve.fastpath import FastPath
+
+    config = dataclasses.replace(Config(), cache=dataclasses.replace(CacheConfig(), prefetch=0.1))
+    pipeline, cache, clock = make_pipeline(config)
+    entry = store(pipeline, "solo.example.com", answers=[RR("solo.example.com", QTYPE.A, rdata=A("192.0.2.8"),
+                                                            ttl=100)])
+    entry.prefetch_after = clock.monotonic() + 90
+    asked = []
+    fast = FastPath(config, cache, NoPool(), clock, asked.append)
+    data = client_query("solo.example.com")
+    assert fast.answer_fast(data, False) == pipeline.answer_fast(data, False) is not None
+    assert asked == []
+    clock.advance(95)
+    reply = fast.answer_fast(data, False)
+    assert DNSRecord.parse(reply).a.ttl == 5 and asked == [wire.parse_query(data).key]

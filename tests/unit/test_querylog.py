@@ -11,6 +11,7 @@ from dnslib import DNSHeader, DNSQuestion, DNSRecord
 from resolver.cache.store import Cache
 from resolver.clock import FakeClock
 from resolver.config import Config, LoggingConfig
+from resolver.serve.fastpath import FastPath
 from resolver.serve.pipeline import Pipeline
 from resolver.serve.querylog import QueryLog, _question
 from resolver.stats import Stats
@@ -50,7 +51,7 @@ def test_query_log_turns_the_hit_path_off():
     assert pipeline.answer_fast(query(), False) is None and pipeline.query_log.sample == 0.5
     pipeline.configure(Config())  # off again (a reload)
     assert pipeline.query_log is None
-    assert pipeline.answer_fast.__func__ is Pipeline.answer_fast
+    assert pipeline.answer_fast.__func__ is FastPath.answer_fast
 
 
 def raw_query(labels: list[bytes], qtype: int = 1) -> bytes:
