@@ -752,7 +752,7 @@ def _parse_local(top: dict) -> dict:
 
 def _name_text(name: bytes) -> str:
     """"corp.example." for messages (names are kept in wire form)."""
-    return records.wire.name_to_text(name)
+    return records.name_to_text(name)
 
 
 def _check_forward(forward: tuple[ForwardZone, ...], default: tuple[UpstreamAddress, ...],

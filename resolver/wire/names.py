@@ -108,14 +108,16 @@ def in_zone(name: bytes, zone: bytes) -> bool:
 def zone_of(name: bytes, zones) -> bytes | None:
     """The longest of ``zones`` (a set or dict of lower-case wire names) holding ``name``, or None.
 
-    Walks the name's suffixes from the longest (the name itself) towards the root,
+    Walks the name's suffixes from the longest (the name itself) down to the root,
     one lookup per label however many zones there are, so the first hit is the
-    longest match.  The root zone is not looked up (every zone user refuses it).
+    longest match.
     """
     off, end = 0, len(name)
-    while off < end and name[off]:
+    while off < end:
         if name[off:] in zones:
             return name[off:]
+        if not name[off]:
+            return None
         off += 1 + name[off]
     return None
 
