@@ -81,7 +81,7 @@ class _Expiry:
 
 # Rcodes a server may send with an empty question section (FORMERR, SERVFAIL, NOTIMP,
 # REFUSED), as dnspython's ``Message.is_response`` allows.
-_ERROR_RCODES = frozenset((1, 2, 4, 5))
+_ERROR_RCODES = frozenset((wire.FORMERR, wire.SERVFAIL, wire.NOTIMP, wire.REFUSED))
 
 
 def _error_without_question(reply: bytes, qid: int) -> bool:

@@ -49,7 +49,7 @@ from .query import (
     KEY_CD, KEY_DO, KEY_EXACT_TAIL, KEY_FLAGGED, Query, build_upstream_query, key_flags, key_name, key_prefix,
     key_question, parse_query, question_bytes, question_key,
 )
-from .render import ede_option, error_reply, opt_record, render, truncated
+from .render import EDE_OPTION, ede_option, error_reply, opt_record, render, truncated
 from .reply import (
     FAILURE, NEGATIVE_NXDOMAIN, NODATA, POSITIVE, Prepared, age_body, check_reply_matches, failure_prepared,
     fixed_ttl_body, parse_reply,
@@ -65,7 +65,7 @@ __all__ = [
     "ROOT", "in_zone", "name_to_text", "name_to_wire", "parse_name", "skip_name", "zone_of", "zone_to_wire",
     "KEY_CD", "KEY_DO", "KEY_EXACT_TAIL", "KEY_FLAGGED", "Query", "build_upstream_query", "key_flags", "key_name",
     "key_prefix", "key_question", "parse_query", "question_bytes", "question_key",
-    "ede_option", "error_reply", "opt_record", "render", "truncated",
+    "EDE_OPTION", "ede_option", "error_reply", "opt_record", "render", "truncated",
     "FAILURE", "NEGATIVE_NXDOMAIN", "NODATA", "POSITIVE", "Prepared", "age_body", "check_reply_matches",
     "failure_prepared", "fixed_ttl_body", "parse_reply",
 ]
