@@ -17,7 +17,8 @@ from resolver.errors import DropQuery, FormatError
 
 # By import path: ``resolver.wire.render`` the attribute is the function (re-exported), not the module.
 constants, framing, names, query, render, reply = (
-    importlib.import_module(f"resolver.wire.{m}") for m in ("constants", "framing", "names", "query", "render", "reply"))
+    importlib.import_module(f"resolver.wire.{m}")
+    for m in ("constants", "framing", "names", "query", "render", "reply"))
 
 PACKAGE = Path(wire.__file__).resolve().parents[1]
 
