@@ -17,9 +17,9 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from resolver import wire
 from resolver.errors import ConfigError
 from resolver.wire import records
+from resolver.wire.names import name_to_text, parse_name
 
 TRANSPORTS = ("udp", "tcp", "tls")
 WORKERS_AUTO = 0  # `workers: auto`, resolved to the number of usable cores by the supervisor
@@ -234,7 +234,7 @@ def zone(value: object, key: str) -> str:
     """A domain name in presentation form, lower-cased, without the trailing dot ("" = root)."""
     name = text(value, key).strip().lower().rstrip(".")
     try:
-        wire.parse_name(name + ".", "domain name")  # the one name validator; "." is the root
+        parse_name(name + ".", "domain name")  # the one name validator; "." is the root
     except ValueError:
         raise ConfigError(key, f"expected a domain name such as example.com, got {show(value)}") from None
     return name
@@ -256,7 +256,7 @@ def name_pattern(value: object, key: str) -> str:
 
 def _name_text(name: bytes) -> str:
     """"corp.example." for messages (names are kept in wire form)."""
-    return wire.name_to_text(name)
+    return name_to_text(name)
 
 
 def wire_zone(value: object, key: str) -> bytes:
