@@ -57,6 +57,8 @@ def parse_name(text: str) -> bytes:
     if not text:
         raise BadRequest("name: expected a domain name such as www.example.com")
     try:
+        if text != text.strip():  # taken literally, as before: a space is not in any name we serve
+            raise ValueError(text)
         return wire.parse_name(text, as_asked=True)
     except ValueError:
         raise BadRequest(f"name: invalid domain name {text!r}") from None

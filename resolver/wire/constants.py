@@ -70,7 +70,7 @@ def qtype_from_text(text: str) -> int:
     ValueError for anything else, including 0 and numbers above 65535: callers say
     in their own words which parameter was wrong.
     """
-    upper = text.strip().upper()
+    upper = text.upper()
     value = -1
     if upper.isascii() and (upper.isdigit() or (upper.startswith("TYPE") and upper[4:].isdigit())):
         value = int(upper.removeprefix("TYPE")) if len(upper) < 12 else -1

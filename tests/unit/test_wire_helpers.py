@@ -103,14 +103,14 @@ def test_zone_to_wire_reads_the_configs_text_form():
 
 # ------------------------------------------------------------------ record types
 @pytest.mark.parametrize("text, expect", [
-    ("A", 1), ("aaaa", 28), ("TYPE65", 65), ("65", 65), ("https", 65), (" mx ", 15), ("00001", 1),
+    ("A", 1), ("aaaa", 28), ("TYPE65", 65), ("65", 65), ("https", 65), ("00001", 1),
 ])
 def test_qtype_from_text(text, expect):
     assert wire.qtype_from_text(text) == expect
 
 
 @pytest.mark.parametrize("text", ["NOPE", "0", "70000", "TYPE99999999999", "", "A;B", "__class__", "²",
-                                  "TYPE", "REVERSE", "forward"])
+                                  "TYPE", "REVERSE", "forward", " mx"])
 def test_qtype_from_text_refuses(text):
     with pytest.raises(ValueError):
         wire.qtype_from_text(text)
