@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from resolver.errors import ConfigError
 from resolver.wire import records
+from resolver.wire.names import name_to_text, parse_name
 
 TRANSPORTS = ("udp", "tcp", "tls")
 WORKERS_AUTO = 0  # `workers: auto`, resolved to the number of usable cores by the supervisor
@@ -26,7 +27,6 @@ WORKERS_AUTO = 0  # `workers: auto`, resolved to the number of usable cores by t
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _DURATION = re.compile(r"([-+]?(?:\d+(?:\.\d*)?|\.\d+))\s*(ms|s|m|h|d)?", re.ASCII)
 _BRACKETED = re.compile(r"\[([^\]]*)\](?::(.*))?")
-_LABEL = re.compile(r"(?!-)[a-z0-9_-]{1,63}(?<!-)", re.ASCII)
 
 
 # -- the values some parsers produce ---------------------------------------------------
@@ -233,9 +233,10 @@ def workers(value: object, key: str) -> int:
 def zone(value: object, key: str) -> str:
     """A domain name in presentation form, lower-cased, without the trailing dot ("" = root)."""
     name = text(value, key).strip().lower().rstrip(".")
-    labels = name.split(".") if name else []
-    if len(name) > 253 or not all(_LABEL.fullmatch(label) for label in labels):
-        raise ConfigError(key, f"expected a domain name such as example.com, got {show(value)}")
+    try:
+        parse_name(name + ".", "domain name")  # the one name validator; "." is the root
+    except ValueError:
+        raise ConfigError(key, f"expected a domain name such as example.com, got {show(value)}") from None
     return name
 
 
@@ -255,7 +256,7 @@ def name_pattern(value: object, key: str) -> str:
 
 def _name_text(name: bytes) -> str:
     """"corp.example." for messages (names are kept in wire form)."""
-    return records.wire.name_to_text(name)
+    return name_to_text(name)
 
 
 def wire_zone(value: object, key: str) -> bytes:

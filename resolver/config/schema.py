@@ -25,6 +25,7 @@ from typing import Any
 
 from resolver.errors import ConfigError
 from resolver.wire import records
+from resolver.wire.names import name_to_text
 
 from . import fields as parse
 from .fields import Address, UpstreamAddress
@@ -334,7 +335,7 @@ def read_forward(value: object, key: str) -> tuple[ForwardZone, ...]:
         if item is None or not all(name in item for name in names):
             raise ConfigError(path, "needs both 'zone' and 'upstreams'")
         zones.append(read_section(ForwardZone, item, path))
-    parse.unique([records.wire.name_to_text(z.zone) for z in zones], key)
+    parse.unique([name_to_text(z.zone) for z in zones], key)
     return tuple(zones)
 
 

@@ -37,20 +37,19 @@ import dnslib
 from .. import wire
 from ..cache.store import Cache
 from ..config import Config
-from ..wire.records import TYPE_NS, TYPE_SOA, TYPES, Record, index
+from ..wire.constants import CLASS_IN as _CLASS_IN, TYPE_A, TYPE_AAAA, TYPE_ANY as _TYPE_ANY, \
+    TYPE_CNAME as _CNAME, TYPE_NS, TYPE_SOA
+from ..wire.records import Record, index
 
 LOCALHOST = wire.name_to_wire("localhost")
 LOCALHOST_TTL = 3600  # the data never changes (RFC 6761 §6.3)
 BLOCK_TTL = 60  # short, so lifting a block reaches clients within a minute
 KINDS = ("records", "hosts", "localhost", "blocked")  # metric label values
-_CLASS_IN = 1
-_TYPE_ANY = 255
-_CNAME = TYPES["CNAME"]
 _MAX_CHAIN = 8  # CNAME hops followed in local data; more is a loop or a mistake
 _SOA_NAMES = wire.name_to_wire("localhost") + wire.name_to_wire("nobody.invalid")
 _LOCALHOST_DATA = {
-    TYPES["A"]: [Record(LOCALHOST, TYPES["A"], LOCALHOST_TTL, bytes((127, 0, 0, 1)))],
-    TYPES["AAAA"]: [Record(LOCALHOST, TYPES["AAAA"], LOCALHOST_TTL, bytes(15) + b"\x01")],
+    TYPE_A: [Record(LOCALHOST, TYPE_A, LOCALHOST_TTL, bytes((127, 0, 0, 1)))],
+    TYPE_AAAA: [Record(LOCALHOST, TYPE_AAAA, LOCALHOST_TTL, bytes(15) + b"\x01")],
 }
 
 
@@ -65,19 +64,6 @@ def _rr(record: Record, qname: bytes, ttl: int | None = None) -> bytes:
     owner = b"\xc0\x0c" if record.name == qname else record.name
     return owner + struct.pack(">HHIH", record.rtype, _CLASS_IN, record.ttl if ttl is None else ttl,
                                len(record.rdata)) + record.rdata
-
-
-def _zone_of(name: bytes, zones: dict) -> bytes | None:
-    """The longest of ``zones`` that ``name`` is at or below (lower-case wire names), or None.
-
-    One dict lookup per label of the name, however many zones there are.
-    """
-    off, end = 0, len(name)
-    while off < end and name[off]:
-        if name[off:] in zones:
-            return name[off:]
-        off += 1 + name[off]
-    return None
 
 
 def _last_label(zone: bytes) -> bytes:
@@ -122,7 +108,7 @@ class LocalAnswers:
 
     def owns(self, name: bytes) -> bool:
         """Is ``name`` (lower-case wire) answered here rather than upstream?"""
-        return self._data(name)[0] is not None or _zone_of(name, self.zones) is not None
+        return self._data(name)[0] is not None or wire.zone_of(name, self.zones) is not None
 
     def answer(self, q: wire.Query, limit: int, edns_size: int) -> bytes | None:
         """The reply for ``q`` if its name is local, else None (go on to the cache)."""
@@ -133,7 +119,7 @@ class LocalAnswers:
                 return self._from_data(q, qname, data, kind, limit, edns_size)
         if not qname.endswith(self._tails):
             return None
-        zone = _zone_of(qname, self.zones)
+        zone = wire.zone_of(qname, self.zones)
         if zone is None:
             return None
         if self.zones[zone] == "blocked":  # any class: a blocked name never leaves the host
@@ -179,9 +165,9 @@ class LocalAnswers:
 
     def _reply(self, q, rcode, answer, authority, limit, edns_size) -> bytes:
         # QR, AA, RD (cleared by render if the client did not set it); RA, the client's CD.
-        flags = bytes((0x85, 0x80 | (0x10 if q.cd else 0) | rcode))
-        hdr = flags + struct.pack(">HHHH", 1, len(answer), len(authority), 0)
-        hdr_opt = flags + struct.pack(">HHHH", 1, len(answer), len(authority), 1)
+        flags = wire.reply_flags(rcode, cd=q.cd, aa=True)
+        hdr = flags + wire.header_counts(1, len(answer), len(authority), 0)
+        hdr_opt = flags + wire.header_counts(1, len(answer), len(authority), 1)
         return wire.render(q, hdr, hdr_opt, b"".join(answer + authority), limit, edns_size)
 
 
@@ -203,7 +189,7 @@ class Chase:
     def subquery(self, q: wire.Query) -> bytes:
         """The query for the target: the client's type, class, CD, DO and EDNS size."""
         opt = wire.opt_record(q.udp_size, q.do) if q.edns else b""
-        return (q.id + bytes((0x01, 0x10 if q.cd else 0)) + struct.pack(">HHHH", 1, 0, 0, 1 if opt else 0)
+        return (q.id + wire.query_flags(q.cd) + wire.header_counts(1, 0, 0, 1 if opt else 0)
                 + self.target + q.question[-4:] + opt)
 
     def merge(self, q: wire.Query, sub: bytes, limit: int, edns_size: int) -> bytes:
@@ -215,10 +201,10 @@ class Chase:
         body = b"".join(_uncompressed(rr) for rr in rec.rr + rec.auth)
         options = b"".join(struct.pack(">HH", o.code, len(o.data)) + o.data
                            for rr in rec.ar if rr.rtype == wire.TYPE_OPT for o in rr.rdata)
-        flags = bytes((0x81, 0x80 | (sub[3] & 0x10) | (sub[3] & 0x0F)))
+        flags = wire.reply_flags(sub[3] & wire.RCODE_MASK, cd=sub[3] & wire.CD)
         an, ns = len(self.records) + len(rec.rr), len(rec.auth)
-        hdr = flags + struct.pack(">HHHH", 1, an, ns, 0)
-        hdr_opt = flags + struct.pack(">HHHH", 1, an, ns, 1)
+        hdr = flags + wire.header_counts(1, an, ns, 0)
+        hdr_opt = flags + wire.header_counts(1, an, ns, 1)
         return wire.render(q, hdr, hdr_opt, b"".join(self.records) + body, limit, edns_size,
                            options if q.edns else b"")
 
@@ -245,8 +231,7 @@ def purge(cache: Cache, owns) -> int:
     """
     dead = []
     for key in cache.entries:
-        body = key[1:] if key[0] & wire.KEY_FLAGGED else key  # skip the DO/CD flag byte
-        if owns(body[:-4]):
+        if owns(wire.key_name(key)):
             dead.append(key)
     for key in dead:
         cache.remove(key)

@@ -25,7 +25,8 @@ import os
 from typing import Callable
 
 from ..config import HostsFileConfig
-from ..wire.records import TYPES, Record, index, parse_name, reverse_name
+from ..wire.names import parse_name
+from ..wire.records import TYPES, Record, index, reverse_name
 
 log = logging.getLogger("resolver.hosts")
 

@@ -17,10 +17,9 @@ the answer is a list.
 from __future__ import annotations
 
 import json
-import struct
 from typing import Iterator
 
-from dnslib import QTYPE, DNSRecord
+from dnslib import DNSRecord
 
 from .. import wire
 from ..cache.store import Cache, Entry
@@ -54,40 +53,29 @@ def parse_params(query: str, allowed: tuple[str, ...] = ("name", "type")) -> dic
 
 
 def parse_name(text: str) -> bytes:
-    """A presentation name → lower-case wire form; letters, digits, '-', '_', '*' only."""
-    if not text or len(text) > 254:
+    """A name as clients ask it → lower-case wire form (``wire.parse_name``, ``as_asked``)."""
+    if not text:
         raise BadRequest("name: expected a domain name such as www.example.com")
-    if text != ".":
-        stripped = text[:-1] if text.endswith(".") else text
-        for label in stripped.split("."):
-            if not label or len(label) > 63 or not all(c.isascii() and (c.isalnum() or c in "-_*") for c in label):
-                raise BadRequest(f"name: invalid domain name {text!r}")
     try:
-        return wire.name_to_wire(text.lower())
-    except ValueError as e:
-        raise BadRequest(f"name: {e}") from None
+        if text != text.strip():  # taken literally, as before: a space is not in any name we serve
+            raise ValueError(text)
+        return wire.parse_name(text, as_asked=True)
+    except ValueError:
+        raise BadRequest(f"name: invalid domain name {text!r}") from None
 
 
 def parse_type(text: str | None) -> int:
     """A record type by name (A, AAAA, …), as TYPEnnn, or as a number; default A."""
     if text is None:
-        return 1
-    upper = text.upper()
-    value = -1
-    if upper.isascii() and (upper.isdigit() or (upper.startswith("TYPE") and upper[4:].isdigit())):
-        value = int(upper.removeprefix("TYPE")) if len(upper) < 12 else -1
-    elif upper.isascii() and upper.isalnum():
-        try:
-            value = int(getattr(QTYPE, upper))
-        except Exception:  # dnslib raises its own DNSError for unknown names
-            value = -1
-    if not 0 < value < 65536:
-        raise BadRequest(f"type: unknown record type {text!r}")
-    return value
+        return wire.TYPE_A
+    try:
+        return wire.qtype_from_text(text)
+    except ValueError:
+        raise BadRequest(f"type: unknown record type {text!r}") from None
 
 
 def _keys(name: bytes, qtype: int) -> list[tuple[str, bytes]]:
-    question = name + struct.pack(">HH", qtype, 1)  # class IN: the only class we cache
+    question = wire.question_bytes(name, qtype)  # class IN: the only class we cache
     return [(label, wire.question_key(question, flags)) for flags, label in _FLAGS.items()]
 
 
@@ -124,13 +112,13 @@ def show(cache: Cache, now: float, query: str) -> tuple[int, bytes]:
         name, qtype = parse_name(params["name"]), parse_type(params.get("type"))
     except BadRequest as e:
         return 400, _json({"error": str(e)})
-    question = name + struct.pack(">HH", qtype, 1)
+    question = wire.question_bytes(name, qtype)
     found = []
     for flags, key in _keys(name, qtype):
         entry = cache.get(key)
         if entry is not None and now < entry.stale_until:
             found.append({"flags": flags, **describe(entry, question, now)})
-    doc = {"name": wire.name_to_text(name), "type": QTYPE.get(qtype, f"TYPE{qtype}"), "entries": found}
+    doc = {"name": wire.name_to_text(name), "type": wire.qtype_to_text(qtype), "entries": found}
     return (200 if found else 404), _json(doc)
 
 
@@ -170,21 +158,12 @@ def flush_keys(cache: Cache, name: bytes | None, qtype: int | None, zone: bool) 
     n = 0
     for start in range(0, len(keys), FLUSH_SLICE):
         for key in keys[start:start + FLUSH_SLICE]:
-            owner = _name_of(key)
-            if (owner == name or (zone and (name == b"\x00" or owner.endswith(name) and _at_label(owner, name)))) \
+            owner = wire.key_name(key)
+            # endswith first: a cheap filter over every key before the label walk
+            if (owner == name or (zone and owner.endswith(name) and wire.in_zone(owner, name))) \
                     and cache.remove(key):
                 n += 1
         yield n
-
-
-def _at_label(owner: bytes, zone: bytes) -> bool:
-    """Is ``zone`` (a suffix of ``owner``) a whole-label suffix?  Walks the labels."""
-    pos = 0
-    while pos < len(owner):
-        if owner[pos:] == zone:
-            return True
-        pos += owner[pos] + 1
-    return False
 
 
 def flush(cache: Cache, query: str) -> tuple[int, bytes]:
@@ -197,12 +176,6 @@ def flush(cache: Cache, query: str) -> tuple[int, bytes]:
     for n in flush_keys(cache, name, qtype, zone):
         pass
     return 200, _json({"flushed": n})
-
-
-def _name_of(key: bytes) -> bytes:
-    """The wire name inside a cache key (see wire.question_key)."""
-    start = 1 if key and key[0] & wire.KEY_FLAGGED else 0
-    return key[start:-4]
 
 
 def _json(doc: dict) -> bytes:

@@ -17,8 +17,6 @@ from __future__ import annotations
 import logging
 from urllib.parse import parse_qs
 
-from dnslib import QTYPE
-
 from .. import wire
 from .admin import TEXT, AdminStats, Reply, Request, Route, audit, text
 
@@ -33,22 +31,23 @@ def _question(params: dict) -> bytes:
     if len(names) != 1 or len(types) != 1:
         raise ValueError("give exactly one name= (and at most one type=)")
     name, qtype = names[0].strip(), types[0].strip().upper()
-    if not name or not name.isascii() or (name != "." and "" in name.removesuffix(".").split(".")):
+    if not name:
         raise ValueError("name must be a non-empty ASCII domain name without empty labels")
     try:
-        encoded = wire.name_to_wire(name.lower())
-    except (ValueError, UnicodeError) as e:
+        encoded = wire.parse_name(name, as_asked=True)
+    except ValueError as e:
         raise ValueError(f"bad name: {e}") from None
-    number = int(qtype) if qtype.isdigit() and len(qtype) <= 5 else QTYPE.reverse.get(qtype)
-    if not isinstance(number, int) or not 0 < number < 65536:
-        raise ValueError(f"unknown type {qtype[:20]!r} (a name such as AAAA, or a number)")
-    return encoded + number.to_bytes(2, "big") + b"\x00\x01"
+    try:
+        number = wire.qtype_from_text(qtype)
+    except ValueError:
+        raise ValueError(f"unknown type {qtype[:20]!r} (a name such as AAAA, or a number)") from None
+    return wire.question_bytes(encoded, number)
 
 
 def pin_text(question: bytes) -> str:
     """``name. TYPE`` for a pinned upstream question (name already escaped by wire.name_to_text)."""
     qtype = int.from_bytes(question[-4:-2], "big")
-    return f"{wire.name_to_text(question[:-4])} {QTYPE.get(qtype, f'TYPE{qtype}')}"
+    return f"{wire.name_to_text(question[:-4])} {wire.qtype_to_text(qtype)}"
 
 
 LISTING_CHUNK = 256  # pins formatted per written chunk

@@ -47,16 +47,17 @@ class LastKnownGoodHeld(UpstreamError):
 
 
 def in_zones(name: str, zones: tuple[str, ...]) -> bool:
-    """Is ``name`` (lower case, no trailing dot) at or below one of ``zones`` ("" = the root)?"""
-    for zone in zones:
-        if not zone or name == zone or name.endswith("." + zone):
-            return True
-    return False
+    """Is ``name`` (presentation form) at or below one of ``zones`` ("" = the root)?
+
+    The text form of the test `LastKnownGood.check` makes on wire names."""
+    return wire.zone_of(wire.name_to_wire(name), {wire.zone_to_wire(z) for z in zones}) is not None
 
 
 class LastKnownGood:
     def __init__(self, config: LastKnownGoodConfig):
         self.config = config
+        # The config holds zones as text; questions are wire names: convert once.
+        self.zones = frozenset(wire.zone_to_wire(zone) for zone in config.zones)
 
     def check(self, old: Entry | None, new: wire.Prepared, question: bytes, now: float,
               pinned: bool = False) -> str | None:
@@ -71,8 +72,7 @@ class LastKnownGood:
         config = self.config
         if not config.zones or now - old.stored_at >= config.max_age or now >= old.stale_until:
             return VANISHED
-        name = wire.name_to_text(question[:-4]).rstrip(".").lower()
-        if not in_zones(name, config.zones):
+        if wire.zone_of(question[:-4].lower(), self.zones) is None:
             return VANISHED
         return ENFORCE if config.mode == "enforce" else SHADOW
 

@@ -16,29 +16,41 @@ from .. import wire
 from ..config import StaleConfig, StaleRule
 
 
-def matches(pattern: str, name: str) -> bool:
-    """``*.zone`` matches names strictly below zone; anything else matches that name only.
-
-    ``name`` is lower case without the trailing dot.
-    """
+def compile_pattern(pattern: str) -> tuple[bytes, bool]:
+    """(zone or name in wire form, strictly below it?) for a rule's ``match`` text."""
     if pattern.startswith("*."):
-        return name.endswith(pattern[1:])
-    return name == pattern
+        return wire.zone_to_wire(pattern[2:]), True
+    return wire.zone_to_wire(pattern), False
+
+
+def _matches(compiled: tuple[bytes, bool], name: bytes) -> bool:
+    """``*.zone`` matches names strictly below zone; anything else matches that name only."""
+    zone, below = compiled
+    if below:
+        return name != zone and wire.in_zone(name, zone)
+    return name == zone
+
+
+def matches(pattern: str, name: str) -> bool:
+    """`_matches` for a pattern and a name in presentation form (lower case)."""
+    return _matches(compile_pattern(pattern), wire.name_to_wire(name))
 
 
 class StaleRules:
     def __init__(self, stale: StaleConfig):
         self.rules: tuple[StaleRule, ...] = stale.rules
         self.stale = stale
+        # The config holds patterns as text; questions are wire names: convert once.
+        self._compiled = tuple((compile_pattern(rule.match), rule) for rule in stale.rules)
 
     def __bool__(self) -> bool:
         return bool(self.rules)
 
     def find(self, question: bytes) -> StaleRule | None:
         """The first rule matching the question's name, or None."""
-        name = wire.name_to_text(question[:-4]).rstrip(".").lower()
-        for rule in self.rules:
-            if matches(rule.match, name):
+        name = question[:-4].lower()
+        for compiled, rule in self._compiled:
+            if _matches(compiled, name):
                 return rule
         return None
 

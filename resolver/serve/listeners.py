@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-import struct
 
 from .. import wire
 from ..config import Address, SecurityConfig, ServerConfig
@@ -342,13 +341,12 @@ class Listeners:
                 conn.reading = False
                 try:
                     async with asyncio.timeout(idle) as timer:
-                        header = await reader.readexactly(2)
+                        header = await reader.readexactly(wire.PREFIX_LEN)
                         # The message has started: the rest must come promptly, so a
                         # client trickling bytes cannot hold a slot for idle × messages.
                         started = conn.reading = True
                         timer.reschedule(loop.time() + read_timeout)
-                        size = struct.unpack(">H", header)[0]
-                        data = await reader.readexactly(size)
+                        data = await reader.readexactly(wire.frame_length(header))
                 except (TimeoutError, asyncio.IncompleteReadError, ConnectionError) as e:
                     if started and isinstance(e, TimeoutError):
                         self.stats.tcp_closed_slow += 1
@@ -364,7 +362,7 @@ class Listeners:
                 if not allowed:  # outside security.allow: REFUSED per query, no work done
                     reply = self.acl.refusal(data)
                     if reply is not None:
-                        writer.write(struct.pack(">H", len(reply)) + reply)
+                        writer.write(wire.frame(reply))
                     continue
                 try:
                     reply = self.pipeline.answer_fast(data, True)
@@ -373,7 +371,7 @@ class Listeners:
                     log.exception("internal error in the cache hit path (TCP)")
                     reply = None
                 if reply is not None:
-                    writer.write(struct.pack(">H", len(reply)) + reply)
+                    writer.write(wire.frame(reply))
                     continue
                 # Pipelined queries are answered out of order, as each completes (RFC 7766 §6.2.1.1).
                 if self.draining:
@@ -389,7 +387,7 @@ class Listeners:
                         log.exception("internal error answering a TCP query over max_inflight")
                         reply = _internal_error_reply(data)
                     if reply is not None:
-                        writer.write(struct.pack(">H", len(reply)) + reply)
+                        writer.write(wire.frame(reply))
                     continue
                 task = self.spawn(self._tcp_answer(writer, data, host))
                 if task is not None:
@@ -434,7 +432,7 @@ class Listeners:
         if reply is None:
             return
         if not writer.is_closing():
-            writer.write(struct.pack(">H", len(reply)) + reply)
+            writer.write(wire.frame(reply))
 
 
 class _UdpProtocol(asyncio.DatagramProtocol):

@@ -69,6 +69,6 @@ def slip_reply(data: bytes) -> bytes | None:
         q = wire.parse_query(data)
     except (DropQuery, FormatError):
         return None
-    flags1 = 0x80 | (data[2] & 0x79) | 0x02  # QR, the client's opcode and RD, TC
-    flags2 = 0x80 | (data[3] & 0x10)  # RA, CD; rcode NOERROR
-    return data[0:2] + bytes((flags1, flags2)) + b"\x00\x01\x00\x00\x00\x00\x00\x00" + q.question
+    # QR, TC, the client's opcode and RD; RA, the client's CD; rcode NOERROR.
+    flags = wire.reply_flags(wire.NOERROR, cd=q.cd, tc=True, opcode_rd=data[2] & (wire.OPCODE_MASK | wire.RD))
+    return data[0:2] + flags + wire.header_counts(1, 0, 0, 0) + q.question

@@ -21,7 +21,6 @@ import asyncio
 import errno
 import os
 import socket
-import struct
 from typing import Awaitable
 
 from .. import wire
@@ -82,7 +81,7 @@ class _Expiry:
 
 # Rcodes a server may send with an empty question section (FORMERR, SERVFAIL, NOTIMP,
 # REFUSED), as dnspython's ``Message.is_response`` allows.
-_ERROR_RCODES = frozenset((1, 2, 4, 5))
+_ERROR_RCODES = frozenset((wire.FORMERR, wire.SERVFAIL, wire.NOTIMP, wire.REFUSED))
 
 
 def _error_without_question(reply: bytes, qid: int) -> bool:
@@ -243,9 +242,9 @@ class Upstream:
             async with asyncio.timeout_at(deadline):
                 try:
                     reader, writer = await asyncio.open_connection(self.address.host, self.address.port)
-                    writer.write(struct.pack(">H", len(query)) + query)
+                    writer.write(wire.frame(query))
                     while True:
-                        size = struct.unpack(">H", await reader.readexactly(2))[0]
+                        size = wire.frame_length(await reader.readexactly(wire.PREFIX_LEN))
                         reply = await reader.readexactly(size)
                         if not self.matches(reply, qid, sent):
                             continue

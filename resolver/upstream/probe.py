@@ -42,13 +42,12 @@ from .pool import UpstreamPool
 
 log = logging.getLogger("resolver.health")
 
-TYPE_NS = 2
 _MAX_IN_FLIGHT = 4  # probes outstanding per upstream (each bounded by attempt_timeout)
 
 
 def probe_question(name: str) -> bytes:
     """The wire question ``name IN NS`` (root by default: every recursive resolver answers it)."""
-    return wire.name_to_wire(name) + TYPE_NS.to_bytes(2, "big") + b"\x00\x01"
+    return wire.question_bytes(wire.name_to_wire(name), wire.TYPE_NS)
 
 
 class Prober:

@@ -20,6 +20,7 @@ from collections import Counter
 from typing import Callable
 
 from ..config import Config, UpstreamAddress
+from ..wire import zone_of
 from .pool import UpstreamPool
 
 
@@ -50,17 +51,13 @@ class Router:
     def pool_for(self, qname: bytes) -> UpstreamPool:
         """The group for a lower-case wire name: longest matching zone, else the default.
 
-        Walks the name's suffixes from the longest (the name itself) towards the
-        root, one dict lookup per label, so the first hit is the longest match.
+        One dict lookup per label of the name (``wire.zone_of``).
         """
         zones = self.zones
         if zones:
-            off, end = 0, len(qname)
-            while off < end and qname[off]:
-                pool = zones.get(qname[off:])
-                if pool is not None:
-                    return pool
-                off += 1 + qname[off]
+            zone = zone_of(qname, zones)
+            if zone is not None:
+                return zones[zone]
         return self.default
 
     def __getattr__(self, name: str):

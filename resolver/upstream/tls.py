@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import secrets
 import ssl
-import struct
 
 from .. import wire
 from ..config import UpstreamAddress
@@ -49,7 +48,7 @@ class _Connection:
     async def _read(self) -> None:
         try:
             while True:
-                size = struct.unpack(">H", await self.reader.readexactly(2))[0]
+                size = wire.frame_length(await self.reader.readexactly(wire.PREFIX_LEN))
                 reply = await self.reader.readexactly(size)
                 waiter = self.pending.get(int.from_bytes(reply[:2], "big")) if len(reply) >= 2 else None
                 if waiter is None:
@@ -143,7 +142,7 @@ class TlsUpstream:
         future = asyncio.get_running_loop().create_future()
         conn.pending[qid] = (future, question)
         try:
-            conn.writer.write(struct.pack(">H", len(query)) + query)
+            conn.writer.write(wire.frame(query))
             return await future
         finally:
             conn.pending.pop(qid, None)

@@ -1,6 +1,6 @@
 """Local DNS data as values: names, zones and static records, parsed and encoded.
 
-Sans-IO, shared by ``config.py`` (``local_records``, ``block_zones``, ``forward``
+Sans-IO, shared by ``config`` (``local_records``, ``block_zones``, ``forward``
 zones), ``hosts.py`` (the hosts file) and ``local.py`` (answering).  Every parser
 raises ``ValueError`` with a message meant for a person; the caller adds where
 the text came from (a config key path, or file:line).
@@ -15,15 +15,11 @@ import ipaddress
 import re
 from dataclasses import dataclass
 
-from .. import wire
+from .constants import TYPE_A, TYPE_AAAA, TYPE_CNAME, TYPE_NS, TYPE_PTR, TYPE_SOA, TYPE_TXT  # noqa: F401
+from .names import name_to_text, name_to_wire, parse_name
 
 # Record types a local record may have (RFC 1035 §3.3, RFC 3596 for AAAA).
-TYPES = {"A": 1, "CNAME": 5, "PTR": 12, "TXT": 16, "AAAA": 28}
-TYPE_NS, TYPE_SOA = 2, 6
-
-# Letters, digits, hyphen and underscore (RFC 952/1123 hostnames, plus "_" for
-# service labels such as _dmarc); anything else in local data is a typo.
-_LABEL = re.compile(r"[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?", re.ASCII)
+TYPES = {"A": TYPE_A, "CNAME": TYPE_CNAME, "PTR": TYPE_PTR, "TXT": TYPE_TXT, "AAAA": TYPE_AAAA}
 _TXT_STRING = re.compile(r'"((?:[^"\\]|\\.)*)"\s*')
 _MAX_TTL = 2**31 - 1  # RFC 2181 §8
 _RECORD = re.compile(r"(\S+)\s+(\S+)\s+(?:[iI][nN]\s+)?(\S+)\s+(.+)", re.DOTALL)
@@ -40,7 +36,7 @@ class Record:
 
     def __str__(self) -> str:
         type_name = next(k for k, v in TYPES.items() if v == self.rtype)
-        return f"{wire.name_to_text(self.name)} {self.ttl} IN {type_name}"
+        return f"{name_to_text(self.name)} {self.ttl} IN {type_name}"
 
 
 def index(records) -> dict[bytes, dict[int, list[Record]]]:
@@ -48,29 +44,6 @@ def index(records) -> dict[bytes, dict[int, list[Record]]]:
     out: dict[bytes, dict[int, list[Record]]] = {}
     for r in records:
         out.setdefault(r.name, {}).setdefault(r.rtype, []).append(r)
-    return out
-
-
-def parse_name(text: str, what: str = "name") -> bytes:
-    """A host or zone name ("printer.lan", "printer.lan.") in lower-case wire form.
-
-    Wildcards, empty labels and characters outside letters, digits, "-" and "_"
-    are refused: local data is typed by hand, and a name that can never be asked
-    for is better reported than silently kept.
-    """
-    if not isinstance(text, str) or not text.strip():
-        raise ValueError(f"expected a {what}, got {text!r}")
-    name = text.strip().lower()
-    if name == ".":
-        return b"\x00"
-    labels = name[:-1].split(".") if name.endswith(".") else name.split(".")
-    for label in labels:
-        if not _LABEL.fullmatch(label):
-            raise ValueError(f"invalid {what} {text!r}: label {label!r} must be 1-63 letters, "
-                             "digits, '-' or '_' (no wildcards or empty labels)")
-    out = b"".join(bytes((len(label),)) + label.encode("ascii") for label in labels) + b"\x00"
-    if len(out) > 255:
-        raise ValueError(f"invalid {what} {text!r}: longer than 255 octets")
     return out
 
 
@@ -84,7 +57,7 @@ def parse_zone(text: str) -> bytes:
 
 def reverse_name(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bytes:
     """The in-addr.arpa / ip6.arpa name of an address (RFC 1035 §3.5, RFC 3596 §2.5)."""
-    return wire.name_to_wire(ip.reverse_pointer)
+    return name_to_wire(ip.reverse_pointer)
 
 
 def _txt_rdata(value: str) -> bytes:
@@ -111,16 +84,16 @@ def _txt_rdata(value: str) -> bytes:
 
 def rdata_for(rtype: int, value: str) -> bytes:
     """Wire rdata for one of TYPES from its presentation text."""
-    if rtype in (1, 28):
-        family = "IPv4" if rtype == 1 else "IPv6"
+    if rtype in (TYPE_A, TYPE_AAAA):
+        family = "IPv4" if rtype == TYPE_A else "IPv6"
         try:
             ip = ipaddress.ip_address(value.strip())
         except ValueError:
             raise ValueError(f"expected an {family} address, got {value.strip()!r}") from None
-        if (ip.version == 4) != (rtype == 1):
+        if (ip.version == 4) != (rtype == TYPE_A):
             raise ValueError(f"expected an {family} address, got {value.strip()!r}")
         return ip.packed
-    if rtype in (5, 12):
+    if rtype in (TYPE_CNAME, TYPE_PTR):
         return parse_name(value, "target name")
     return _txt_rdata(value)
 

@@ -32,9 +32,9 @@ import struct
 import dnslib
 
 from ..errors import UpstreamBadResponse
-
-TYPE_CNAME, TYPE_SOA, TYPE_NS, TYPE_DNAME, TYPE_DS = 5, 6, 2, 39, 43
-TYPE_RRSIG, TYPE_NSEC, TYPE_NSEC3, TYPE_ANY = 46, 47, 50, 255
+from .constants import TYPE_ANY, TYPE_CNAME, TYPE_DNAME, TYPE_DS, TYPE_NS, TYPE_NSEC, TYPE_NSEC3, TYPE_RRSIG, \
+    TYPE_SOA
+from .names import in_zone
 _AUTHORITY_PROOFS = frozenset({TYPE_NSEC, TYPE_NSEC3, TYPE_RRSIG})
 _AUTHORITY_ZONE = frozenset({TYPE_SOA, TYPE_NS, TYPE_DS})
 _MAX_POINTERS = 64  # compression pointers followed per name: no loops, bounded work
@@ -94,17 +94,6 @@ def _read_name(msg: bytes, off: int) -> tuple[bytes, int]:
         off += 1 + n
 
 
-def _is_ancestor_or_self(zone: bytes, name: bytes) -> bool:
-    """Is wire name ``zone`` equal to ``name`` or one of its ancestors?  Label-aligned."""
-    off = 0
-    while True:
-        if name[off:] == zone:
-            return True
-        if name[off] == 0:
-            return False
-        off += 1 + name[off]
-
-
 def scrub(reply: bytes, question: bytes) -> tuple[bytes, int]:
     """(reply with unrelated answer/authority records removed, how many were removed).
 
@@ -158,14 +147,14 @@ def scrub(reply: bytes, question: bytes) -> tuple[bytes, int]:
     for index, (section, owner, rtype, _target) in enumerate(records):
         if section == 0:
             if rtype == TYPE_DNAME:
-                ok = any(_is_ancestor_or_self(owner, name) for name in chain)
+                ok = any(in_zone(name, owner) for name in chain)
             else:
                 ok = owner in chain and (rtype in (qtype, TYPE_CNAME, TYPE_RRSIG) or qtype == TYPE_ANY)
             if not ok:
                 drop_answer.append(index)
         else:
             ok = rtype in _AUTHORITY_PROOFS or (
-                rtype in _AUTHORITY_ZONE and any(_is_ancestor_or_self(owner, name) for name in chain))
+                rtype in _AUTHORITY_ZONE and any(in_zone(name, owner) for name in chain))
             if not ok:
                 drop_auth.append(index - an)
     removed = len(drop_answer) + len(drop_auth)

@@ -130,7 +130,7 @@ def test_flush_a_zone_takes_its_names_and_nothing_beside_it():
         put(cache, name)
     put(cache, "www.example.test", "AAAA", "2001:db8::1")
     assert doc(cacheadmin.flush(cache, "zone=Example.Test.")) == (200, {"flushed": 4})
-    assert {cacheadmin._name_of(k) for k in cache.entries} == {
+    assert {wire.key_name(k) for k in cache.entries} == {
         wire.name_to_wire("notexample.test"), wire.name_to_wire("other.test")}
     assert cacheadmin.flush(cache, "zone=x.test&name=y.test")[0] == 400
     assert doc(cacheadmin.flush(cache, "zone=.")) == (200, {"flushed": 2})
