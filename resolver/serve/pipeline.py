@@ -183,8 +183,8 @@ class Pipeline:
                     sub = await self._answer(reply.subquery(q), True, client, chase=True)
                     reply = reply.merge(q, sub.reply, limit, self.edns_size)
                     # (the target's EDE travels with it only if the client speaks EDNS: see merge)
-                    return Answer(reply, Source.LOCAL, reply[3] & 0x0F, sub.stale_reason, sub.ede if q.edns else None)
-                return Answer(reply, Source.LOCAL, reply[3] & 0x0F)
+                    return Answer(reply, Source.LOCAL, reply[3] & wire.RCODE_MASK, sub.stale_reason, sub.ede if q.edns else None)
+                return Answer(reply, Source.LOCAL, reply[3] & wire.RCODE_MASK)
         return await self.caching.answer(q, data, limit, client)
 
     def answer_limited(self, data: bytes, tcp: bool, client: str | None = None) -> Answer:
@@ -212,7 +212,7 @@ class Pipeline:
             reply = self.local.answer(q, limit, self.edns_size)
             if type(reply) is bytes:  # (a local CNAME to an outside name would need a fetch)
                 self.caching.note_cap(stale_policy.OVERLOAD, client, Source.LOCAL)
-                answer = Answer(reply, Source.LOCAL, reply[3] & 0x0F)
+                answer = Answer(reply, Source.LOCAL, reply[3] & wire.RCODE_MASK)
                 self._count(answer)
                 return answer
         answer = self.caching.answer_overloaded(q, data, limit, client)

@@ -156,13 +156,11 @@ class Refresher:
             running_loop()
         except RuntimeError:  # no loop (a synchronous caller such as a benchmark): skip
             return
-        # The key is the flag byte (if any) + the question with the name lower-cased.
-        flags = key[0] & 0x7F if key[0] & wire.KEY_FLAGGED else -1
-        question = wire.key_question(key)
-        if self.pool.known_down(question[:-4]):
+        if self.pool.known_down(wire.key_name(key)):
             return
+        flags = wire.key_flags(key)
         self.stats.prefetches += 1
-        self._start(key, question, flags > 0 and bool(flags & wire.KEY_CD), flags > 0 and bool(flags & wire.KEY_DO))
+        self._start(key, wire.key_question(key), bool(flags & wire.KEY_CD), bool(flags & wire.KEY_DO))
 
     def hold(self, entry: Entry, now: float, epoch: int | None = None) -> None:
         """Start the RFC 8767 §4 failure recheck timer on ``entry`` under ``epoch`` (the
@@ -233,7 +231,7 @@ class Refresher:
         if outcome == stale_policy.HOLD:
             self.hold(entry, now, epoch)
         elif outcome == stale_policy.CACHE_SERVFAIL:
-            self.cache.put(key, _servfail_prepared(self.config.cache.servfail_ttl), now, 0.0)
+            self.cache.put(key, wire.failure_prepared(wire.SERVFAIL, self.config.cache.servfail_ttl), now, 0.0)
 
     # ------------------------------------------------------------------ pins, shutdown
     def pin(self, question: bytes) -> bool:
@@ -251,9 +249,3 @@ class Refresher:
             task.cancel()
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
-
-
-def _servfail_prepared(ttl: int) -> wire.Prepared:
-    hdr = bytes((0x81, 0x80 | wire.SERVFAIL)) + b"\x00\x01\x00\x00\x00\x00\x00\x00"
-    hdr_opt = hdr[:-1] + b"\x01"
-    return wire.Prepared(wire.FAILURE, wire.SERVFAIL, ttl, hdr, hdr_opt, b"", (), False)
