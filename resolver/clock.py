@@ -1,7 +1,9 @@
-"""The only place the package reads time, so tests can move time by hand.
+"""The injectable time source for cache deadlines, so tests can move time by hand.
 
 TTL arithmetic uses ``monotonic()`` (immune to wall-clock steps); ``wall()`` is
-for things that must survive a restart, such as cache snapshots.
+for things that must survive a restart, such as cache snapshots and the host tier.
+Deadlines of upstream exchanges and back-off still use the event loop's clock and
+latency histograms ``time.perf_counter``: those are not injectable yet.
 """
 
 import time

@@ -7,7 +7,7 @@ families when Prometheus asks.  Label values come from fixed sets (below).
 
 The cache-hit path does not even touch this object: it bumps one cell of a
 ``HitTally`` that the cache entry points at (see ``HitTally``), so a hit is
-counted by query type, rcode and source with a single list increment.
+counted by query type, rcode and source with one attribute increment on a shared cell.
 """
 
 from __future__ import annotations
@@ -127,7 +127,7 @@ class Stats:
         "responses_by_rcode", "responses_by_source", "servfail_upstream",
         "tcp_connections", "tcp_refused", "internal_errors",
         "queries_by_type", "tally", "durations",
-        # security (issue 7): resolver/acl.py, resolver/limits.py, resolver/ratelimit.py
+        # security: resolver/serve/acl.py, limits.py, ratelimit.py
         "acl_refused_udp", "acl_refused_tcp", "limited", "tcp_refused_client_limit", "tcp_idle_closed",
         "tcp_closed_slow", "rate_limited_dropped", "rate_limited_slipped",
         "prefetches", "answers_vanished", "lkg_answers",

@@ -316,7 +316,7 @@ def _security_families(s: Stats):
 
 
 def outage_families(s: Stats, pool: UpstreamPool):
-    """Outage policies (issue 5): probes, prefetch, vanished answers, last-known-good."""
+    """Outage policies: probes, prefetch, vanished answers, last-known-good."""
     probes = CounterMetricFamily("resolver_upstream_probes", "Background health probes of down upstreams.",
                                  labels=["upstream", "result"])
     for (label, result), count in sorted(pool.probes.items()):

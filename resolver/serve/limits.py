@@ -10,8 +10,8 @@ global caps themselves.
 What is counted is what costs the upstreams something: a query that *starts* an
 upstream fetch holds one unit until that fetch ends.  A query that joins a fetch
 already in flight, or is answered stale, costs no upstream work and is not
-counted (issue 13: a sidecar's whole pod is one client address, and during an
-outage hundreds of its queries wait on the same few names).
+counted (a sidecar's whole pod is one client address, and during an outage
+hundreds of its queries wait on the same few names).
 
 Clients in ``security.client_limits_exempt`` (default: loopback) share only the
 global caps: a sidecar's pod, or the host's own stub resolver, is one address and
