@@ -74,10 +74,21 @@ class UpstreamOptions:
 
 @dataclass(frozen=True, slots=True)
 class PersistConfig:
-    """Cache snapshot on disk, so a restart (even mid-outage) starts warm; see snapshot.py."""
+    """The cache on disk, so every worker and the next process (even after SIGKILL) start warm.
 
-    path: str = ""  # snapshot file; empty = no persistence
-    interval: float = 60.0  # seconds between periodic snapshots (one is also written at shutdown)
+    ``engine: host`` (the default): the host tier, an LMDB file shared by the workers
+    (cache/host.py).  ``engine: snapshot``: a periodic snapshot file (cache/snapshot.py),
+    for file systems LMDB cannot share safely (NFS and other network mounts).
+    """
+
+    path: str = ""  # host tier (LMDB) file, or snapshot file; empty = no persistence
+    interval: float = 60.0  # engine snapshot: seconds between periodic snapshots (one also at shutdown)
+    engine: str = "host"  # host | snapshot
+    map_size: int = 1 << 30  # host: the LMDB map (address space; the file is sparse), fixed while open
+    max_entries: int = 1_000_000  # host: entries kept at most (least useful evicted first)
+    max_bytes: int = 512 << 20  # host: bytes of data pages kept at most; must leave room in map_size
+    write_interval: float = 0.25  # host: batches reach the file this often (crash loses at most this)
+    write_queue: int = 100_000  # host: entries waiting to be written at most; beyond, counted and dropped
 
 
 @dataclass(frozen=True, slots=True)
@@ -264,6 +275,10 @@ TRANSPORTS = ("udp", "tcp", "tls")
 _SECTIONS = {f.name: f.type for f in fields(Config) if is_dataclass(f.type)}
 _RATIO_FIELDS = frozenset({"query_sample"})
 LKG_MODES = ("enforce", "shadow")
+PERSIST_ENGINES = ("host", "snapshot")
+_SIZE_FIELDS = frozenset({"map_size", "max_bytes"})  # cache.persist: bytes, "512MiB" or "1GiB" allowed
+_SIZE = re.compile(r"(\d+)\s*(B|KiB|MiB|GiB|TiB)?")
+_SIZE_UNITS = {None: 1, "B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30, "TiB": 1 << 40}
 POLICIES = ("sequential", "round_robin", "fastest")
 _FRACTION_FIELDS = frozenset({"prefetch"})
 _TTL_FIELDS = frozenset({"min_ttl", "max_ttl", "max_negative_ttl", "answer_ttl", "servfail_ttl"})
@@ -297,6 +312,17 @@ def parse_duration(value: object, key: str) -> float:
         what = "finite" if seconds > 0 else "non-negative"
         raise ConfigError(key, f"must be {what}, got {_show(value)}")
     return seconds
+
+
+def parse_size(value: object, key: str) -> int:
+    """Bytes from an integer or a string such as "512MiB", "1GiB" (binary units, as LMDB sizes its map)."""
+    size = None
+    if isinstance(value, int) and not isinstance(value, bool):
+        size = value
+    elif isinstance(value, str) and (match := _SIZE.fullmatch(value.strip())):
+        size = int(match.group(1)) * _SIZE_UNITS[match.group(2)]
+    _expect(size is not None and 0 <= size < 1 << 50, value, key, "a size in bytes (or e.g. 512MiB, 1GiB)")
+    return size
 
 
 def _ttl(value: object, key: str) -> int:
@@ -452,6 +478,8 @@ def _section(cls: type, data: object, key: str):
         elif name in _FRACTION_FIELDS:
             ok = isinstance(raw, (int, float)) and not isinstance(raw, bool) and 0 <= raw < 1
             values[name] = float(_expect(ok, raw, path, "a fraction from 0 to below 1 (0.1 = last 10%)"))
+        elif kind is int and name in _SIZE_FIELDS:
+            values[name] = parse_size(raw, path)
         elif kind is int and name in _TTL_FIELDS:
             values[name] = _ttl(raw, path)
         elif kind is int:
@@ -540,6 +568,15 @@ def _check_ranges(c: Config) -> None:
         ("cache.servfail_ttl", cache.servfail_ttl <= 300, "must be at most 300 (RFC 9520 §3.2)"),
         ("stale.answer_ttl", c.stale.answer_ttl >= 1, "must be at least 1"),
         ("cache.persist.interval", cache.persist.interval > 0, "must be greater than 0"),
+        ("cache.persist.engine", cache.persist.engine in PERSIST_ENGINES, f"must be one of: {', '.join(PERSIST_ENGINES)}"),
+        ("cache.persist.map_size", cache.persist.map_size >= 1 << 20, "must be at least 1MiB"),
+        ("cache.persist.max_bytes", 0 < cache.persist.max_bytes <= cache.persist.map_size * 0.8,
+         f"must be above 0 and at most 80% of cache.persist.map_size ({cache.persist.map_size}): "
+         "LMDB writes copy pages and needs the headroom"),
+        ("cache.persist.max_entries", cache.persist.max_entries >= 1, "must be at least 1"),
+        ("cache.persist.write_interval", 0 < cache.persist.write_interval <= 1.0,
+         "must be above 0 and at most 1s (what a crash may lose)"),
+        ("cache.persist.write_queue", cache.persist.write_queue >= 1, "must be at least 1"),
         ("server.tcp_max_connections", srv.tcp_max_connections >= 1, "must be at least 1"),
         ("server.max_inflight", srv.max_inflight >= 1, "must be at least 1"),
         ("security.refused_action", c.security.refused_action in REFUSED_ACTIONS,
