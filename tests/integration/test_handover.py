@@ -52,7 +52,7 @@ def ready(mport: int, pid: int | None = None) -> bool:
 def config(tmp_path: Path, name: str, port: int, mport: int, upstream: str, **extra: str) -> Path:
     text = (f"listen: ['127.0.0.1:{port}']\nupstreams: ['{upstream}']\n"
             f"metrics: {{listen: '127.0.0.1:{mport}'}}\n"
-            f"cache: {{persist: {{path: '{tmp_path / 'cache.snap'}', interval: 1}}}}\n"
+            f"cache: {{persist: {{path: '{tmp_path / 'cache.snap'}', engine: snapshot, interval: 1}}}}\n"
             f"server: {{shutdown_grace: 2}}\n")
     text += "".join(f"{k}: {v}\n" for k, v in extra.items())
     path = tmp_path / name
