@@ -57,6 +57,7 @@ log = logging.getLogger("resolver.hostcache")
 
 MAX_READERS = 126  # LMDB's default; each worker holds at most two (its loop, its writer)
 WRITE_BATCH = 10_000  # entries per write transaction at most
+MIN_SPLIT = 64  # a failed batch is halved down to this size, then dropped
 SWEEP_EVERY = 10.0  # seconds between sweeps of entries past their stale window
 SWEEP_BUDGET = 5_000  # entries deleted per sweep transaction (bounded lock hold)
 EVICT_TO = 0.9  # eviction brings the tier down to this fraction of its bound
@@ -69,7 +70,7 @@ class HostTierStats:
     """Plain counters, read by the metrics collector at scrape time."""
 
     __slots__ = ("hits", "misses", "rejected", "writes", "batches", "dropped", "write_errors",
-                 "evictions", "swept", "write_lag", "open_failures", "enabled")
+                 "evictions", "swept", "write_lag", "open_failures", "enabled", "full")
 
     def __init__(self):
         self.hits = 0  # lookups answered by an entry from the host tier
@@ -83,6 +84,7 @@ class HostTierStats:
         self.swept = 0  # entries removed past their stale window
         self.write_lag = 0.0  # seconds from enqueue to commit, oldest entry of the last batch
         self.open_failures = 0
+        self.full = 0  # write transactions refused for want of room (map or disk full): eviction follows
         self.enabled = False  # the tier is open and in use
 
 
@@ -119,6 +121,13 @@ class HostTier:
         except (lmdb.Error, OSError) as exc:
             return self._open_failed(exc)
         try:
+            # A file shorter than the pages its meta page claims (truncated by a full
+            # disk in a copy, a bad restore): reading such a page through the map would
+            # be SIGBUS, a crash no exception handler can catch.  Refuse it here.
+            needed = (env.info()["last_pgno"] + 1) * env.stat()["psize"]
+            size = os.stat(path).st_size
+            if size < needed:
+                raise lmdb.CorruptedError(f"truncated: {size} bytes, its pages need {needed}")
             # Slots of processes that died holding a read transaction (SIGKILL, OOM).
             cleared = env.reader_check()
             main = env.open_db(MAIN_DB)
@@ -292,28 +301,33 @@ class HostTier:
         self.stats.batches += 1
         self._enforce_bounds(env)
 
-    def _write_values(self, env: lmdb.Environment, values: list) -> int | None:
-        """One transaction for ``values``; on a full map evict and retry, then halve the batch.
+    def _write_values(self, env: lmdb.Environment, values: list, may_evict: bool = True) -> int | None:
+        """One transaction for ``values``; when the map or the disk is full, evict and retry, then halve.
 
-        Halving is for a map too small for a whole batch's copied pages: each half
-        gets its own chance.  None (counted, logged) when even that fails.
+        Eviction makes room for at most the batch and never takes more than a
+        quarter of what is stored (never everything); only the whole batch evicts,
+        its halves just get their own chance (a map too small for one batch's copied
+        pages).  None (counted, logged) for what still cannot be written.
         """
+        failure: BaseException | None = None
         for attempt in (1, 2):
             try:
                 with env.begin(write=True) as txn:
                     return self._apply(txn, values)
-            except lmdb.MapFullError as exc:
+            except lmdb.Error as exc:
+                # MapFullError, or most likely a full disk (LMDB reports a short write
+                # as EIO or ENOSPC): the file cannot grow, but pages freed inside it
+                # are reused.  A failing disk fails the retry too.
                 failure = exc
-                if attempt == 1 and self._evict(env, make_room=max(len(values), self.entries() // 10, 100)):
+                self.stats.full += 1
+                room = min(len(values), self.entries() // 4)
+                if attempt == 1 and may_evict and room > 0 and self._evict(env, make_room=room):
                     continue
                 break
-            except lmdb.Error as exc:
-                self._batch_failed(len(values), exc)
-                return None
-        if len(values) > 1:
+        if len(values) >= 2 * MIN_SPLIT:
             half = len(values) // 2
-            first = self._write_values(env, values[:half])
-            second = self._write_values(env, values[half:])
+            first = self._write_values(env, values[:half], may_evict=False)
+            second = self._write_values(env, values[half:], may_evict=False)
             if first is None and second is None:
                 return None
             return (first or 0) + (second or 0)
@@ -377,16 +391,20 @@ class HostTier:
     def _evict(self, env: lmdb.Environment, make_room: int) -> bool:
         """Delete the ``make_room`` entries nearest the end of their stale window; False if none could go."""
         removed = 0
+        # At least two transactions: LMDB reuses the pages a commit frees only after
+        # the next commit (the previous snapshot stays intact for crash safety), so
+        # on a full disk the room made by the first is usable once the second is done.
+        chunk = max(1, min(SWEEP_BUDGET, (make_room + 1) // 2))
         try:
             while removed < make_room:
                 with env.begin(write=True) as txn:
-                    n = self._delete_front(txn, min(SWEEP_BUDGET, make_room - removed))
+                    n = self._delete_front(txn, min(chunk, make_room - removed))
                 if n == 0:
                     break
                 removed += n
-        except lmdb.MapFullError:
-            # Even a delete needs a few free pages: the map is too small for what it
-            # holds (map_size lowered under an existing file?).  Counted, not fatal.
+        except lmdb.Error:
+            # Even a delete needs a few free pages: the map or the disk is too full for
+            # what it holds.  The caller counts the write that needed the room.
             pass
         self.stats.evictions += removed
         return removed > 0

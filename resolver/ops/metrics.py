@@ -238,6 +238,9 @@ def _tier_families(app, process_hits: int):
                               value=h.evictions)
     yield CounterMetricFamily("resolver_host_cache_swept", "Entries this worker removed past their stale window.",
                               value=h.swept)
+    yield CounterMetricFamily("resolver_host_cache_full",
+                              "Write transactions refused for want of room (map or disk full); eviction follows.",
+                              value=h.full)
     yield CounterMetricFamily("resolver_host_cache_write_errors",
                               "Write transactions that failed (disk full, I/O error).", value=h.write_errors)
     yield CounterMetricFamily("resolver_host_cache_dropped_writes",
