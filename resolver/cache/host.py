@@ -23,11 +23,15 @@ module does about each:
 Values are the snapshot's record encoding (``snapshot.encode_value``: magic,
 version, CRC, wall-clock deadlines) parsed by the same trust-nothing parser, so a
 corrupt or foreign value is refused and counted, never served.  Keys are the
-cache key (the question with its DO/CD flag byte).  A second table indexes keys
-by stale deadline (``>Q`` milliseconds + key), which makes the sweep of dead
-entries a range scan and eviction "least useful first": an entry is rewritten by
-whichever worker fetches it again, so a name in use keeps moving its deadline
-forward, and the front of the index holds what nobody has fetched for longest.
+cache key (the question with its DO/CD flag byte).  One table, no secondary
+index: a write is one ``put`` (an index by deadline doubled the write cost of a
+miss, measured with bench/misspath.py).  The sweep walks the table a slice at a
+time from where it stopped (a full pass takes about a minute);
+eviction samples ``EVICT_SAMPLE`` times as many entries as it must remove, from
+where the last one stopped, and removes those nearest the end of their stale
+window — least useful first, approximately (as Redis samples for its LRU): an
+entry is rewritten by whichever worker fetches it again, so a name in use keeps
+moving its deadline forward.
 
 Failures never stop serving: a file that cannot be opened (foreign, corrupt,
 unwritable, unreadable) is one warning and the process runs on its in-process
@@ -58,12 +62,14 @@ log = logging.getLogger("resolver.hostcache")
 MAX_READERS = 126  # LMDB's default; each worker holds at most two (its loop, its writer)
 WRITE_BATCH = 10_000  # entries per write transaction at most
 MIN_SPLIT = 64  # a failed batch is halved down to this size, then dropped
-SWEEP_EVERY = 10.0  # seconds between sweeps of entries past their stale window
-SWEEP_BUDGET = 5_000  # entries deleted per sweep transaction (bounded lock hold)
+SWEEP_EVERY = 10.0  # seconds between sweep slices (entries past their stale window) ...
+SWEEP_PASSES = 6  # ... each a sixth of the table: a full pass a minute
+SWEEP_SLICE = (2_000, 200_000)  # entries looked at per slice, at least / at most (~0.3 µs each)
+DELETE_BUDGET = 5_000  # entries deleted per transaction (bounded write-lock hold)
+EVICT_SAMPLE = 4  # eviction looks at this many entries per entry it removes
 EVICT_TO = 0.9  # eviction brings the tier down to this fraction of its bound
 LOG_EVERY = 60.0  # write failures are logged at most this often
-MAIN_DB, INDEX_DB = b"entries", b"by_stale_deadline"
-_DEADLINE = struct.Struct(">Q")
+MAIN_DB = b"entries"
 
 
 class HostTierStats:
@@ -96,7 +102,9 @@ class HostTier:
         self.clock = clock
         self.stats = HostTierStats()
         self._env: lmdb.Environment | None = None
-        self._main = self._index = None
+        self._main = None
+        self._sweep_at = b""  # where the sweep and the eviction sampling go on from (a key)
+        self._evict_at = b""
         # (key, entry or None = delete, monotonic enqueue time); bounded by config.write_queue.
         self._queue: collections.deque = collections.deque()
         self._forgotten: set[bytes] = set()  # deleted here, not yet committed: never read back
@@ -115,7 +123,7 @@ class HostTier:
             directory = os.path.dirname(path)
             if directory:
                 os.makedirs(directory, exist_ok=True)
-            env = lmdb.open(path, subdir=False, map_size=self.config.map_size, max_dbs=2,
+            env = lmdb.open(path, subdir=False, map_size=self.config.map_size, max_dbs=1,
                             max_readers=MAX_READERS, readahead=False, meminit=False,
                             lock=True, writemap=False)
         except (lmdb.Error, OSError) as exc:
@@ -131,11 +139,10 @@ class HostTier:
             # Slots of processes that died holding a read transaction (SIGKILL, OOM).
             cleared = env.reader_check()
             main = env.open_db(MAIN_DB)
-            index = env.open_db(INDEX_DB)
         except (lmdb.Error, OSError) as exc:
             env.close()
             return self._open_failed(exc)
-        self._env, self._main, self._index = env, main, index
+        self._env, self._main = env, main
         self.stats.enabled = True
         log.info("host cache tier %s: %d entries (%d stale reader slots cleared)", path, self.entries(), cleared)
         return True
@@ -273,7 +280,6 @@ class HostTier:
         if self._clear_pending:
             with env.begin(write=True) as txn:
                 txn.drop(self._main, delete=False)
-                txn.drop(self._index, delete=False)
             self._clear_pending = False
         queue = self._queue
         while queue:
@@ -335,19 +341,14 @@ class HostTier:
         return None
 
     def _apply(self, txn: lmdb.Transaction, values: list) -> int:
-        main, index = self._main, self._index
+        main = self._main
         written = 0
         for key, value in values:
-            old = txn.get(key, db=main)
-            if old is not None:
-                txn.delete(_index_key(old, key), db=index)
             if value is None:
-                if old is not None:
-                    txn.delete(key, db=main)
-                continue
-            txn.put(key, value, db=main)
-            txn.put(_index_key(value, key), b"", db=index)
-            written += 1
+                txn.delete(key, db=main)
+            else:
+                txn.put(key, value, db=main)
+                written += 1
         return written
 
     def _batch_failed(self, count: int, exc: BaseException) -> None:
@@ -357,22 +358,54 @@ class HostTier:
                             self.config.path, count, _describe(exc))
 
     def sweep(self, wall_now: float) -> int:
-        """Delete entries past their stale window (RFC 8767 max stale timer), a bounded batch at a time.
+        """Delete entries past their stale window (RFC 8767 max stale timer) in the next slice.
 
-        Runs in the writer thread: readers (every worker's loop) never wait for it.
+        One slice per call, from where the last one stopped; a value that does
+        not parse goes too.  Runs in the writer thread: readers (every worker's
+        loop) never wait for it.
         """
         env = self._env
         if env is None:
             return 0
-        limit = _DEADLINE.pack(max(0, int(wall_now * 1000)))
-        removed = 0
-        while True:
-            with env.begin(write=True) as txn:
-                n = self._delete_front(txn, SWEEP_BUDGET, until=limit)
-            removed += n
-            if n < SWEEP_BUDGET:
-                break
+        low, high = SWEEP_SLICE
+        self._sweep_at, sample = self._scan(env, self._sweep_at, min(high, max(low, self.entries() // SWEEP_PASSES)))
+        dead = [key for key, deadline in sample if deadline <= wall_now]
+        removed = self._delete(env, dead)
         self.stats.swept += removed
+        return removed
+
+    def _scan(self, env: lmdb.Environment, start: bytes, count: int) -> tuple[bytes, list]:
+        """(where to go on from, [(key, stale deadline)]) for ``count`` entries from ``start``, wrapping."""
+        out = []
+        with env.begin(db=self._main, buffers=True) as txn:
+            cursor = txn.cursor()
+            positioned = cursor.set_range(start) if start else cursor.first()
+            wrapped = False
+            while len(out) < count:
+                if not positioned:
+                    if wrapped or not start:
+                        break
+                    wrapped = True
+                    positioned = cursor.first()
+                    continue
+                key = bytes(cursor.key())
+                if wrapped and key >= start:
+                    break
+                out.append((key, _stale_deadline(cursor.value())))
+                positioned = cursor.next()
+            nxt = bytes(cursor.key()) if positioned else b""
+        return nxt, out
+
+    def _delete(self, env: lmdb.Environment, keys: list[bytes]) -> int:
+        """Delete ``keys`` in transactions of DELETE_BUDGET, at least two (see ``_evict``)."""
+        if not keys:
+            return 0
+        chunk = max(1, min(DELETE_BUDGET, (len(keys) + 1) // 2))
+        removed = 0
+        for start in range(0, len(keys), chunk):
+            with env.begin(write=True, db=self._main) as txn:
+                for key in keys[start:start + chunk]:
+                    removed += txn.delete(key)
         return removed
 
     def _enforce_bounds(self, env: lmdb.Environment) -> None:
@@ -389,45 +422,25 @@ class HostTier:
             self._evict(env, excess)
 
     def _evict(self, env: lmdb.Environment, make_room: int) -> bool:
-        """Delete the ``make_room`` entries nearest the end of their stale window; False if none could go."""
+        """Delete about ``make_room`` entries, those nearest the end of their stale window in a
+        sample EVICT_SAMPLE times larger; False if none could go.
+
+        In at least two transactions: LMDB reuses the pages a commit frees only
+        after the next commit (the previous snapshot stays intact for crash
+        safety), so on a full disk the room made by the first is usable once the
+        second is done.
+        """
         removed = 0
-        # At least two transactions: LMDB reuses the pages a commit frees only after
-        # the next commit (the previous snapshot stays intact for crash safety), so
-        # on a full disk the room made by the first is usable once the second is done.
-        chunk = max(1, min(SWEEP_BUDGET, (make_room + 1) // 2))
         try:
-            while removed < make_room:
-                with env.begin(write=True) as txn:
-                    n = self._delete_front(txn, min(chunk, make_room - removed))
-                if n == 0:
-                    break
-                removed += n
+            self._evict_at, sample = self._scan(env, self._evict_at, make_room * EVICT_SAMPLE)
+            sample.sort(key=lambda item: item[1])
+            removed = self._delete(env, [key for key, _ in sample[:make_room]])
         except lmdb.Error:
             # Even a delete needs a few free pages: the map or the disk is too full for
             # what it holds.  The caller counts the write that needed the room.
             pass
         self.stats.evictions += removed
         return removed > 0
-
-    def _delete_front(self, txn: lmdb.Transaction, budget: int, until: bytes | None = None) -> int:
-        """Delete up to ``budget`` entries from the front of the deadline index (before ``until``)."""
-        main, index = self._main, self._index
-        cursor = txn.cursor(db=index)
-        doomed = []
-        if cursor.first():
-            for ikey in cursor.iternext(values=False):
-                if len(doomed) >= budget or (until is not None and ikey[:8] >= until):
-                    break
-                doomed.append(ikey)
-        for ikey in doomed:
-            txn.delete(ikey, db=index)
-            key = ikey[8:]
-            value = txn.get(key, db=main)
-            # Only the value this index entry describes: an orphan (its value was
-            # damaged when replaced) must not take a newer value with it.
-            if value is not None and _index_key(value, key) == ikey:
-                txn.delete(key, db=main)
-        return len(doomed)
 
     # ------------------------------------------------------------------- figures
     def entries(self) -> int:
@@ -448,9 +461,8 @@ class HostTier:
         try:
             with env.begin() as txn:
                 total = 0
-                for db in (self._main, self._index):
-                    st = txn.stat(db)
-                    total += (st["branch_pages"] + st["leaf_pages"] + st["overflow_pages"]) * st["psize"]
+                st = txn.stat(self._main)
+                total += (st["branch_pages"] + st["leaf_pages"] + st["overflow_pages"]) * st["psize"]
                 return total
         except lmdb.Error:
             return 0
@@ -481,14 +493,13 @@ class HostTier:
             log.warning(message, *args)
 
 
-def _index_key(value: bytes, key: bytes) -> bytes:
-    """The deadline index's key for a stored value: stale deadline in ms (big-endian) + cache key."""
+def _stale_deadline(value) -> float:
+    """A stored value's wall-clock stale deadline (0.0 for a damaged one: swept and evicted first)."""
     try:
         deadline = snapshot.value_stale_until(value)
-        ms = int(deadline * 1000) if 0 <= deadline < 2**53 else 0
-    except (struct.error, ValueError, OverflowError):  # a damaged value: index it at the front
-        ms = 0
-    return _DEADLINE.pack(ms) + key
+    except (struct.error, ValueError, TypeError):
+        return 0.0
+    return deadline if deadline == deadline else 0.0  # NaN: damaged
 
 
 def _describe(exc: BaseException) -> str:

@@ -252,9 +252,15 @@ def decode_value(data: bytes) -> tuple:
         raise SnapshotError(f"unreadable value: {type(exc).__name__}: {exc}") from None
 
 
-def value_stale_until(data: bytes) -> float:
-    """The wall-clock stale deadline of a value, without building the record (eviction index upkeep)."""
-    return _RECORD.unpack_from(data, _VALUE_HEAD.size)[9]
+_STALE_AT = _VALUE_HEAD.size + _RECORD.size - 8  # the record's last field: stale_until
+_F64 = struct.Struct(">d")
+
+
+def value_stale_until(data) -> float:
+    """The wall-clock stale deadline of a value without parsing it (sweep, eviction); raises struct.error."""
+    if len(data) < _STALE_AT + 8 or data[:4] != VALUE_MAGIC:
+        raise struct.error("not a value")
+    return _F64.unpack_from(data, _STALE_AT)[0]
 
 
 def entry_from_record(record: tuple, now: float, wall_now: float) -> Entry | None:
