@@ -521,6 +521,34 @@ class Bench:
                 self.stop(server)
         return out
 
+    def hosttier_misses(self, nsd: Server) -> dict:
+        """The miss flood of test_misses (fresh server per run, pinned, NSD behind), tier off vs on,
+        alternating: the miss path's real cost with the socket work included."""
+        datafile = self.miss_file()
+        w, port, cpu = self.work, nsd.port, self.cpu_server
+        runs: dict[str, list] = {"off": [], "on": []}
+        for run in range(self.args.runs):
+            for mode in (("off", "on") if run % 2 == 0 else ("on", "off")):
+                extra = ""
+                if mode == "on":
+                    tier = w / f"tier-miss-{run}.lmdb"
+                    extra = f'cache:\n  max_entries: 1100000\n  persist:\n    path: "{tier}"\n'
+                server = servers.start_resolver(w, port, cpu, name=f"resolver-tiermiss-{mode}-{run}", wait=False,
+                                                extra=extra, max_entries=None if mode == "on" else 1_100_000)
+                self.started.append(server)
+                try:
+                    server.wait_ready("h1.bench.test")
+                    res = measured(server, lambda s=server: dnsperf(
+                        s.port, datafile, self.cpu_client, duration=self.args.duration, once=True,
+                        outstanding=MISS_OUTSTANDING, clients=FLOOD_CLIENTS))
+                finally:
+                    self.check_log(server)
+                    self.stop(server)
+                runs[mode].append(res)
+                log(f"   misses, tier {mode}, run {run + 1}: {res['qps']:.0f} qps, {res['server_cpu_s']:.2f} CPU-s, "
+                    f"{fmt_int(res['qps_per_cpu_s'])} q/CPU-s, lost {res['lost']}{disturbed(res)}")
+        return {mode: summarize(r) for mode, r in runs.items()}
+
     # ---- g2. the host cache tier (issue 16)
     def test_hosttier(self, nsd: Server) -> None:
         """The host tier on vs off: bench/hosttier.py in-process (hit path ns, miss CPU, start-up to
@@ -530,7 +558,7 @@ class Bench:
         log(f"g2. host cache tier: in-process parts ({entries:,} entries on disk), then workers 1 vs 2 on/off")
         path = self.work / "hosttier.json"
         argv = [sys.executable, str(BENCH / "hosttier.py"), "--entries", str(entries), "--runs", str(self.args.runs),
-                "--json", str(path)]
+                "--snapshot", "--json", str(path)]
         done = subprocess.run(argv, capture_output=True, text=True, timeout=3600, cwd=BENCH.parent,
                               env={**os.environ, "BENCH_TMP": str(self.work)})
         for line in done.stdout.splitlines():
@@ -540,6 +568,7 @@ class Bench:
             res: dict = {}
         else:
             res = json.loads(path.read_text())
+        res["flood_misses"] = self.hosttier_misses(nsd)
         workers = {}
         for mode in ("off", "on"):
             extra = ""
@@ -812,6 +841,13 @@ def hosttier_section(h: dict) -> list[str]:
     if "misses" in h:
         rows.append(["miss path (µs CPU per miss, in-process)", f"{h['misses']['off']:.1f}",
                      f"{h['misses']['on']:.1f}", f"{h['misses']['ratio']:.3f}"])
+    fm = h.get("flood_misses")
+    if fm:
+        off, on = fm["off"]["median"], fm["on"]["median"]
+        rows.append(["cache-miss flood via NSD, QPS (pinned, fresh server per run)", fmt_int(off.get("qps")),
+                     fmt_int(on.get("qps")), ratio(on.get("qps"), off.get("qps"))])
+        rows.append(["cache-miss flood, QPS per server CPU-s", fmt_int(off.get("qps_per_cpu_s")),
+                     fmt_int(on.get("qps_per_cpu_s")), ratio(on.get("qps_per_cpu_s"), off.get("qps_per_cpu_s"))])
     st = h.get("startup") or {}
     if st.get("first_answer_ms_on"):
         rows.append([f"start-up to first answer ({st['entries']:,} entries on disk), ms",
