@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -88,16 +89,21 @@ def udp_queries(mport: int) -> float:
     return _metric(mport, "resolver_queries_total", transport="udp")
 
 
-@pytest.mark.timeout(180)
-def test_two_workers_answer_every_cached_name_stale_during_a_blackhole(fake_upstream, tmp_path):
-    """The issue's measurement: 60 names, blackhole, each asked 4 times (before: 117 of 240 SERVFAIL);
-    then a worker SIGKILLed and replaced, every name asked twice again (before: 92 of 120 not stale)."""
+def start_workers(fake_upstream, tmp_path) -> tuple[subprocess.Popen, int, int, Path]:
     port = free_port()
     mport = _metrics_ports(2, {port})
     log = tmp_path / "w.log"
     parent = spawn(write_config(tmp_path, port, mport, fake_upstream.address, workers=2), log)
+    assert eventually(lambda: ready(mport) and ready(mport + 1), 20), log.read_text()
+    return parent, port, mport, log
+
+
+@pytest.mark.timeout(180)
+def test_two_workers_answer_every_cached_name_stale_during_a_blackhole(fake_upstream, tmp_path):
+    """The issue's measurement: 60 names cached, the upstream blackholed, each asked 4 times
+    (before: 117 of 240 SERVFAIL, from the worker that had not cached the name)."""
+    parent, port, mport, log = start_workers(fake_upstream, tmp_path)
     try:
-        assert eventually(lambda: ready(mport) and ready(mport + 1), 20), log.read_text()
         learnt = learn(port, fake_upstream, 60)
         time.sleep(TTL + 0.5)  # every entry expired (and written: write_interval 250 ms)
         fake_upstream.mode("drop")
@@ -106,20 +112,34 @@ def test_two_workers_answer_every_cached_name_stale_during_a_blackhole(fake_upst
         spread = [udp_queries(mport) - before[0], udp_queries(mport + 1) - before[1]]
         assert failures == [], f"{len(failures)} of 240 not answered stale: {failures[:10]}"
         assert min(spread) >= 20, f"the kernel did not spread the queries over both workers: {spread}"
+    finally:
+        assert stop(parent) == 0, log.read_text()
+    assert all(call[1] in learnt or call[1] == "." for call in fake_upstream.calls)
 
+
+@pytest.mark.timeout(180)
+def test_a_worker_sigkilled_and_replaced_during_a_blackhole_answers_every_cached_name(fake_upstream, tmp_path):
+    """The replacement starts with an empty in-process cache (before: 92 of 120 not served stale)."""
+    parent, port, mport, log = start_workers(fake_upstream, tmp_path)
+    try:
+        learnt = learn(port, fake_upstream, 60)
+        time.sleep(TTL + 0.5)
+        fake_upstream.mode("drop")
         victim = _children(parent.pid)[1]
         os.kill(victim, signal.SIGKILL)
         assert eventually(lambda: len(_children(parent.pid)) == 2 and victim not in _children(parent.pid), 15)
         assert eventually(lambda: ready(mport) and ready(mport + 1), 15), log.read_text()
+        before = [udp_queries(mport), udp_queries(mport + 1)]
         failures = ask_all(port, learnt, rounds=2)
+        spread = [udp_queries(mport) - before[0], udp_queries(mport + 1) - before[1]]
         assert failures == [], f"{len(failures)} of 120 not answered stale after a worker was replaced: " \
                                f"{failures[:10]}"
+        assert min(spread) >= 10, f"the kernel did not spread the queries over both workers: {spread}"
         hits = _metric(mport, "resolver_cache_tier_lookups_total", tier="host", result="hit") + \
             _metric(mport + 1, "resolver_cache_tier_lookups_total", tier="host", result="hit")
-        assert hits >= 60  # the replaced worker (at least) read them from the host tier
+        assert hits >= 10  # (at least) the replacement read them from the host tier
     finally:
         assert stop(parent) == 0, log.read_text()
-    assert all(call[1] in learnt or call[1] == "." for call in fake_upstream.calls)
 
 
 @pytest.mark.timeout(120)

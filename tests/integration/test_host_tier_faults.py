@@ -156,3 +156,20 @@ def test_a_full_disk_is_counted_and_logged_and_serving_goes_on(fake_upstream, st
     assert fwd.metric("resolver_host_cache_dropped_writes_total") >= 1
     assert fwd.metric("resolver_host_cache_entries") > 0  # what fitted is kept, not wiped
     assert 1 <= len(hostcache_warnings(caplog)) <= 2  # logged at most once a minute
+
+
+def test_a_reload_cannot_move_the_host_tier(fake_upstream, start_forwarder, tmp_path):
+    """The file is open and shared with the other workers: a new path or size needs a restart
+    (a reload applying it in one worker would split the tier); the running config stays."""
+    import dataclasses
+
+    from resolver.errors import ConfigError
+
+    fwd = start_forwarder([fake_upstream.address], cache=host(tmp_path / "cache.lmdb"))
+    config = fwd.app.config
+    moved = dataclasses.replace(config, cache=dataclasses.replace(
+        config.cache, persist=dataclasses.replace(config.cache.persist, path=str(tmp_path / "other.lmdb"))))
+    with pytest.raises(ConfigError) as info:
+        fwd.app.reload(moved)
+    assert info.value.key == "cache.persist"
+    assert fwd.app.config is config and fwd.metric("resolver_host_cache_up") == 1
