@@ -251,6 +251,7 @@ class HostTier:
         if self._env is None:
             return
         self._clear_pending = True
+        self._queue.clear()  # written before the flush: must not come back after it
         self._wake.set()
 
     # -------------------------------------------------------- writer (its thread)
