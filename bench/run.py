@@ -493,8 +493,9 @@ class Bench:
         clients, outstanding = 64, 2 * HIT_OUTSTANDING  # many sockets: SO_REUSEPORT hashes each to one worker
         out = {}
         for k in (1, 2):
-            server = self.start(servers.start_resolver, self.work, nsd.port, None, max_entries=max_entries,
-                                name=f"resolver-shared{tag}-w{k}", extra=f"workers: {k}\n{extra}", metrics=False)
+            server = self.start(retry_port_race, lambda k=k: servers.start_resolver(
+                self.work, nsd.port, None, max_entries=max_entries, name=f"resolver-shared{tag}-w{k}",
+                extra=f"workers: {k}\n{extra}", metrics=False))
             try:
                 time.sleep(1.0)  # all workers up
                 for _ in range(3):  # each worker keeps its own cache; each client socket maps to one worker
@@ -533,11 +534,11 @@ class Bench:
                 if mode == "on":
                     tier = w / f"tier-miss-{run}.lmdb"
                     extra = f'cache:\n  max_entries: 1100000\n  persist:\n    path: "{tier}"\n'
-                server = servers.start_resolver(w, port, cpu, name=f"resolver-tiermiss-{mode}-{run}", wait=False,
-                                                extra=extra, max_entries=None if mode == "on" else 1_100_000)
+                server = retry_port_race(lambda: servers.start_resolver(
+                    w, port, cpu, name=f"resolver-tiermiss-{mode}-{run}", extra=extra,
+                    max_entries=None if mode == "on" else 1_100_000))
                 self.started.append(server)
                 try:
-                    server.wait_ready("h1.bench.test")
                     res = measured(server, lambda s=server: dnsperf(
                         s.port, datafile, self.cpu_client, duration=self.args.duration, once=True,
                         outstanding=MISS_OUTSTANDING, clients=FLOOD_CLIENTS))
@@ -832,6 +833,18 @@ class Bench:
 
 
 # --------------------------------------------------------------------- report
+def retry_port_race(start, attempts: int = 3):
+    """``start()``, again (new ports) if the port it picked was taken meanwhile by another process
+    on a shared machine ("already in use" in the server's log)."""
+    for attempt in range(attempts):
+        try:
+            return start()
+        except RuntimeError as e:
+            if "already in use" not in str(e) or attempt == attempts - 1:
+                raise
+            log(f"   port taken meanwhile, starting again: {str(e).splitlines()[0][:120]}")
+
+
 def hosttier_section(h: dict) -> list[str]:
     """g2: the host cache tier on vs off (README "Cache levels")."""
     rows = []
@@ -871,6 +884,8 @@ def hosttier_section(h: dict) -> list[str]:
             extra += (f"; RSS right after start {fmt_mib(rss['after_start']['VmRSS'])} with "
                       f"{st['entries']:,} entries on disk, {st.get('rss_bytes_per_adopted_entry', 0):.0f} bytes "
                       f"per entry read into the process cache")
+        if st.get("open_ms") is not None:
+            extra += f"; opening the {st['entries']:,}-entry file takes {st['open_ms']:.1f} ms"
         if st.get("snapshot"):
             extra += f"; the snapshot engine's first answer with the same entries: {st['snapshot']['first_answer_ms']:.0f} ms"
         out += [extra + ".", ""]

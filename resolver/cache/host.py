@@ -62,9 +62,9 @@ log = logging.getLogger("resolver.hostcache")
 MAX_READERS = 126  # LMDB's default; each worker holds at most two (its loop, its writer)
 WRITE_BATCH = 10_000  # entries per write transaction at most
 MIN_SPLIT = 64  # a failed batch is halved down to this size, then dropped
-SWEEP_EVERY = 10.0  # seconds between sweep slices (entries past their stale window) ...
-SWEEP_PASSES = 6  # ... each a sixth of the table: a full pass a minute
-SWEEP_SLICE = (2_000, 200_000)  # entries looked at per slice, at least / at most (~0.3 µs each)
+SWEEP_EVERY = 2.0  # seconds between sweep slices (entries past their stale window) ...
+SWEEP_SLICE = 20_000  # ... of this many entries (~6 ms in the writer): 1M entries in under 2 minutes.
+# Dead entries are harmless meanwhile: never served, and the first to be evicted.
 DELETE_BUDGET = 5_000  # entries deleted per transaction (bounded write-lock hold)
 EVICT_SAMPLE = 4  # eviction looks at this many entries per entry it removes
 EVICT_TO = 0.9  # eviction brings the tier down to this fraction of its bound
@@ -113,7 +113,7 @@ class HostTier:
         self._stopping = False
         self._thread: threading.Thread | None = None
         self._last_logged = -LOG_EVERY
-        self._last_sweep = 0.0
+        self._last_sweep = time.monotonic()  # not at once: a start must not scan a big file
 
     # ------------------------------------------------------------------ lifecycle
     def open(self) -> bool:
@@ -368,31 +368,36 @@ class HostTier:
         env = self._env
         if env is None:
             return 0
-        low, high = SWEEP_SLICE
-        self._sweep_at, sample = self._scan(env, self._sweep_at, min(high, max(low, self.entries() // SWEEP_PASSES)))
-        dead = [key for key, deadline in sample if deadline <= wall_now]
+        self._sweep_at, dead = self._scan(env, self._sweep_at, SWEEP_SLICE, dead_at=wall_now)
+        dead = [key for key, _ in dead]
         removed = self._delete(env, dead)
         self.stats.swept += removed
         return removed
 
-    def _scan(self, env: lmdb.Environment, start: bytes, count: int) -> tuple[bytes, list]:
-        """(where to go on from, [(key, stale deadline)]) for ``count`` entries from ``start``, wrapping."""
+    def _scan(self, env: lmdb.Environment, start: bytes, count: int,
+              dead_at: float | None = None) -> tuple[bytes, list]:
+        """(where to go on from, [(key, stale deadline)]) for ``count`` entries from ``start``, wrapping;
+        with ``dead_at``, only those whose deadline has passed by then (nothing else is kept)."""
         out = []
+        seen = 0
         with env.begin(db=self._main, buffers=True) as txn:
             cursor = txn.cursor()
             positioned = cursor.set_range(start) if start else cursor.first()
             wrapped = False
-            while len(out) < count:
+            while seen < count:
                 if not positioned:
                     if wrapped or not start:
                         break
                     wrapped = True
                     positioned = cursor.first()
                     continue
-                key = bytes(cursor.key())
-                if wrapped and key >= start:
+                key = cursor.key()
+                if wrapped and bytes(key) >= start:
                     break
-                out.append((key, _stale_deadline(cursor.value())))
+                seen += 1
+                deadline = _stale_deadline(cursor.value())
+                if dead_at is None or deadline <= dead_at:
+                    out.append((bytes(key), deadline))
                 positioned = cursor.next()
             nxt = bytes(cursor.key()) if positioned else b""
         return nxt, out
