@@ -22,7 +22,7 @@
 # interpreter would hand the privilege to every Python program in the image.
 #
 # Files: /etc/resolver/resolver.yaml (config; the default is config/container.yaml),
-# /var/lib/resolver (state volume for the cache snapshot; writable by the resolver user).
+# /var/lib/resolver (state volume for the host cache tier; writable by the resolver user).
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 

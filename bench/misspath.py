@@ -103,7 +103,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-async def _workload(n: int, relay: bool) -> float:
+async def _workload(n: int, relay: bool, extra: str = "") -> float:
     """Run ``n`` misses; returns the CPU seconds they took."""
     from resolver.app import App
     from resolver.config import load_config
@@ -123,7 +123,7 @@ async def _workload(n: int, relay: bool) -> float:
     else:
         with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
             f.write(f'listen: ["127.0.0.1:{port}"]\nupstreams: ["127.0.0.1:{upstream[1]}"]\n'
-                    "metrics:\n  enabled: false\nsecurity:\n  max_inflight_per_client: 4096\n")
+                    "metrics:\n  enabled: false\nsecurity:\n  max_inflight_per_client: 4096\n" + extra)
         app = App(load_config(f.name))
         os.unlink(f.name)
         await app.start()
@@ -140,17 +140,18 @@ async def _workload(n: int, relay: bool) -> float:
     return cpu
 
 
-def _child(n: int, relay: bool) -> None:
+def _child(n: int, relay: bool, extra: str = "") -> None:
     import uvloop
 
-    cpu = uvloop.run(_workload(n, relay))
+    cpu = uvloop.run(_workload(n, relay, extra))
     print(f"misses {n} cpu_s {cpu:.3f}")
 
 
-def _instructions(tree: Path, n: int, relay: bool) -> int:
+def _instructions(tree: Path, n: int, relay: bool, extra: str = "") -> int:
     with tempfile.TemporaryDirectory() as tmp:
         argv = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={tmp}/cg.out", sys.executable,
-                str(Path(__file__).resolve()), "--child", str(n)] + (["--relay"] if relay else [])
+                str(Path(__file__).resolve()), "--child", str(n)] + (["--relay"] if relay else []) \
+            + (["--config-extra", extra.replace("{tmp}", tmp)] if extra else [])
         env = {**os.environ, "PYTHONPATH": str(tree)}
         proc = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=tmp, timeout=1800)
         m = re.search(r"Collected : (\d+)", proc.stderr)
@@ -165,21 +166,24 @@ def main(argv=None) -> int:
     p.add_argument("--trees", default=str(REPO), help="comma-separated checkouts to compare (default: this one)")
     p.add_argument("--relay", action="store_true", help="measure the bare relay instead of resolver")
     p.add_argument("--plain", type=int, metavar="N", help="run N misses without valgrind; print CPU time")
+    p.add_argument("--config-extra", default="", help="YAML appended to the config (e.g. a cache.persist section); "
+                   "{tmp} is replaced by a fresh temporary directory")
     p.add_argument("--child", type=int, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.child is not None:
-        _child(a.child, a.relay)
+        _child(a.child, a.relay, a.config_extra)
         return 0
     if a.plain:
         sys.path.insert(0, str(REPO))
         import uvloop
 
-        cpu = uvloop.run(_workload(a.plain, a.relay))
+        with tempfile.TemporaryDirectory() as tmp:
+            cpu = uvloop.run(_workload(a.plain, a.relay, a.config_extra.replace("{tmp}", tmp)))
         print(f"{a.plain} misses in {cpu:.3f} CPU-s: {cpu / a.plain * 1e6:.1f} µs each (client and fake upstream included)")
         return 0
     for tree in a.trees.split(","):
-        base = _instructions(Path(tree), 0, a.relay)
-        full = _instructions(Path(tree), a.misses, a.relay)
+        base = _instructions(Path(tree), 0, a.relay, a.config_extra)
+        full = _instructions(Path(tree), a.misses, a.relay, a.config_extra)
         what = "bare relay" if a.relay else "resolver"
         print(f"{tree}: {what}: {(full - base) / a.misses:,.0f} instructions per miss "
               f"({a.misses} misses; {base:,} for start-up alone)")

@@ -45,7 +45,7 @@ from servers import LOOPBACK, Server  # noqa: E402
 BENCH = Path(__file__).resolve().parent
 RESULTS = BENCH / "results"
 FORWARDERS = ("resolver", "unbound", "dnsmasq")
-TESTS = ("hits", "latency", "misses", "stale", "workers", "memory", "startup", "outage")
+TESTS = ("hits", "latency", "misses", "stale", "workers", "memory", "startup", "hosttier", "outage")
 CEILING = "uvloop-ceiling"  # bench/ceiling.py, in the cache-hit test only
 
 HIT_QUERIES = 1_000            # distinct questions in the cache-hit query file
@@ -478,12 +478,24 @@ class Bench:
         cross-worker traffic) and how evenly SO_REUSEPORT spreads the load (each
         worker's share of the server CPU).  Same dnsperf settings for both.
         """
+        log("e. workers (2 CPUs: 1 vs 2 workers, server and dnsperf unpinned, 64 client sockets)")
+        out = self.shared_hits(nsd)
+        one, two = out["1"]["median"], out["2"]["median"]
+        self.results["tests"]["workers_shared"] = {
+            "resolver": out,
+            "qps_ratio": two["qps"] / one["qps"] if one.get("qps") else None,
+            "cost_ratio": two["qps_per_cpu_s"] / one["qps_per_cpu_s"] if one.get("qps_per_cpu_s") else None,
+            "misses": self.workers_misses(nsd),
+        }
+
+    def shared_hits(self, nsd: Server, extra: str = "", tag: str = "", max_entries: int | None = 1_100_000) -> dict:
+        """Cache-hit floods against `workers: 1` and `workers: 2` on the shared CPUs (see test_workers_shared)."""
         clients, outstanding = 64, 2 * HIT_OUTSTANDING  # many sockets: SO_REUSEPORT hashes each to one worker
-        log(f"e. workers (2 CPUs: 1 vs 2 workers, server and dnsperf unpinned, {clients} client sockets)")
         out = {}
         for k in (1, 2):
-            server = self.start(servers.start_resolver, self.work, nsd.port, None,
-                                name=f"resolver-shared-w{k}", extra=f"workers: {k}\n", metrics=False)
+            server = self.start(retry_port_race, lambda k=k: servers.start_resolver(
+                self.work, nsd.port, None, max_entries=max_entries, name=f"resolver-shared{tag}-w{k}",
+                extra=f"workers: {k}\n{extra}", metrics=False))
             try:
                 time.sleep(1.0)  # all workers up
                 for _ in range(3):  # each worker keeps its own cache; each client socket maps to one worker
@@ -508,13 +520,68 @@ class Bench:
             finally:
                 self.check_log(server)
                 self.stop(server)
-        one, two = out["1"]["median"], out["2"]["median"]
-        self.results["tests"]["workers_shared"] = {
-            "resolver": out,
-            "qps_ratio": two["qps"] / one["qps"] if one.get("qps") else None,
-            "cost_ratio": two["qps_per_cpu_s"] / one["qps_per_cpu_s"] if one.get("qps_per_cpu_s") else None,
-            "misses": self.workers_misses(nsd),
-        }
+        return out
+
+    def hosttier_misses(self, nsd: Server) -> dict:
+        """The miss flood of test_misses (fresh server per run, pinned, NSD behind), tier off vs on,
+        alternating: the miss path's real cost with the socket work included."""
+        datafile = self.miss_file()
+        w, port, cpu = self.work, nsd.port, self.cpu_server
+        runs: dict[str, list] = {"off": [], "on": []}
+        for run in range(self.args.runs):
+            for mode in (("off", "on") if run % 2 == 0 else ("on", "off")):
+                extra = ""
+                if mode == "on":
+                    tier = w / f"tier-miss-{run}.lmdb"
+                    extra = f'cache:\n  max_entries: 1100000\n  persist:\n    path: "{tier}"\n'
+                server = retry_port_race(lambda: servers.start_resolver(
+                    w, port, cpu, name=f"resolver-tiermiss-{mode}-{run}", extra=extra,
+                    max_entries=None if mode == "on" else 1_100_000))
+                self.started.append(server)
+                try:
+                    res = measured(server, lambda s=server: dnsperf(
+                        s.port, datafile, self.cpu_client, duration=self.args.duration, once=True,
+                        outstanding=MISS_OUTSTANDING, clients=FLOOD_CLIENTS))
+                finally:
+                    self.check_log(server)
+                    self.stop(server)
+                runs[mode].append(res)
+                log(f"   misses, tier {mode}, run {run + 1}: {res['qps']:.0f} qps, {res['server_cpu_s']:.2f} CPU-s, "
+                    f"{fmt_int(res['qps_per_cpu_s'])} q/CPU-s, lost {res['lost']}{disturbed(res)}")
+        return {mode: summarize(r) for mode, r in runs.items()}
+
+    # ---- g2. the host cache tier (issue 16)
+    def test_hosttier(self, nsd: Server) -> None:
+        """The host tier on vs off: bench/hosttier.py in-process (hit path ns, miss CPU, start-up to
+        first answer with N entries on disk, disk and RSS per entry), then cache-hit floods with
+        `workers: 1` and `workers: 2` with the tier on and off (test_workers_shared's method)."""
+        entries = self.args.hosttier_entries
+        log(f"g2. host cache tier: in-process parts ({entries:,} entries on disk), then workers 1 vs 2 on/off")
+        path = self.work / "hosttier.json"
+        argv = [sys.executable, str(BENCH / "hosttier.py"), "--entries", str(entries), "--runs", str(self.args.runs),
+                "--snapshot", "--json", str(path)]
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=3600, cwd=BENCH.parent,
+                              env={**os.environ, "BENCH_TMP": str(self.work)})
+        for line in done.stdout.splitlines():
+            log("   " + line)
+        if done.returncode != 0 or not path.exists():
+            self.notes.append(f"hosttier.py failed (rc {done.returncode}): {done.stderr[-500:]}")
+            res: dict = {}
+        else:
+            res = json.loads(path.read_text())
+        res["flood_misses"] = self.hosttier_misses(nsd)
+        workers = {}
+        for mode in ("off", "on"):
+            extra = ""
+            if mode == "on":
+                tier = self.work / f"hosttier-{os.getpid()}.lmdb"
+                extra = f'cache:\n  max_entries: 1100000\n  persist:\n    path: "{tier}"\n'
+            rows = self.shared_hits(nsd, extra, tag=f"-tier{mode}", max_entries=None if mode == "on" else 1_100_000)
+            one, two = rows["1"]["median"], rows["2"]["median"]
+            workers[mode] = {"resolver": rows, "qps_ratio": two["qps"] / one["qps"] if one.get("qps") else None}
+            log(f"   tier {mode}: workers 2 / 1 = {workers[mode]['qps_ratio']:.2f}x QPS")
+        res["workers"] = workers
+        self.results["tests"]["hosttier"] = res
 
     def workers_misses(self, nsd: Server) -> dict:
         """Scaling where the server, not dnsperf, is the bottleneck on 2 CPUs: cache misses.
@@ -761,9 +828,70 @@ class Bench:
             self.test_memory(nsd)
         if "startup" not in a.skip:
             self.test_startup(nsd)
+        if "hosttier" not in a.skip:
+            self.test_hosttier(nsd)
 
 
 # --------------------------------------------------------------------- report
+def retry_port_race(start, attempts: int = 3):
+    """``start()``, again (new ports) if the port it picked was taken meanwhile by another process
+    on a shared machine ("already in use" in the server's log)."""
+    for attempt in range(attempts):
+        try:
+            return start()
+        except RuntimeError as e:
+            if "already in use" not in str(e) or attempt == attempts - 1:
+                raise
+            log(f"   port taken meanwhile, starting again: {str(e).splitlines()[0][:120]}")
+
+
+def hosttier_section(h: dict) -> list[str]:
+    """g2: the host cache tier on vs off (README "Cache levels")."""
+    rows = []
+    if "hits" in h:
+        rows.append(["hit path (ns per datagram, in-process)", f"{h['hits']['off']:.0f}", f"{h['hits']['on']:.0f}",
+                     f"{h['hits']['ratio']:.3f}"])
+    if "misses" in h:
+        rows.append(["miss path (µs CPU per miss, in-process)", f"{h['misses']['off']:.1f}",
+                     f"{h['misses']['on']:.1f}", f"{h['misses']['ratio']:.3f}"])
+    fm = h.get("flood_misses")
+    if fm:
+        off, on = fm["off"]["median"], fm["on"]["median"]
+        rows.append(["cache-miss flood via NSD, QPS (pinned, fresh server per run)", fmt_int(off.get("qps")),
+                     fmt_int(on.get("qps")), ratio(on.get("qps"), off.get("qps"))])
+        rows.append(["cache-miss flood, QPS per server CPU-s", fmt_int(off.get("qps_per_cpu_s")),
+                     fmt_int(on.get("qps_per_cpu_s")), ratio(on.get("qps_per_cpu_s"), off.get("qps_per_cpu_s"))])
+    st = h.get("startup") or {}
+    if st.get("first_answer_ms_on"):
+        rows.append([f"start-up to first answer ({st['entries']:,} entries on disk), ms",
+                     f"{st['first_answer_ms_off']:.0f}", f"{st['first_answer_ms_on']:.0f}",
+                     f"{st['first_answer_ms_on'] / st['first_answer_ms_off']:.2f}"])
+    for mode in ("off", "on"):
+        w = h.get("workers", {}).get(mode)
+        if w:
+            for k, v in w["resolver"].items():
+                if mode == "off":
+                    other = h["workers"].get("on", {}).get("resolver", {}).get(k, {}).get("median", {})
+                    rows.append([f"cache hits/s, workers {k}", fmt_int(v["median"].get("qps")),
+                                 fmt_int(other.get("qps")),
+                                 ratio(other.get("qps"), v["median"].get("qps"))])
+    out = ["**g2. Host cache tier, off vs on** (bench/hosttier.py and cache-hit floods as in e.)", "",
+           md_table(["measure", "tier off", "tier on", "on / off"], rows), ""]
+    if st:
+        rss = st.get("rss", {})
+        extra = f"disk {st['disk_bytes_per_entry']:.0f} bytes per entry"
+        if rss:
+            extra += (f"; RSS right after start {fmt_mib(rss['after_start']['VmRSS'])} with "
+                      f"{st['entries']:,} entries on disk, {st.get('rss_bytes_per_adopted_entry', 0):.0f} bytes "
+                      f"per entry read into the process cache")
+        if st.get("open_ms") is not None:
+            extra += f"; opening the {st['entries']:,}-entry file takes {st['open_ms']:.1f} ms"
+        if st.get("snapshot"):
+            extra += f"; the snapshot engine's first answer with the same entries: {st['snapshot']['first_answer_ms']:.0f} ms"
+        out += [extra + ".", ""]
+    return out
+
+
 def fmt_int(x) -> str:
     return "—" if x is None else f"{x:,.0f}"
 
@@ -925,6 +1053,8 @@ def report(results: dict) -> str:
                 md_table(["server", "median", "runs"],
                          [[n, f"{v['median']['first_answer_ms']:.0f} ms" if v["median"]["first_answer_ms"] else "—",
                            ", ".join(f"{x:.0f}" for x in v["runs_ms"])] for n, v in st.items()]), ""]
+    if "hosttier" in t:
+        out += hosttier_section(t["hosttier"])
     if "outage" in t:
         out += outage.report_section(t["outage"], md_table)
     notes = list(results.get("notes", []))
@@ -994,6 +1124,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help=f"outage test: servers (default {','.join(FORWARDERS)})")
     p.add_argument("--outage-fresh-limit", type=float, default=30.0, metavar="S",
                    help="outage test: give up polling for fresh answers after S seconds (default 30)")
+    p.add_argument("--hosttier-entries", type=int, metavar="N",
+                   help="host tier test: entries on disk for the start-up measure (default 1000000; --quick 100000)")
     p.add_argument("--workers-max", type=int, default=0, metavar="K",
                    help="largest `workers` value to test (default: the CPUs left after the client's, up to 8)")
     p.add_argument("--workers-force", action="store_true",
@@ -1016,6 +1148,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.only:
         args.skip = [t for t in TESTS if t not in args.only]
     args.outage_names = args.outage_names or (200 if args.quick else 1000)
+    args.hosttier_entries = args.hosttier_entries or (100_000 if args.quick else 1_000_000)
     args.outage_wait = args.outage_wait if args.outage_wait is not None else (3.0 if args.quick else 10.0)
     args.outage_modes = [m for m in args.outage_modes.split(",") if m]
     args.outage_servers = [s for s in args.outage_servers.split(",") if s]

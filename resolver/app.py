@@ -10,9 +10,11 @@ import asyncio
 import gc
 import logging
 import os
+from dataclasses import replace
 from importlib import metadata
 
 from . import eventloop, wire
+from .cache.host import HostTier
 from .cache.persist import Persister
 from .cache.store import Cache
 from .clock import Clock, SystemClock
@@ -124,7 +126,11 @@ class App:
         self.rrl = RateLimiter(config.security)
         self.listeners = Listeners(self.pipeline, config.server, self.stats, self.acl, self.limits, self.rrl)
         self.listeners.group_size = workers
-        self.persist = Persister(self.cache, self.clock, config.cache.persist, writer=worker == 0)
+        # The cache on disk: the host tier (L2, shared by every worker and the next
+        # process, behind the in-process cache; opened in start(), after the fork) or,
+        # with engine "snapshot", the periodic snapshot (only worker 0 writes it).
+        self.host_tier = HostTier(config.cache.persist, self.clock) if self._host_tier_on(config) else None
+        self.persist = Persister(self.cache, self.clock, self._snapshot_config(config), writer=worker == 0)
         self.reloads = ReloadStats()
         self.reloads.last_success_wall = self.clock.wall()  # start-up is the first successful load
         self.collector = metrics.ResolverCollector(self.stats, self.cache, lambda: self.pool,
@@ -163,6 +169,11 @@ class App:
         eventloop.forget()  # this App's loop, not one cached by an earlier run in this thread
         if not self.join:
             handover.refuse_if_bound(bound_addresses(self.config))
+        if self.host_tier is not None and self.host_tier.open():
+            # Opened, not loaded: L1 misses read through to it (Cache.lookup) and new
+            # entries are written behind (Cache.put → the writer thread).
+            self.cache.lower = self.host_tier
+            self.host_tier.start()
         self.persist.load()
         if self.config.metrics.enabled:
             listen = self.config.metrics.listen
@@ -200,6 +211,9 @@ class App:
         if self._hosts_watch is not None:
             self._hosts_watch.cancel()
         await self.persist.stop()  # the final snapshot, after the last answers are cached
+        if self.host_tier is not None:
+            self.cache.lower = None
+            await asyncio.to_thread(self.host_tier.stop)  # writes what is still queued
         self.admin.close()
         self.control.close()
 
@@ -240,6 +254,11 @@ class App:
         differs.  In-flight queries finish on the pool they started with.
         """
         check_reloadable(self.config, config)
+        if (self._host_tier_on(config) or self._host_tier_on(self.config)) and \
+                config.cache.persist != self.config.cache.persist:
+            # The file is open and shared with the other workers: reopening it under a
+            # new path or map size while they keep theirs would split the tier.
+            raise ConfigError("cache.persist", "the host cache tier cannot change on reload (restart to apply it)")
         if bool(config.security.rate_limit) != bool(self.config.security.rate_limit):
             # The UDP protocol class (with or without the limiter) is chosen at bind time.
             raise ConfigError("security.rate_limit", "turning rate limiting on or off needs a restart")
@@ -266,8 +285,18 @@ class App:
         self.listeners.reconfigure(config.server)  # after pipeline.configure: re-points the UDP hit path
         for part in (self.acl, self.limits, self.rrl):
             part.configure(config.security)
-        self.persist.reconfigure(config.cache.persist)
+        self.persist.reconfigure(self._snapshot_config(config))
         log.info("forwarding to %s", ", ".join(u.label for u in config.upstreams))
+
+    @staticmethod
+    def _host_tier_on(config: Config) -> bool:
+        return bool(config.cache.persist.path) and config.cache.persist.engine == "host"
+
+    @staticmethod
+    def _snapshot_config(config: Config):
+        """The snapshot settings: off (no path) unless ``cache.persist.engine`` is "snapshot"."""
+        persist = config.cache.persist
+        return persist if persist.engine == "snapshot" else replace(persist, path="")
 
     @property
     def dns_port(self) -> int:

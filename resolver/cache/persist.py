@@ -11,7 +11,7 @@ in slices of ``SLICE`` entries with a yield between them, and only the framing
 both release the GIL.  Serialising in a thread instead was measured far worse:
 the serialiser holds the GIL against the listeners, and its long C calls (one
 join of the whole payload) hold it throughout.  ``bench/snapshot.py`` measures
-both (longest loop stall, total time); numbers in README "Persistent cache".
+both (longest loop stall, total time); numbers in README "Snapshot engine".
 
 Failures never stop serving: a bad snapshot at load is one warning and an empty
 cache; a failed save is one warning and a counted failure per attempt.

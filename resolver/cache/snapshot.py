@@ -149,8 +149,8 @@ def open_records(data: bytes) -> tuple[float, int, Iterator[tuple]]:
     return written_at, count, _records(data, count, end)
 
 
-def _records(data: bytes, count: int, end: int) -> Iterator[tuple]:
-    pos = _HEADER.size
+def _records(data: bytes, count: int, end: int, start: int = _HEADER.size) -> Iterator[tuple]:
+    pos = start
     unpack = _RECORD.unpack_from
     rec_size = _RECORD.size
     offset_structs: dict[int, struct.Struct] = {}
@@ -196,6 +196,100 @@ def decode(data: bytes) -> tuple[float, list[tuple]]:
     """(written_at, all records): ``open_records`` with the records in a list (tests, tools)."""
     written_at, _count, records = open_records(data)
     return written_at, list(records)
+
+
+# ---------------------------------------------------------------- one record as a value
+# The host tier (``host.py``) stores each entry as one value: the same record as in
+# the file, framed on its own so that it validates on its own — a magic and version
+# (a value written by another build, or not by us at all, is refused) and a CRC-32
+# (a damaged page is refused) — and parsed by the same trust-nothing ``_records``.
+VALUE_MAGIC = b"RSLV"
+VALUE_VERSION = 1
+_VALUE_HEAD = struct.Struct(">4sH")
+# A stale deadline is stored as a finite wall-clock time: a pinned entry's ``inf``
+# (last-known-good, held for the whole incident) is written as this far ahead.
+PINNED_FOR = 30 * 86_400.0
+
+
+def encode_value(key: bytes, e: Entry, wall_offset: float) -> bytes | None:
+    """One entry as a self-validating value (None: not stored, e.g. a brief SERVFAIL memory)."""
+    kind = _KIND_INDEX.get(e.kind)
+    if kind is None or len(key) > MAX_KEY:
+        return None
+    offsets = e.ttl_offsets
+    fresh = e.fresh_until + wall_offset
+    stale = e.stale_until + wall_offset
+    if not math.isfinite(stale):
+        stale = fresh + PINNED_FOR
+    parts = [_VALUE_HEAD.pack(VALUE_MAGIC, VALUE_VERSION),
+             _RECORD.pack(len(key), kind, e.rcode, len(e.hdr), len(e.hdr_opt), len(e.body), len(offsets),
+                          e.stored_at + wall_offset, fresh, stale),
+             key, e.hdr, e.hdr_opt, e.body]
+    if offsets:
+        parts.append(struct.pack(f">{len(offsets)}H", *offsets))
+    data = b"".join(parts)
+    return data + _CRC.pack(zlib.crc32(data))
+
+
+def decode_value(data: bytes) -> tuple:
+    """The record tuple of ``encode_value`` (wall-clock times); raises SnapshotError, nothing else."""
+    try:
+        end = len(data) - _CRC.size
+        if end < _VALUE_HEAD.size + _RECORD.size:
+            raise SnapshotError(f"value too short ({len(data)} bytes)")
+        magic, version = _VALUE_HEAD.unpack_from(data, 0)
+        if magic != VALUE_MAGIC:
+            raise SnapshotError("not a resolver cache value (bad magic)")
+        if version != VALUE_VERSION:
+            raise SnapshotError(f"unsupported value version {version} (this build reads {VALUE_VERSION})")
+        if zlib.crc32(memoryview(data)[:end]) != _CRC.unpack_from(data, end)[0]:
+            raise SnapshotError("checksum mismatch (corrupt)")
+        (record,) = _records(data, 1, end, _VALUE_HEAD.size)
+        return record
+    except SnapshotError:
+        raise
+    except Exception as exc:  # the parser's boundary: nothing from disk may raise anything else
+        raise SnapshotError(f"unreadable value: {type(exc).__name__}: {exc}") from None
+
+
+_STALE_AT = _VALUE_HEAD.size + _RECORD.size - 8  # the record's last field: stale_until
+_F64 = struct.Struct(">d")
+
+
+def value_stale_until(data) -> float:
+    """The wall-clock stale deadline of a value without parsing it (sweep, eviction); raises struct.error."""
+    if len(data) < _STALE_AT + 8 or data[:4] != VALUE_MAGIC:
+        raise struct.error("not a value")
+    return _F64.unpack_from(data, _STALE_AT)[0]
+
+
+def entry_from_record(record: tuple, now: float, wall_now: float) -> Entry | None:
+    """An `Entry` with monotonic deadlines from a record with wall-clock ones (None: past its stale window).
+
+    The same conversion as ``restore`` does for a whole file, for one record.
+    """
+    key, kind, rcode, hdr, hdr_opt, body, offsets, stored_at, fresh_until, stale_until = record
+    if stale_until <= wall_now:
+        return None
+    shift = max(0.0, stored_at - wall_now)  # stored "in the future" (a wall-clock step): TTLs never grow
+    offset = now - wall_now
+    e = Entry.__new__(Entry)
+    e.kind = kind
+    e.rcode = rcode
+    e.hdr = hdr
+    e.hdr_opt = hdr_opt
+    e.body = e.aged = body
+    e.ttl_offsets = offsets
+    e.stored_at = stored_at - shift + offset
+    e.fresh_until = fresh_until - shift + offset
+    e.stale_until = stale_until - shift + offset
+    e.recheck_until = 0.0
+    e.aged_until = -math.inf
+    e.stale_body = None
+    e.recheck_epoch = 0
+    e.prefetch_after = e.fresh_until
+    e.lkg_text = None
+    return e
 
 
 def restore(cache: Cache, records: Iterable[tuple], now: float, wall_now: float, written_at: float,

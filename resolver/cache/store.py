@@ -11,6 +11,14 @@ Recency is tracked at one-second granularity: an entry moves to the young end of
 the LRU when its aged copy is renewed (at most once per second, see
 ``Entry.aged_body``), which keeps the per-hit cost to a dict lookup.  Eviction
 takes the oldest entries first.
+
+Below this in-process level (L1) there may be a lower one (``lower``: the host
+tier, ``host.py``, shared by every worker and the next process).  ``lookup`` —
+the slow path's read; the hit path reads ``entries`` directly and never gets
+here — consults it when L1 has nothing usable, and adopts what it finds with its
+absolute deadlines, so the serve-stale rules apply to it exactly as to an entry
+learnt here.  ``put`` hands every new entry to it (a queue append: the write is
+batched off the loop).  This module does no I/O itself.
 """
 
 from __future__ import annotations
@@ -22,6 +30,9 @@ from .. import wire
 from ..stats import Cell, HitTally
 
 FRESH, STALE, MISS = "fresh", "stale", "miss"
+# A lower tier's copy replaces an expired entry here only if its DNS expiry is this
+# much later (seconds): wall-clock round trips blur deadlines by milliseconds.
+LOWER_NEWER_BY = 1.0
 
 
 class Entry:
@@ -100,6 +111,9 @@ class Cache:
         # Identical header/offset tuples are shared between entries: most A/AAAA
         # answers have the same 10 header bytes, which saves ~100 bytes per entry.
         self._interned: dict = {}
+        # The lower tier (``host.HostTier``) or None; set by the composition root.
+        self.lower = None
+        self.misses = 0  # slow-path lookups that found nothing in this process (per-tier metrics)
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -108,17 +122,46 @@ class Cache:
         return self.entries.get(key)
 
     def lookup(self, key: bytes, now: float) -> tuple[str, Entry | None]:
-        """FRESH, STALE (expired but within its stale window) or MISS."""
+        """FRESH, STALE (expired but within its stale window) or MISS.
+
+        With a lower tier: on a miss here, or an entry past its DNS expiry (another
+        worker may have refreshed it meanwhile), the lower tier's copy is adopted
+        if it is fresher; the one extra read happens only off the hit path.
+        """
         entry = self.entries.get(key)
+        if entry is not None and now < entry.fresh_until:
+            return FRESH, entry
+        if entry is None:
+            self.misses += 1
+        elif now >= entry.stale_until:
+            del self.entries[key]
+            self._forget(entry)
+            entry = None
+        lower = self.lower
+        if lower is not None:
+            found = lower.fetch(key, now)
+            # "Fresher" by more than the clock conversion's blur: our own copy read back
+            # must not replace the entry here (it would drop its recheck timer).
+            if found is not None and (entry is None or found.fresh_until > entry.fresh_until + LOWER_NEWER_BY):
+                entry = self._adopt_from_lower(key, found)
         if entry is None:
             return MISS, None
         if now < entry.fresh_until:
             return FRESH, entry
-        if now < entry.stale_until:
-            return STALE, entry
-        del self.entries[key]
-        self._forget(entry)
-        return MISS, None
+        return STALE, entry
+
+    def _adopt_from_lower(self, key: bytes, entry: Entry) -> Entry:
+        """Take an entry found in the lower tier into L1, as the youngest, within ``max_entries``."""
+        entries = self.entries
+        old = entries.get(key)
+        if old is not None:
+            self._forget(old)
+        self.adopt(key, entry)
+        entries.move_to_end(key)
+        while len(entries) > self.max_entries:
+            self._forget(entries.popitem(last=False)[1])
+            self.evictions += 1
+        return entry
 
     def touch(self, key: bytes) -> None:
         try:
@@ -144,6 +187,8 @@ class Cache:
         while len(entries) > self.max_entries:
             self._forget(entries.popitem(last=False)[1])
             self.evictions += 1
+        if self.lower is not None:
+            self.lower.enqueue(key, entry)  # written behind, batched (host.py)
         return entry
 
     def adopt(self, key: bytes, entry: Entry) -> None:
@@ -155,6 +200,9 @@ class Cache:
         self._remember(entry)
 
     def remove(self, key: bytes) -> bool:
+        """Drop ``key`` here and (if there is one) in the lower tier; True if it was held here."""
+        if self.lower is not None:
+            self.lower.forget(key)
         entry = self.entries.pop(key, None)
         if entry is None:
             return False
@@ -162,6 +210,8 @@ class Cache:
         return True
 
     def clear(self) -> None:
+        if self.lower is not None:
+            self.lower.forget_all()
         self.entries.clear()
         self._expiry.clear()
 

@@ -37,6 +37,7 @@ from .schema import (
     LOG_FORMATS,
     LOG_LEVELS,
     MAX_CACHE_ENTRIES,
+    PERSIST_ENGINES,
     POLICIES,
     REFUSED_ACTIONS,
     AdminConfig,
@@ -58,7 +59,7 @@ from .validate import read_token
 
 __all__ = [
     "ADMIN_SOCKET_AUTO", "DEFAULT_ALLOW", "LKG_MODES", "LOG_FORMATS", "LOG_LEVELS", "MAX_CACHE_ENTRIES",
-    "POLICIES", "REFUSED_ACTIONS", "TRANSPORTS", "WORKERS_AUTO",
+    "PERSIST_ENGINES", "POLICIES", "REFUSED_ACTIONS", "TRANSPORTS", "WORKERS_AUTO",
     "Address", "AdminConfig", "CacheConfig", "Config", "ConfigError", "ForwardZone", "HostsFileConfig",
     "LastKnownGoodConfig", "LoggingConfig", "MetricsConfig", "PersistConfig", "SecurityConfig",
     "ServerConfig", "StaleConfig", "StaleRule", "UpstreamAddress", "UpstreamOptions",

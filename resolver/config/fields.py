@@ -176,6 +176,21 @@ def choice(*allowed: str) -> Callable[[object, str], str]:
     return parse
 
 
+_SIZE = re.compile(r"(\d+)\s*(B|KiB|MiB|GiB|TiB)?")
+_SIZE_UNITS = {None: 1, "B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30, "TiB": 1 << 40}
+
+
+def size(value: object, key: str) -> int:
+    """Bytes from an integer or a string such as "512MiB", "1GiB" (binary units, as LMDB sizes its map)."""
+    found = None
+    if isinstance(value, int) and not isinstance(value, bool):
+        found = value
+    elif isinstance(value, str) and (match := _SIZE.fullmatch(value.strip())):
+        found = int(match.group(1)) * _SIZE_UNITS[match.group(2)]
+    expect(found is not None and 0 <= found < 1 << 50, value, key, "a size in bytes (or e.g. 512MiB, 1GiB)")
+    return found
+
+
 def duration(value: object, key: str) -> float:
     """Seconds from a number (seconds) or a string: "500ms", "30s", "5m", "2h", "1d", "30"."""
     seconds = None

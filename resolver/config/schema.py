@@ -105,13 +105,30 @@ class UpstreamOptions:
 # -- cache ---------------------------------------------------------------------------------
 
 
+PERSIST_ENGINES = ("host", "snapshot")
+
+
 @dataclass(frozen=True, slots=True)
 class PersistConfig:
-    """Cache snapshot on disk, so a restart (even mid-outage) starts warm; see cache/snapshot.py."""
+    """The cache on disk, so every worker and the next process (even after SIGKILL) start warm.
 
-    path: str = setting("", parse=parse.text_or_off)  # snapshot file; empty = no persistence
-    # seconds between periodic snapshots (one is also written at shutdown)
+    ``engine: host`` (the default): the host tier, an LMDB file shared by the workers
+    (cache/host.py).  ``engine: snapshot``: a periodic snapshot file (cache/snapshot.py),
+    for file systems LMDB cannot share safely (NFS and other network mounts).
+    """
+
+    path: str = setting("", parse=parse.text_or_off)  # host tier (LMDB) file, or snapshot file; "" = none
+    # engine snapshot: seconds between periodic snapshots (one is also written at shutdown)
     interval: float = setting(60.0, parse=parse.duration, unit="s")
+    engine: str = setting("host", parse=parse.choice(*PERSIST_ENGINES))  # host | snapshot
+    # host: the LMDB map (address space; the file is sparse), fixed while open
+    map_size: int = setting(1 << 30, parse=parse.size, unit="bytes")
+    max_entries: int = setting(1_000_000, parse=parse.integer)  # host: entries kept at most (least useful go)
+    # host: bytes of data pages kept at most; must leave room in map_size
+    max_bytes: int = setting(512 << 20, parse=parse.size, unit="bytes")
+    # host: batches reach the file this often (what a crash may lose at most)
+    write_interval: float = setting(0.25, parse=parse.duration, unit="s")
+    write_queue: int = setting(100_000, parse=parse.integer)  # host: queued writes at most; beyond, dropped
 
 
 MAX_CACHE_ENTRIES = 100_000_000  # ~30 GB of answers: a larger figure is a typo (an extra zero or two)

@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, InfoMetricFamily
 from prometheus_client.utils import floatToGoString
 
+from ..cache.host import HostTierStats
 from ..cache.store import Cache
 from ..local.answers import KINDS as LOCAL_KINDS
 from ..stats import (
@@ -182,6 +183,7 @@ class ResolverCollector:
         yield scrubbed
         yield GaugeMetricFamily("resolver_upstream_inflight", "Upstream exchanges in progress.", value=pool.inflight)
         if self.lifecycle is not None:
+            yield from _tier_families(self.lifecycle, s.cache_hits + fast_fresh)
             yield from _lifecycle_families(self.lifecycle)
         yield from outage_families(s, pool)
         yield from self._local()
@@ -204,6 +206,52 @@ class ResolverCollector:
                                     value=h.entries)
             yield GaugeMetricFamily("resolver_hosts_file_bad_lines", "Lines skipped in the last hosts file read.",
                                     value=h.bad_lines)
+
+
+def _tier_families(app, process_hits: int):
+    """The two cache levels (README "Cache levels"): lookups per tier, and the host tier's upkeep."""
+    cache, tier = app.cache, app.host_tier
+    h = tier.stats if tier is not None else HostTierStats()
+    lookups = CounterMetricFamily(
+        "resolver_cache_tier_lookups", "Cache lookups by level: process = this worker's memory (hits: fresh "
+        "answers; misses: slow-path lookups it had nothing for), host = the shared host tier (read on a "
+        "process miss or an expired entry).", labels=["tier", "result"])
+    lookups.add_metric(["process", "hit"], process_hits)
+    lookups.add_metric(["process", "miss"], cache.misses)
+    lookups.add_metric(["host", "hit"], h.hits)
+    lookups.add_metric(["host", "miss"], h.misses)
+    yield lookups
+    on = tier is not None and tier.enabled
+    yield GaugeMetricFamily("resolver_host_cache_up", "1 if the host cache tier is open and in use.", value=int(on))
+    yield GaugeMetricFamily("resolver_host_cache_entries", "Entries in the host cache tier (all workers).",
+                            value=tier.entries() if on else 0)
+    yield GaugeMetricFamily("resolver_host_cache_bytes", "Bytes of data pages in the host cache tier.",
+                            value=tier.bytes_used() if on else 0)
+    yield GaugeMetricFamily("resolver_host_cache_reader_slots", "LMDB reader slots in use (all processes).",
+                            value=tier.readers_in_use() if on else 0)
+    yield GaugeMetricFamily("resolver_host_cache_write_lag_seconds",
+                            "Enqueue to commit, oldest entry of this worker's last batch.", value=h.write_lag)
+    yield CounterMetricFamily("resolver_host_cache_writes", "Entries this worker wrote to the host tier.",
+                              value=h.writes)
+    yield CounterMetricFamily("resolver_host_cache_evictions",
+                              "Entries this worker evicted to stay within max_entries / max_bytes / the map.",
+                              value=h.evictions)
+    yield CounterMetricFamily("resolver_host_cache_swept", "Entries this worker removed past their stale window.",
+                              value=h.swept)
+    yield CounterMetricFamily("resolver_host_cache_full",
+                              "Write transactions refused for want of room (map or disk full); eviction follows.",
+                              value=h.full)
+    yield CounterMetricFamily("resolver_host_cache_write_errors",
+                              "Write transactions that failed (disk full, I/O error).", value=h.write_errors)
+    yield CounterMetricFamily("resolver_host_cache_dropped_writes",
+                              "Entries not written (queue full or batch failed); still served from memory.",
+                              value=h.dropped)
+    yield CounterMetricFamily("resolver_host_cache_rejected_values",
+                              "Stored values refused by the parser (corrupt, foreign, other version); never served.",
+                              value=h.rejected)
+    yield CounterMetricFamily("resolver_host_cache_open_failures",
+                              "Times the host tier could not be opened (the process then serves from memory).",
+                              value=h.open_failures)
 
 
 def _lifecycle_families(app):

@@ -151,7 +151,7 @@ def derived_config(tmp_path: Path, upstream: FakeUpstream) -> tuple[Path, int, i
     data["listen"] = [f"127.0.0.1:{port}"]
     data["metrics"]["listen"] = f"127.0.0.1:{mport}"
     data["resolv_conf"] = str(resolv_conf(tmp_path, "127.0.0.1"))
-    data["cache"]["persist"]["path"] = str(tmp_path / "cache.snap")  # the image's volume, here
+    data["cache"]["persist"]["path"] = str(tmp_path / "cache.lmdb")  # the image's volume, here
     if upstream.port != 53:
         data["upstreams"] = [upstream.address]
     path = tmp_path / "resolver.yaml"

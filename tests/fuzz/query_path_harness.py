@@ -42,7 +42,6 @@ with atheris.instrument_imports(include=["resolver"]):
     from resolver.stats import Stats
     from resolver.wire import scrub as antispoof
 
-import dnslib  # noqa: E402
 
 from tests.support.fake_pool import FakePool  # noqa: E402
 

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -26,37 +24,22 @@ import pytest
 
 from tests.support.client import ask, eventually
 from tests.support.load import Load
-from tests.support.process import metric, metrics_ports, ready
+from tests.support.process import children, metric, metrics_ports, ready, spawn, stop
 from tests.support.unbound import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 NAMES = [("www.test", "A"), ("v6.test", "AAAA"), ("alias.test", "A"), ("big.test", "TXT")]
 
 
-def spawn(config: Path, log: Path, *extra: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "resolver", "--config", str(config), *extra], cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=open(log, "w"))
-
-
 def config(tmp_path: Path, name: str, port: int, mport: int, upstream: str, **extra: str) -> Path:
     text = (f"listen: ['127.0.0.1:{port}']\nupstreams: ['{upstream}']\n"
             f"metrics: {{listen: '127.0.0.1:{mport}'}}\n"
-            f"cache: {{persist: {{path: '{tmp_path / 'cache.snap'}', interval: 1}}}}\n"
+            f"cache: {{persist: {{path: '{tmp_path / 'cache.snap'}', engine: snapshot, interval: 1}}}}\n"
             f"server: {{shutdown_grace: 2}}\n")
     text += "".join(f"{k}: {v}\n" for k, v in extra.items())
     path = tmp_path / name
     path.write_text(text)
     return path
-
-
-def stop(proc: subprocess.Popen) -> int:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-    try:
-        return proc.wait(30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        return proc.wait()
 
 
 @pytest.mark.slow
@@ -105,11 +88,6 @@ def test_zero_gap_restart_under_load(unbound, tmp_path, workers):
     assert "stopped" in (tmp_path / "old.log").read_text()
 
 
-def _children(pid: int) -> list[int]:
-    path = Path(f"/proc/{pid}/task/{pid}/children")
-    return [int(p) for p in path.read_text().split()] if path.exists() else []
-
-
 @pytest.mark.slow
 def test_killed_worker_is_restarted_under_load(unbound, tmp_path):
     port = free_port()
@@ -117,14 +95,14 @@ def test_killed_worker_is_restarted_under_load(unbound, tmp_path):
     parent = spawn(config(tmp_path, "w.yaml", port, mport, unbound.address, workers="2"), tmp_path / "w.log")
     try:
         assert eventually(lambda: ready(mport) and ready(mport + 1), 20), (tmp_path / "w.log").read_text()
-        assert eventually(lambda: len(_children(parent.pid)) == 2, 5)
+        assert eventually(lambda: len(children(parent.pid)) == 2, 5)
         for name, rtype in NAMES[:3]:
             ask(port, name, rtype)
         load = Load(port, NAMES, max_queries=40_000, max_seconds=40, timeout=2.0).start()
         time.sleep(1.0)
-        victim = _children(parent.pid)[1]
+        victim = children(parent.pid)[1]
         os.kill(victim, signal.SIGKILL)
-        assert eventually(lambda: len(_children(parent.pid)) == 2 and victim not in _children(parent.pid), 15), \
+        assert eventually(lambda: len(children(parent.pid)) == 2 and victim not in children(parent.pid), 15), \
             (tmp_path / "w.log").read_text()
         assert eventually(lambda: ready(mport) and ready(mport + 1), 15)
         time.sleep(1.5)

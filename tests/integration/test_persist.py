@@ -17,7 +17,7 @@ from tests.support.client import ask, eventually
 
 def test_restart_during_outage_answers_from_the_snapshot(unbound, fake_upstream, start_forwarder, tmp_path):
     path = str(tmp_path / "cache.snap")
-    first = start_forwarder([unbound.address], cache={"persist": {"path": path, "interval": 3600}})
+    first = start_forwarder([unbound.address], cache={"persist": {"engine": "snapshot", "path": path, "interval": 3600}})
     assert ask(first.port, "www.test").answer[0][0].address == "192.0.2.1"
     assert ask(first.port, "v6.test", "AAAA").rcode() == dns.rcode.NOERROR
     first.stop()  # clean shutdown writes the snapshot
@@ -25,7 +25,7 @@ def test_restart_during_outage_answers_from_the_snapshot(unbound, fake_upstream,
 
     # The new process: upstream silent (an outage), clock past the TTL.
     fake_upstream.mode("drop")
-    second = start_forwarder([fake_upstream.address], cache={"persist": {"path": path}},
+    second = start_forwarder([fake_upstream.address], cache={"persist": {"engine": "snapshot", "path": path}},
                              stale={"client_timeout": 0.2})
     assert second.metric("resolver_cache_snapshot_loaded_entries") == 2
     fresh = ask(second.port, "www.test")
@@ -40,7 +40,7 @@ def test_restart_during_outage_answers_from_the_snapshot(unbound, fake_upstream,
 
 def test_snapshot_written_periodically(unbound, start_forwarder, tmp_path):
     path = tmp_path / "cache.snap"
-    fwd = start_forwarder([unbound.address], cache={"persist": {"path": str(path), "interval": 0.2}})
+    fwd = start_forwarder([unbound.address], cache={"persist": {"engine": "snapshot", "path": str(path), "interval": 0.2}})
     ask(fwd.port, "www.test")
     assert eventually(lambda: fwd.metric("resolver_cache_snapshot_entries") == 1, timeout=10)
     assert fwd.metric("resolver_cache_snapshot_saves_total") >= 1
@@ -53,7 +53,7 @@ def test_corrupt_snapshot_warns_once_and_starts_empty(fake_upstream, start_forwa
     path.write_bytes(b"RSLVSNAP" + b"\xff" * 100)
     fake_upstream.answer("www.test", "A", "192.0.2.9")
     with caplog.at_level(logging.WARNING, logger="resolver.persist"):
-        fwd = start_forwarder([fake_upstream.address], cache={"persist": {"path": str(path)}})
+        fwd = start_forwarder([fake_upstream.address], cache={"persist": {"engine": "snapshot", "path": str(path)}})
     warnings = [r for r in caplog.records if r.name == "resolver.persist"]
     assert len(warnings) == 1 and "empty cache" in warnings[0].getMessage()
     assert fwd.metric("resolver_cache_snapshot_load_failures_total") == 1
@@ -63,7 +63,7 @@ def test_corrupt_snapshot_warns_once_and_starts_empty(fake_upstream, start_forwa
 def test_unwritable_path_counts_failures_and_keeps_serving(fake_upstream, start_forwarder, tmp_path, caplog):
     path = tmp_path / "missing-dir" / "cache.snap"
     fake_upstream.answer("www.test", "A", "192.0.2.9")
-    fwd = start_forwarder([fake_upstream.address], cache={"persist": {"path": str(path), "interval": 0.1}})
+    fwd = start_forwarder([fake_upstream.address], cache={"persist": {"engine": "snapshot", "path": str(path), "interval": 0.1}})
     assert eventually(lambda: fwd.metric("resolver_cache_snapshot_save_failures_total") >= 2, timeout=10)
     assert ask(fwd.port, "www.test").answer[0][0].address == "192.0.2.9"
     assert fwd.metric("resolver_cache_snapshot_saves_total") == 0

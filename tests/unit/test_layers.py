@@ -41,15 +41,16 @@ ALLOWED = {
 }
 
 # The sans-IO core: values in, values out (house rule 1).  The cache's I/O tier
-# modules (``cache/persist.py``: when to load and save, on the event loop) are
-# the documented exception: the store, the layout and the snapshot format stay pure.
+# modules (``cache/persist.py``: when to load and save, on the event loop;
+# ``cache/host.py``: the LMDB host tier and its writer thread) are the documented
+# exception: the store, the layout and the snapshot format stay pure.
 SANS_IO_PACKAGES = {"wire", "config", "policy"}
 SANS_IO_MODULES = {"cache/store.py", "cache/snapshot.py", "local/answers.py", "serve/acl.py",
                    "serve/limits.py", "serve/ratelimit.py", "errors.py", "stats.py"}
 FORBIDDEN_IN_CORE = {"asyncio", "socket", "time", "uvloop", "selectors", "threading"}
 
 # One home for each of these libraries.
-ONLY_IN = {"prometheus_client": {"ops"}, "yaml": {"config"}}
+ONLY_IN = {"prometheus_client": {"ops"}, "yaml": {"config"}, "lmdb": {"cache"}}
 
 
 def layer_of(path: Path) -> str:
