@@ -24,13 +24,13 @@ from pathlib import Path
 import dns.rcode
 import pytest
 
-from tests.conftest import free_port
 from tests.support.client import ask, eventually
 from tests.support.client import ede_codes as ede
 from tests.support.process import children as _children
 from tests.support.process import metric as _metric
 from tests.support.process import metrics_ports as _metrics_ports
 from tests.support.process import ready, spawn, stop
+from tests.support.unbound import free_port
 
 TTL = 2
 STALE_TTL = 30  # stale.answer_ttl's default (RFC 8767 §4)
