@@ -488,11 +488,12 @@ class Bench:
             "misses": self.workers_misses(nsd),
         }
 
-    def shared_hits(self, nsd: Server, extra: str = "", tag: str = "", max_entries: int | None = 1_100_000) -> dict:
+    def shared_hits(self, nsd: Server, extra: str = "", tag: str = "", max_entries: int | None = 1_100_000,
+                    ks: tuple[int, ...] = (1, 2)) -> dict:
         """Cache-hit floods against `workers: 1` and `workers: 2` on the shared CPUs (see test_workers_shared)."""
         clients, outstanding = 64, 2 * HIT_OUTSTANDING  # many sockets: SO_REUSEPORT hashes each to one worker
         out = {}
-        for k in (1, 2):
+        for k in ks:
             server = self.start(retry_port_race, lambda k=k: servers.start_resolver(
                 self.work, nsd.port, None, max_entries=max_entries, name=f"resolver-shared{tag}-w{k}",
                 extra=f"workers: {k}\n{extra}", metrics=False))
@@ -558,6 +559,10 @@ class Bench:
         entries = self.args.hosttier_entries
         log(f"g2. host cache tier: in-process parts ({entries:,} entries on disk), then workers 1 vs 2 on/off")
         path = self.work / "hosttier.json"
+        if not entries:  # --hosttier-entries 0: only the floods
+            res = self.hosttier_floods(nsd)
+            self.results["tests"]["hosttier"] = res
+            return
         argv = [sys.executable, str(BENCH / "hosttier.py"), "--entries", str(entries), "--runs", str(self.args.runs),
                 "--snapshot", "--json", str(path)]
         done = subprocess.run(argv, capture_output=True, text=True, timeout=3600, cwd=BENCH.parent,
@@ -569,19 +574,30 @@ class Bench:
             res: dict = {}
         else:
             res = json.loads(path.read_text())
-        res["flood_misses"] = self.hosttier_misses(nsd)
-        workers = {}
-        for mode in ("off", "on"):
-            extra = ""
-            if mode == "on":
-                tier = self.work / f"hosttier-{os.getpid()}.lmdb"
-                extra = f'cache:\n  max_entries: 1100000\n  persist:\n    path: "{tier}"\n'
-            rows = self.shared_hits(nsd, extra, tag=f"-tier{mode}", max_entries=None if mode == "on" else 1_100_000)
-            one, two = rows["1"]["median"], rows["2"]["median"]
-            workers[mode] = {"resolver": rows, "qps_ratio": two["qps"] / one["qps"] if one.get("qps") else None}
-            log(f"   tier {mode}: workers 2 / 1 = {workers[mode]['qps_ratio']:.2f}x QPS")
-        res["workers"] = workers
+        res.update(self.hosttier_floods(nsd))
         self.results["tests"]["hosttier"] = res
+
+    def hosttier_floods(self, nsd: Server) -> dict:
+        """The miss flood and the workers 1 vs 2 hit floods, tier off vs on."""
+        res: dict = {"flood_misses": self.hosttier_misses(nsd)}
+        workers: dict = {"off": {"resolver": {}}, "on": {"resolver": {}}}
+        # Alternating (off, on for 1 worker; on, off for 2), so drift on a shared machine does not
+        # land on one mode only.
+        for k, order in ((1, ("off", "on")), (2, ("on", "off"))):
+            for mode in order:
+                extra = ""
+                if mode == "on":
+                    tier = self.work / f"hosttier-{os.getpid()}-w{k}.lmdb"
+                    extra = f'cache:\n  max_entries: 1100000\n  persist:\n    path: "{tier}"\n'
+                rows = self.shared_hits(nsd, extra, tag=f"-tier{mode}", ks=(k,),
+                                        max_entries=None if mode == "on" else 1_100_000)
+                workers[mode]["resolver"].update(rows)
+        for mode, w in workers.items():
+            one, two = w["resolver"]["1"]["median"], w["resolver"]["2"]["median"]
+            w["qps_ratio"] = two["qps"] / one["qps"] if one.get("qps") else None
+            log(f"   tier {mode}: workers 2 / 1 = {w['qps_ratio']:.2f}x QPS")
+        res["workers"] = workers
+        return res
 
     def workers_misses(self, nsd: Server) -> dict:
         """Scaling where the server, not dnsperf, is the bottleneck on 2 CPUs: cache misses.
@@ -1125,7 +1141,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--outage-fresh-limit", type=float, default=30.0, metavar="S",
                    help="outage test: give up polling for fresh answers after S seconds (default 30)")
     p.add_argument("--hosttier-entries", type=int, metavar="N",
-                   help="host tier test: entries on disk for the start-up measure (default 1000000; --quick 100000)")
+                   help="host tier test: entries on disk for the start-up measure (default 1000000; --quick 100000; "
+                        "0 = only the floods)")
     p.add_argument("--workers-max", type=int, default=0, metavar="K",
                    help="largest `workers` value to test (default: the CPUs left after the client's, up to 8)")
     p.add_argument("--workers-force", action="store_true",
@@ -1148,7 +1165,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.only:
         args.skip = [t for t in TESTS if t not in args.only]
     args.outage_names = args.outage_names or (200 if args.quick else 1000)
-    args.hosttier_entries = args.hosttier_entries or (100_000 if args.quick else 1_000_000)
+    if args.hosttier_entries is None:
+        args.hosttier_entries = 100_000 if args.quick else 1_000_000
     args.outage_wait = args.outage_wait if args.outage_wait is not None else (3.0 if args.quick else 10.0)
     args.outage_modes = [m for m in args.outage_modes.split(",") if m]
     args.outage_servers = [s for s in args.outage_servers.split(",") if s]
