@@ -109,6 +109,9 @@ class HostTier:
         self._queue: collections.deque = collections.deque()
         self._forgotten: set[bytes] = set()  # deleted here, not yet committed: never read back
         self._clear_pending = False
+        # Operator flushes of every type of a name, or of a zone: key predicates the
+        # writer applies with one cursor walk; until then matching keys read as misses.
+        self._forget_where: list = []
         self._wake = threading.Event()
         self._stopping = False
         self._thread: threading.Thread | None = None
@@ -195,7 +198,8 @@ class HostTier:
         env = self._env
         if env is None:
             return None
-        if key in self._forgotten or self._clear_pending:
+        if key in self._forgotten or self._clear_pending or (
+                self._forget_where and any(match(key) for match in self._forget_where)):
             self.stats.misses += 1
             return None
         try:
@@ -246,6 +250,18 @@ class HostTier:
         self._forgotten.add(key)
         self._queue.append((key, None, self.clock.monotonic()))
 
+    def forget_where(self, match) -> None:
+        """Delete every key for which ``match(key)`` is true (``resolver ctl flush NAME`` of
+        all types, or ``--zone``): the writer walks the file once, off the event loop.
+
+        Entries queued before this call are written first and then walked over, so
+        an answer learnt before the flush cannot come back after it.
+        """
+        if self._env is None:
+            return
+        self._forget_where.append(match)
+        self._wake.set()
+
     def forget_all(self) -> None:
         """Empty the tier (``resolver ctl flush`` of everything)."""
         if self._env is None:
@@ -295,6 +311,14 @@ class HostTier:
             forgotten = [k for k, (e, _) in batch.items() if e is None]
             self._forgotten.difference_update(forgotten)
             self.stats.write_lag = max(0.0, self.clock.monotonic() - oldest)
+        while self._forget_where:
+            match = self._forget_where[0]
+            with env.begin(write=True) as txn:
+                doomed = [key for key in txn.cursor(db=self._main).iternext(keys=True, values=False)
+                          if match(key)]
+                for key in doomed:
+                    txn.delete(key, db=self._main)
+            self._forget_where.pop(0)  # only now: until committed, fetch treats them as misses
 
     def _write_batch(self, env: lmdb.Environment, batch: dict[bytes, tuple]) -> None:
         wall_offset = self.clock.wall() - self.clock.monotonic()

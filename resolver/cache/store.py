@@ -209,6 +209,12 @@ class Cache:
         self._forget(entry)
         return True
 
+    def remove_lower_where(self, match) -> None:
+        """Drop every key with ``match(key)`` true from the lower tier (an operator's flush of a
+        name's every type, or of a zone): keys this process never held are found there too."""
+        if self.lower is not None:
+            self.lower.forget_where(match)
+
     def clear(self) -> None:
         if self.lower is not None:
             self.lower.forget_all()

@@ -154,14 +154,17 @@ def flush_keys(cache: Cache, name: bytes | None, qtype: int | None, zone: bool) 
     if qtype is not None:
         yield sum(cache.remove(key) for _, key in _keys(name, qtype))
         return
+    def doomed(key: bytes) -> bool:
+        owner = wire.key_name(key)
+        # endswith first: a cheap filter over every key before the label walk
+        return owner == name or (zone and owner.endswith(name) and wire.in_zone(owner, name))
+
+    cache.remove_lower_where(doomed)  # the host tier holds what other workers learnt too
     keys = list(cache.entries)  # references only
     n = 0
     for start in range(0, len(keys), FLUSH_SLICE):
         for key in keys[start:start + FLUSH_SLICE]:
-            owner = wire.key_name(key)
-            # endswith first: a cheap filter over every key before the label walk
-            if (owner == name or (zone and owner.endswith(name) and wire.in_zone(owner, name))) \
-                    and cache.remove(key):
+            if doomed(key) and cache.remove(key):
                 n += 1
         yield n
 

@@ -289,3 +289,28 @@ def test_lmdb_is_the_engine(tmp_path):
     env = lmdb.open(str(tmp_path / "c.lmdb"), subdir=False, max_dbs=2, readonly=True)
     env.close()
     assert (tmp_path / "c.lmdb-lock").exists()
+
+
+@pytest.mark.parametrize("flush", ["name=gone.example.com", "zone=example.com"])
+def test_a_name_or_zone_flush_reaches_what_other_workers_wrote(tmp_path, flush):
+    """``resolver ctl flush NAME`` (every type) or ``--zone`` in one worker must also drop the
+    host tier's copies — including types and names this worker never held — or they come
+    back on the next miss until they expire."""
+    from resolver.ops import cacheadmin
+
+    clock = FakeClock()
+    t = tier(tmp_path / "c.lmdb", clock)
+    other, this = cache_over(t), cache_over(t)
+    for name in ("gone.example.com", "sub.gone.example.com"):
+        other.put(key(name), prepared(name, ttl=60), clock.monotonic(), MAX_STALE)
+    other.put(key("kept.test"), prepared("kept.test", ttl=60), clock.monotonic(), MAX_STALE)
+    t._flush()
+    status, _ = cacheadmin.flush(this, flush)
+    assert status == 200
+    assert this.lookup(key("gone.example.com"), clock.monotonic()) == (MISS, None)  # at once, before the write
+    t._flush()
+    fresh = cache_over(t)
+    gone_sub = flush.startswith("zone")
+    assert fresh.lookup(key("gone.example.com"), clock.monotonic()) == (MISS, None)
+    assert (fresh.lookup(key("sub.gone.example.com"), clock.monotonic())[0] == MISS) == gone_sub
+    assert fresh.lookup(key("kept.test"), clock.monotonic())[0] == FRESH
