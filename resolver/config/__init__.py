@@ -43,6 +43,7 @@ from .schema import (
     AdminConfig,
     CacheConfig,
     Config,
+    FleetConfig,
     ForwardZone,
     HostsFileConfig,
     LastKnownGoodConfig,
@@ -55,14 +56,14 @@ from .schema import (
     StaleRule,
     UpstreamOptions,
 )
-from .validate import read_token
+from .validate import read_fleet_secret, read_token
 
 __all__ = [
     "ADMIN_SOCKET_AUTO", "DEFAULT_ALLOW", "LKG_MODES", "LOG_FORMATS", "LOG_LEVELS", "MAX_CACHE_ENTRIES",
     "PERSIST_ENGINES", "POLICIES", "REFUSED_ACTIONS", "TRANSPORTS", "WORKERS_AUTO",
-    "Address", "AdminConfig", "CacheConfig", "Config", "ConfigError", "ForwardZone", "HostsFileConfig",
+    "Address", "AdminConfig", "CacheConfig", "Config", "ConfigError", "FleetConfig", "ForwardZone", "HostsFileConfig",
     "LastKnownGoodConfig", "LoggingConfig", "MetricsConfig", "PersistConfig", "SecurityConfig",
     "ServerConfig", "StaleConfig", "StaleRule", "UpstreamAddress", "UpstreamOptions",
     "load_config", "parse_address", "parse_config", "parse_duration", "parse_networks",
-    "parse_upstream", "read_resolv_conf", "read_token",
+    "parse_upstream", "read_fleet_secret", "read_resolv_conf", "read_token",
 ]

@@ -372,6 +372,29 @@ class HostsFileConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class FleetConfig:
+    """The fleet cache tier (L3, cache/fleet.py): a Redis or Valkey shared by every node, so a
+    node that never saw a name can serve it stale in an outage.  Off unless ``url`` is set."""
+
+    # redis://host:6379/0, rediss://host:6380/0 (TLS) or unix:///path; "" = off
+    url: str = setting("", parse=parse.text_or_off)
+    # the shared key every entry is authenticated with (HMAC-SHA256); required with url
+    secret_file: str = setting("", parse=parse.text_or_off)
+    key_prefix: str = setting("resolver:", parse=parse.text)  # namespace of our keys in a shared Redis
+    # a miss waits at most this for the fleet (raced against the upstream query)
+    read_budget: float = setting(0.03, parse=parse.duration, unit="s")
+    # a write batch (and a connect) gives up after this; it runs off the query path
+    write_timeout: float = setting(1.0, parse=parse.duration, unit="s")
+    write_queue: int = setting(10_000, parse=parse.integer, unit="entries")  # beyond: dropped and counted
+    max_connections: int = setting(16, parse=parse.integer)  # to Redis, per process
+    # the breaker opens after this many timeouts or errors in a row ...
+    breaker_failures: int = setting(5, parse=parse.integer)
+    # ... and lets one request through to probe after this long
+    breaker_reset: float = setting(10.0, parse=parse.duration, unit="s")
+    tls_ca_file: str = setting("", parse=parse.ca_file)  # rediss://: CA bundle; "" = the system store
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """The whole configuration.  ``parse_config`` always fills ``upstreams``."""
 
@@ -394,6 +417,7 @@ class Config:
     block_zones: tuple[bytes, ...] = setting((), parse=parse.wire_zones)  # wire form, lower-case
     # processes sharing the ports (SO_REUSEPORT); WORKERS_AUTO = one per core
     workers: int = setting(1, parse=parse.workers, unit="processes")
+    fleet: FleetConfig = section(FleetConfig)  # the fleet cache tier on Redis/Valkey (README "Fleet")
 
 
 def read_config(data: object) -> Config:

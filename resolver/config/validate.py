@@ -32,6 +32,7 @@ def check(c: Config) -> None:
         raise ConfigError("metrics.listen", f"is also a DNS listen address ({c.metrics.listen})")
     _check_persist_path(c.cache.persist.path)
     _check_admin(c)
+    _check_fleet(c)
 
 
 def _check_ranges(c: Config) -> None:
@@ -83,6 +84,13 @@ def _check_ranges(c: Config) -> None:
         ("admin.max_connections", 1 <= c.admin.max_connections <= 1024, "must be 1 to 1024"),
         ("admin.timeout", c.admin.timeout > 0, "must be greater than 0"),
         ("admin.max_pins", 1 <= c.admin.max_pins <= 100_000, "must be 1 to 100000"),
+        ("fleet.read_budget", 0 < c.fleet.read_budget <= 1.0, "must be above 0 and at most 1s"),
+        ("fleet.write_timeout", c.fleet.write_timeout > 0, "must be greater than 0"),
+        ("fleet.write_queue", c.fleet.write_queue >= 1, "must be at least 1"),
+        ("fleet.max_connections", 1 <= c.fleet.max_connections <= 1024, "must be 1 to 1024"),
+        ("fleet.breaker_failures", c.fleet.breaker_failures >= 1, "must be at least 1"),
+        ("fleet.breaker_reset", c.fleet.breaker_reset > 0, "must be greater than 0"),
+        ("fleet.key_prefix", len(c.fleet.key_prefix) <= 64, "must be at most 64 characters"),
     ]
     for key, ok, problem in rules:
         if not ok:
@@ -129,6 +137,37 @@ def _check_admin(c: Config) -> None:
                               "address: without it anyone who reaches the port could flush and pin")
     if a.token_file:
         read_token(a.token_file)
+
+
+FLEET_SCHEMES = ("redis://", "rediss://", "unix://")
+FLEET_SECRET_MIN = 16  # bytes: an HMAC-SHA256 key shorter than this is guessable (RFC 2104 §3)
+
+
+def _check_fleet(c: Config) -> None:
+    f = c.fleet
+    if not f.url:
+        return
+    if not f.url.startswith(FLEET_SCHEMES):
+        raise ConfigError("fleet.url", f"must start with redis://, rediss:// or unix://, got {show(f.url)}")
+    if not f.secret_file:
+        raise ConfigError("fleet.secret_file", "required when fleet.url is set: every entry is authenticated")
+    read_fleet_secret(f.secret_file)
+    if f.tls_ca_file and not os.access(f.tls_ca_file, os.R_OK):
+        raise ConfigError("fleet.tls_ca_file", f"cannot read {f.tls_ca_file!r}")
+
+
+def read_fleet_secret(path: str) -> bytes:
+    """The fleet's shared HMAC key from ``path`` (surrounding whitespace stripped); ConfigError if unusable."""
+    key = "fleet.secret_file"
+    try:
+        with open(path, "rb") as f:
+            secret = f.read(4097).strip()
+    except OSError as e:
+        raise ConfigError(key, f"cannot read {path!r}: {e.strerror}") from None
+    if not FLEET_SECRET_MIN <= len(secret) <= 4096:
+        raise ConfigError(key, f"{path!r} must hold a secret of {FLEET_SECRET_MIN} to 4096 bytes "
+                               "(e.g. `openssl rand -hex 32`)")
+    return secret
 
 
 def read_token(path: str) -> bytes:

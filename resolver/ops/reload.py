@@ -19,7 +19,7 @@ from ..errors import ConfigError
 log = logging.getLogger("resolver.reload")
 
 # Keys whose change needs a restart: sockets are bound once, workers are forked once.
-RESTART_ONLY = ("listen", "metrics", "admin", "workers", "hosts_file")
+RESTART_ONLY = ("listen", "metrics", "admin", "workers", "hosts_file", "fleet")
 
 
 class ReloadStats:
