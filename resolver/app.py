@@ -18,7 +18,7 @@ from .cache.host import HostTier
 from .cache.persist import Persister
 from .cache.store import Cache
 from .clock import Clock, SystemClock
-from .config import ADMIN_SOCKET_AUTO, Address, Config, read_token
+from .config import ADMIN_SOCKET_AUTO, Address, Config, read_fleet_secret, read_token
 from .errors import ConfigError
 from .local.answers import LocalAnswers, purge
 from .local.hosts import HostsFile
@@ -131,6 +131,9 @@ class App:
         # with engine "snapshot", the periodic snapshot (only worker 0 writes it).
         self.host_tier = HostTier(config.cache.persist, self.clock) if self._host_tier_on(config) else None
         self.persist = Persister(self.cache, self.clock, self._snapshot_config(config), writer=worker == 0)
+        # The fleet tier (L3, a Redis shared by every node; README "Fleet"): read on a miss in
+        # both tiers above, raced against the upstream; written behind.  Started in start().
+        self.fleet = self._build_fleet(config, self.clock)
         self.reloads = ReloadStats()
         self.reloads.last_success_wall = self.clock.wall()  # start-up is the first successful load
         self.collector = metrics.ResolverCollector(self.stats, self.cache, lambda: self.pool,
@@ -175,6 +178,10 @@ class App:
             self.cache.lower = self.host_tier
             self.host_tier.start()
         self.persist.load()
+        if self.fleet is not None:
+            # No connection and no scan here: Redis may be down, and DNS must start anyway.
+            self.fleet.start()
+            self.cache.fleet = self.pipeline.caching.fleet = self.fleet
         if self.config.metrics.enabled:
             listen = self.config.metrics.listen
             await self.admin.start_tcp(listen.host, listen.port)
@@ -214,8 +221,21 @@ class App:
         if self.host_tier is not None:
             self.cache.lower = None
             await asyncio.to_thread(self.host_tier.stop)  # writes what is still queued
+        if self.fleet is not None:
+            self.cache.fleet = self.pipeline.caching.fleet = None
+            await self.fleet.stop()  # sends what is still queued, within fleet.write_timeout
         self.admin.close()
         self.control.close()
+
+    @staticmethod
+    def _build_fleet(config: Config, clock: Clock):
+        """The fleet tier, or None when ``fleet.url`` is unset.  redis is imported only then:
+        a process without the tier does not pay for loading it (~80 ms at start)."""
+        if not config.fleet.url:
+            return None
+        from .cache.fleet import FleetTier
+
+        return FleetTier(config.fleet, read_fleet_secret(config.fleet.secret_file), clock)
 
     @property
     def admin_socket(self) -> str:

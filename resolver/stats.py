@@ -24,7 +24,7 @@ LIMITS = ("max_inflight", "max_inflight_per_client")
 LIMITED_ANSWERS = ("cache", "stale", "local", "servfail")
 # TCP connection caps under which the oldest idle connection is closed for a new one.
 TCP_LIMITS = ("tcp_max_connections", "tcp_max_connections_per_client")
-SOURCES = ("cache", "stale", "upstream", "local")
+SOURCES = ("cache", "stale", "upstream", "local", "fleet")
 TRANSPORTS = ("udp", "tcp")
 # Query types by name: the common ones; every other type is counted as "other".
 QTYPE_NAMES = {1: "A", 2: "NS", 5: "CNAME", 6: "SOA", 12: "PTR", 15: "MX", 16: "TXT", 28: "AAAA",

@@ -113,6 +113,9 @@ class Cache:
         self._interned: dict = {}
         # The lower tier (``host.HostTier``) or None; set by the composition root.
         self.lower = None
+        # The fleet tier (``fleet.FleetTier``, shared by every node) or None: written behind
+        # from ``put``; read by the caching stage (async, raced against the upstream), not here.
+        self.fleet = None
         self.misses = 0  # slow-path lookups that found nothing in this process (per-tier metrics)
 
     def __len__(self) -> int:
@@ -189,7 +192,14 @@ class Cache:
             self.evictions += 1
         if self.lower is not None:
             self.lower.enqueue(key, entry)  # written behind, batched (host.py)
+        if self.fleet is not None:
+            self.fleet.enqueue(key, entry)  # written behind, batched (fleet.py)
         return entry
+
+    def adopt_lower(self, key: bytes, entry: Entry) -> Entry:
+        """Take an entry read from a lower tier elsewhere (the fleet, by the caching stage) into
+        L1 as the youngest, within ``max_entries``; it is not written back to any tier."""
+        return self._adopt_from_lower(key, entry)
 
     def adopt(self, key: bytes, entry: Entry) -> None:
         """Insert an entry built elsewhere (a snapshot restore) with the bookkeeping
@@ -203,6 +213,8 @@ class Cache:
         """Drop ``key`` here and (if there is one) in the lower tier; True if it was held here."""
         if self.lower is not None:
             self.lower.forget(key)
+        if self.fleet is not None:
+            self.fleet.forget(key)
         entry = self.entries.pop(key, None)
         if entry is None:
             return False

@@ -15,6 +15,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, InfoMetricFamily
 from prometheus_client.utils import floatToGoString
 
+from ..cache.breaker import STATES as BREAKER_STATES
+from ..cache.fleet_stats import REJECT_REASONS, FleetStats
 from ..cache.host import HostTierStats
 from ..cache.store import Cache
 from ..local.answers import KINDS as LOCAL_KINDS
@@ -220,7 +222,12 @@ def _tier_families(app, process_hits: int):
     lookups.add_metric(["process", "miss"], cache.misses)
     lookups.add_metric(["host", "hit"], h.hits)
     lookups.add_metric(["host", "miss"], h.misses)
+    fleet = getattr(app, "fleet", None)
+    f = fleet.stats if fleet is not None else FleetStats()
+    lookups.add_metric(["fleet", "hit"], f.hits)
+    lookups.add_metric(["fleet", "miss"], f.misses)
     yield lookups
+    yield from _fleet_families(fleet, f)
     on = tier is not None and tier.enabled
     yield GaugeMetricFamily("resolver_host_cache_up", "1 if the host cache tier is open and in use.", value=int(on))
     yield GaugeMetricFamily("resolver_host_cache_entries", "Entries in the host cache tier (all workers).",
@@ -252,6 +259,43 @@ def _tier_families(app, process_hits: int):
     yield CounterMetricFamily("resolver_host_cache_open_failures",
                               "Times the host tier could not be opened (the process then serves from memory).",
                               value=h.open_failures)
+
+
+def _fleet_families(fleet, f: FleetStats):
+    """The fleet tier (README "Fleet"): reads, their latency, the write queue, refused values, the breaker."""
+    yield GaugeMetricFamily("resolver_fleet_enabled", "1 if the fleet cache tier is configured (fleet.url).",
+                            value=int(fleet is not None))
+    yield CounterMetricFamily("resolver_fleet_reads", "Reads sent to the fleet tier (misses in both local tiers).",
+                              value=f.reads)
+    yield CounterMetricFamily("resolver_fleet_read_skips", "Misses that did not ask the fleet: breaker open, "
+                              "or every connection busy.", value=f.skipped)
+    yield CounterMetricFamily("resolver_fleet_timeouts", "Fleet reads and write batches cut off by their budget.",
+                              value=f.timeouts)
+    yield CounterMetricFamily("resolver_fleet_errors", "Fleet reads and write batches that failed "
+                              "(connection refused or reset, Redis error).", value=f.errors)
+    buckets, total = _buckets(f.read_latency)
+    yield HistogramMetricFamily("resolver_fleet_read_duration_seconds", "Fleet read latency (at most read_budget).",
+                                buckets=buckets, sum_value=total)
+    rejected = CounterMetricFamily("resolver_fleet_rejected_values", "Fleet values refused, never served: "
+                                   "mac = failed authentication (forged, moved from another key, other secret); "
+                                   "malformed = unreadable.", labels=["reason"])
+    for reason in REJECT_REASONS:
+        rejected.add_metric([reason], f.rejected[reason])
+    yield rejected
+    yield CounterMetricFamily("resolver_fleet_writes_queued", "Entries put on the fleet write queue.",
+                              value=f.queued)
+    yield CounterMetricFamily("resolver_fleet_writes", "Entries written to (or deleted from) the fleet tier.",
+                              value=f.writes)
+    yield CounterMetricFamily("resolver_fleet_dropped_writes", "Entries not written to the fleet: queue full, "
+                              "breaker open, or the batch failed (still served here).", value=f.dropped)
+    state = fleet.breaker.state if fleet is not None else None
+    breaker = GaugeMetricFamily("resolver_fleet_breaker_state", "1 for the fleet breaker's current state "
+                                "(closed: asking Redis; open: not; half_open: one probe).", labels=["state"])
+    for name in BREAKER_STATES:
+        breaker.add_metric([name], int(name == state))
+    yield breaker
+    yield CounterMetricFamily("resolver_fleet_breaker_opened", "Times the fleet breaker opened.",
+                              value=fleet.breaker.opened if fleet is not None else 0)
 
 
 def _lifecycle_families(app):

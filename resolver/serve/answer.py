@@ -18,6 +18,7 @@ class Source:
     CACHE = "cache"
     STALE = "stale"
     UPSTREAM = "upstream"
+    FLEET = "fleet"  # a fresh entry another node stored in the fleet tier (cache/fleet.py)
     LOCAL = "local"  # generated here: FORMERR, SERVFAIL after upstream failure, local data, …
 
 

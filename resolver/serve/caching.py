@@ -52,6 +52,7 @@ class CachingStage:
         self.stats = stats
         self.limits = limits
         self.refresher = refresher
+        self.fleet = None  # the fleet tier (cache/fleet.py), set by the composition root; read on a miss
         self.configure(config)
 
     def configure(self, config: Config) -> None:
@@ -91,6 +92,8 @@ class CachingStage:
         if p.answer is _NOT_READY or p.reason in _CAP_REASONS:
             return self.capped(data, q, entry, limit, p, client)
         if p.answer is _UPSTREAM and p.wait is None and not fetching:
+            if self.fleet is not None and entry is None:
+                return await self.race_fleet(q, data, limit, charged)
             # Nothing to fall back on and nobody asking yet: this task fetches itself.
             # The one place a plain miss starts upstream work: charged to the client.
             try:
@@ -117,6 +120,63 @@ class CachingStage:
             return self.render(q, fresh, fresh.body, limit, Source.UPSTREAM)
         try:
             fresh = await asyncio.shield(fetch.done)  # bounded by the fetch's own deadline
+        except lkg.LastKnownGoodHeld as e:
+            return self.render_stale(q, e.entry, limit, e.reason, e.ede_text)
+        except UpstreamError as e:
+            return self.servfail(data, q, e)
+        return self.render(q, fresh, fresh.body, limit, Source.UPSTREAM)
+
+    async def race_fleet(self, q: wire.Query, data: bytes, limit: int, charged: str | None) -> Answer:
+        """A miss in both local tiers with the fleet tier on: ask the fleet and the upstream at once.
+
+        The upstream fetch starts first and runs on whatever the fleet says (it
+        refreshes the fleet's copy too); the fleet read takes at most its budget.
+        An entry from the fleet goes into the local cache with its deadlines on our
+        clock, and from there the normal ``plan`` applies: fresh is answered at once
+        (source "fleet"); stale waits for the fetch up to ``client_timeout`` like any
+        stale entry, or is answered at once when every upstream is known down (EDE 3).
+        An upstream that fails before the fleet has answered waits for the read.
+        """
+        fetch = self.refresher.fetch(q, charged)
+        read = running_loop().create_task(self.fleet.read(q.key))
+        await asyncio.wait((read, fetch.done), return_when=asyncio.FIRST_COMPLETED)
+        done = fetch.done
+        failed = done.done() and (done.cancelled() or done.exception() is not None)
+        if failed and not read.done():
+            await read  # bounded by the read budget
+        found = read.result() if read.done() else None
+        if found is not None and (not done.done() or failed):
+            held = self.cache.get(q.key)  # an answer stored meanwhile wins; a SERVFAIL memory does not
+            if held is None or held.kind == wire.FAILURE:
+                entry = self.cache.adopt_lower(q.key, found)
+                now = self.clock.monotonic()
+                if now < entry.fresh_until:
+                    return self.render(q, entry, self.aged(entry, now), limit, Source.FLEET)
+                if failed:
+                    if stale_policy.decide(entry, now, self.stale, self.pool.epoch) == stale_policy.RESOLVE_OR_STALE:
+                        self.refresher.hold(entry, now)  # as after_failure does for an entry held here
+                        error = None if done.cancelled() else done.exception()
+                        return self.render_stale(q, entry, limit, getattr(error, "reason", "error"))
+                else:
+                    down = self.pool.known_down(q.qname.lower())
+                    p = stale_policy.plan(entry, now, self.stale, self.pool.epoch, upstreams_down=down,
+                                          fetching=True)
+                    if p.answer is _STALE:
+                        if p.hold:
+                            self.refresher.hold(entry, now)
+                        return self.render_stale(q, entry, limit, p.reason)
+                    if p.wait is not None:
+                        wait = p.wait - (running_loop().time() - fetch.started)
+                        try:
+                            async with asyncio.timeout(max(0.0, wait)):
+                                fresh = await asyncio.shield(done)
+                        except TimeoutError:
+                            return self.render_stale(q, entry, limit, "timeout")
+                        except UpstreamError as e:
+                            return self.render_stale(q, entry, limit, e.reason, getattr(e, "ede_text", b""))
+                        return self.render(q, fresh, fresh.body, limit, Source.UPSTREAM)
+        try:
+            fresh = await asyncio.shield(done)  # bounded by the fetch's own deadline
         except lkg.LastKnownGoodHeld as e:
             return self.render_stale(q, e.entry, limit, e.reason, e.ede_text)
         except UpstreamError as e:

@@ -42,15 +42,20 @@ ALLOWED = {
 
 # The sans-IO core: values in, values out (house rule 1).  The cache's I/O tier
 # modules (``cache/persist.py``: when to load and save, on the event loop;
-# ``cache/host.py``: the LMDB host tier and its writer thread) are the documented
-# exception: the store, the layout and the snapshot format stay pure.
+# ``cache/host.py``: the LMDB host tier and its writer thread; ``cache/fleet.py``: the
+# Redis fleet tier's client and writer task) are the documented exception: the store,
+# the layout, the snapshot format, the fleet's record codec and its breaker stay pure.
 SANS_IO_PACKAGES = {"wire", "config", "policy"}
-SANS_IO_MODULES = {"cache/store.py", "cache/snapshot.py", "local/answers.py", "serve/acl.py",
+SANS_IO_MODULES = {"cache/store.py", "cache/snapshot.py", "cache/fleet_record.py", "cache/breaker.py",
+                   "cache/fleet_stats.py", "local/answers.py", "serve/acl.py",
                    "serve/limits.py", "serve/ratelimit.py", "errors.py", "stats.py"}
 FORBIDDEN_IN_CORE = {"asyncio", "socket", "time", "uvloop", "selectors", "threading"}
 
 # One home for each of these libraries.
-ONLY_IN = {"prometheus_client": {"ops"}, "yaml": {"config"}, "lmdb": {"cache"}}
+ONLY_IN = {"prometheus_client": {"ops"}, "yaml": {"config"}, "lmdb": {"cache"}, "redis": {"cache"}}
+# ... and within its package, one module: the I/O tier that needs it.  redis (with its
+# import cost) stays out of everything a process loads when the fleet tier is off.
+ONLY_MODULE = {"lmdb": "cache/host.py", "redis": "cache/fleet.py"}
 
 
 def layer_of(path: Path) -> str:
@@ -120,6 +125,21 @@ def test_libraries_have_one_home():
         for library, homes in ONLY_IN.items():
             if library in external:
                 assert layer_of(path) in homes, f"{path.relative_to(PACKAGE)} imports {library}; only {homes} may"
+
+
+def test_io_libraries_have_one_module():
+    for path in modules():
+        _, external = imports_of(path)
+        rel = str(path.relative_to(PACKAGE))
+        for library, home in ONLY_MODULE.items():
+            if library in external:
+                assert rel == home, f"{rel} imports {library}; only {home} may"
+
+
+def test_the_fleet_tier_is_where_the_rule_looks():
+    """The redis rule is not vacuous: its one home does import redis, and the pure half does not."""
+    assert "redis" in imports_of(PACKAGE / "cache" / "fleet.py")[1]
+    assert not imports_of(PACKAGE / "cache" / "fleet_record.py")[1] & ({"redis"} | FORBIDDEN_IN_CORE)
 
 
 def test_the_rules_can_fail():

@@ -1,0 +1,270 @@
+"""The fleet cache tier (L3): a Redis or Valkey shared by every node.  The I/O half.
+
+Why: in a regional DNS outage the nodes that suffer most are those that never
+asked for a name before it began (a pod scheduled during the incident, a node just
+rebooted): their own caches are empty, so serve-stale has nothing to serve.  The
+fleet as a whole knew every name.  This tier lets any node read what any node
+learned — and, since entries stay in Redis until their stale limit, serve it
+stale (RFC 8767) when the upstreams are gone.
+
+Never in the way (what Unbound's cachedb and the CoreDNS redis plugins get wrong):
+
+* **Off the hit path.**  A cache hit never reaches this module.  ``read`` runs only
+  when the in-process cache and the host tier both miss, and the caching stage
+  races it against the upstream query it has already started
+  (``serve/caching.py``), so it never delays an upstream answer; it waits at most
+  ``read_budget`` (redis-py's asyncio client, hiredis parser, cut off by an
+  ``asyncio.timeout``).
+* **Written behind.**  ``enqueue`` (from ``Cache.put``) is a deque append; a full
+  queue drops the write and counts it.  One writer task sends batches in one
+  pipelined round trip (``SET key value PX ms``), bounded by ``write_timeout``.
+* **A breaker** (``breaker.py``) stops asking a Redis that times out or errors
+  ``breaker_failures`` times in a row; one request probes it after
+  ``breaker_reset``.  Open, a miss goes straight upstream and writes are dropped.
+* **No scans, no connection at start.**  The client connects on first use, so the
+  forwarder starts and serves with Redis down, and nothing is loaded: a miss reads
+  one key.
+
+Values are authenticated (``fleet_record.py``: HMAC-SHA256 with the shared secret
+over the key, the answer and its wall-clock deadlines): a value that fails — forged,
+or moved from another key — is counted (``rejected``), never served.
+Redis keeps each value until its stale limit (``PX``), and its own eviction
+policy bounds memory (README "Fleet": ``maxmemory-policy volatile-ttl``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+from urllib.parse import urlsplit, urlunsplit
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import MaxConnectionsError, RedisError
+
+from .. import wire
+from ..clock import Clock
+from ..config import FleetConfig
+from . import fleet_record
+from .breaker import Breaker
+from .fleet_stats import FleetStats
+from .store import Entry
+
+log = logging.getLogger("resolver.fleet")
+
+WRITE_BATCH = 512  # entries per pipelined round trip at most
+LOG_EVERY = 60.0  # failures and refused values are logged at most this often
+def redacted(url: str) -> str:
+    """``url`` without its password, for logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+
+
+def make_client(config: FleetConfig) -> aioredis.Redis:
+    """The redis-py asyncio client for ``config.url``.  Connects on first use, not here.
+
+    No retries inside redis-py: a retry could only spend the read budget again; the
+    breaker decides when to ask again.  Socket timeouts are a backstop behind the
+    ``asyncio.timeout`` each call runs under.
+    """
+    extra = {}
+    if config.url.startswith("rediss://") and config.tls_ca_file:
+        extra["ssl_ca_certs"] = config.tls_ca_file
+    return aioredis.from_url(
+        config.url, decode_responses=False, max_connections=config.max_connections,
+        socket_connect_timeout=config.write_timeout, socket_timeout=config.write_timeout,
+        retry=Retry(NoBackoff(), 0), retry_on_timeout=False, health_check_interval=0, **extra)
+
+
+class FleetTier:
+    """``read`` on a miss, ``enqueue`` from ``Cache.put``; one writer task."""
+
+    def __init__(self, config: FleetConfig, secret: bytes, clock: Clock, client=None):
+        self.config = config
+        self.secret = secret
+        self.clock = clock
+        self.prefix = config.key_prefix.encode()
+        self.stats = FleetStats()
+        self.breaker = Breaker(config.breaker_failures, config.breaker_reset)
+        self.client = client  # made in start() unless given (tests)
+        self._queue: collections.deque = collections.deque()  # (key, entry or None = delete)
+        self._wake: asyncio.Event | None = None
+        self._writer: asyncio.Task | None = None
+        self._last_logged = -LOG_EVERY
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> None:
+        """Make the client and start the writer task; no connection is made here."""
+        if self.client is None:
+            self.client = make_client(self.config)
+        self._wake = asyncio.Event()
+        self._writer = asyncio.get_running_loop().create_task(self._write_loop())
+        log.info("fleet cache tier %s (prefix %r, read budget %g ms)", redacted(self.config.url),
+                 self.config.key_prefix, self.config.read_budget * 1000)
+
+    async def stop(self) -> None:
+        """Stop the writer, send what is queued (within ``write_timeout``), close the client."""
+        if self._writer is not None:
+            self._writer.cancel()
+            await asyncio.gather(self._writer, return_exceptions=True)
+            self._writer = None
+            try:
+                await self._flush()
+            except Exception:  # shutdown boundary: what is not written is lost, never a hang
+                log.exception("fleet cache tier: final write failed")
+        if self.client is not None:
+            try:
+                await asyncio.wait_for(self.client.aclose(), self.config.write_timeout)
+            except (Exception, asyncio.TimeoutError):
+                pass
+
+    # ------------------------------------------------------------------ reads
+    async def read(self, key: bytes) -> Entry | None:
+        """The entry for cache key ``key`` with deadlines on this node's clock, or None.
+
+        Never raises and never waits longer than ``read_budget``: a timeout or error
+        counts towards the breaker; an open breaker answers None at once.
+        """
+        stats = self.stats
+        clock = self.clock
+        breaker = self.breaker
+        if not breaker.allow(clock.monotonic()):
+            stats.skipped += 1
+            return None
+        stats.reads += 1
+        started = time.perf_counter()
+        ok = False
+        try:
+            async with asyncio.timeout(self.config.read_budget):
+                value = await self.client.get(self.prefix + key)
+            ok = True
+        except TimeoutError:
+            stats.timeouts += 1
+            value = None
+        except MaxConnectionsError:  # every connection busy (a burst of misses): not Redis's fault
+            ok = True
+            stats.skipped += 1
+            value = None
+        except (RedisError, OSError) as e:
+            stats.errors += 1
+            self._log_throttled("fleet cache tier: read failed (a miss goes upstream): %s", e)
+            value = None
+        finally:
+            stats.read_latency.observe(time.perf_counter() - started)
+            if ok:
+                breaker.succeeded()
+            else:  # (also a cancelled read: the probe must not stay out for ever)
+                breaker.failed(clock.monotonic())
+        if value is None:
+            stats.misses += 1
+            return None
+        try:
+            entry = fleet_record.entry_from_value(self.secret, key, value, clock.monotonic(), clock.wall())
+        except fleet_record.FleetRecordError as e:
+            stats.rejected[e.reason] += 1
+            stats.misses += 1
+            self._log_throttled("fleet cache tier: value under %r refused (not served): %s", key, e)
+            return None
+        if entry is None:  # past its stale limit by our clock (Redis keeps it a little longer)
+            stats.misses += 1
+            return None
+        stats.hits += 1
+        return entry
+
+    # ------------------------------------------------------------------ writes
+    def enqueue(self, key: bytes, entry: Entry | None) -> None:
+        """Queue ``entry`` (None: delete the key) for the writer: one append, never a wait.
+
+        A full queue drops the write and counts it: the entry is still served here.
+        """
+        if entry is not None and entry.kind == wire.FAILURE:  # a brief SERVFAIL memory is ours alone
+            return
+        queue = self._queue
+        if len(queue) >= self.config.write_queue or self._wake is None:
+            self.stats.dropped += 1
+            return
+        queue.append((key, entry))
+        self.stats.queued += 1
+        if len(queue) == 1:
+            self._wake.set()
+
+    def forget(self, key: bytes) -> None:
+        """Delete ``key`` in the fleet too (an operator's flush of one question)."""
+        self.enqueue(key, None)
+
+    async def _write_loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            try:
+                await self._flush()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # background task boundary: log with context, keep going
+                self.stats.write_errors += 1
+                log.exception("fleet cache tier: writer failed")
+
+    async def _flush(self) -> None:
+        """Send everything queued, a batch per round trip; drop it while the breaker is open."""
+        queue = self._queue
+        stats = self.stats
+        while queue:
+            if not self.breaker.allow(self.clock.monotonic()):
+                stats.dropped += len(queue)
+                queue.clear()
+                return
+            batch: dict[bytes, Entry | None] = {}
+            for _ in range(min(len(queue), WRITE_BATCH)):
+                key, entry = queue.popleft()
+                batch[key] = entry  # the last value per key wins
+            await self._write_batch(batch)
+
+    async def _write_batch(self, batch: dict) -> None:
+        stats = self.stats
+        now = self.clock.monotonic()
+        wall_offset = self.clock.wall() - now
+        pipe = self.client.pipeline(transaction=False)
+        sent = 0
+        for key, entry in batch.items():
+            if entry is None:
+                pipe.delete(self.prefix + key)
+            else:
+                value = fleet_record.encode(self.secret, key, entry, wall_offset)
+                expire = fleet_record.expire_ms(entry, now)
+                if value is None or not expire:
+                    continue
+                pipe.set(self.prefix + key, value, px=expire)
+            sent += 1
+        if not sent:
+            return
+        try:
+            async with asyncio.timeout(self.config.write_timeout):
+                await pipe.execute()
+        except TimeoutError:
+            stats.timeouts += 1
+            self._write_failed(sent, "timed out")
+        except (RedisError, OSError) as e:
+            stats.errors += 1
+            self._write_failed(sent, e)
+        else:
+            stats.writes += sent
+            self.breaker.succeeded()
+
+    def _write_failed(self, count: int, why) -> None:
+        self.stats.write_errors += 1
+        self.stats.dropped += count
+        self.breaker.failed(self.clock.monotonic())
+        self._log_throttled("fleet cache tier: %d entries not written (still served here): %s", count, why)
+
+    def _log_throttled(self, message: str, *args) -> None:
+        now = time.monotonic()
+        if now - self._last_logged >= LOG_EVERY:
+            self._last_logged = now
+            log.warning(message, *args)
