@@ -93,6 +93,20 @@ def start_forwarder():
 
 
 @pytest.fixture
+def redis_server(tmp_path):
+    """A real redis-server on 127.0.0.1 (free port, files in tmp_path, nothing persisted)."""
+    from tests.support.redis_server import HAVE_REDIS, RedisServer
+
+    if not HAVE_REDIS:
+        pytest.skip("redis-server is not installed (apt-get install redis-server; `make test` does it)")
+    server = RedisServer(tmp_path / "redis").start()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
 def resolv(tmp_path):
     """A resolv.conf of our own naming 127.0.0.1, so no test depends on the host's."""
     path = tmp_path / "resolv.conf"
