@@ -1,7 +1,8 @@
 """deploy/kubernetes/: every manifest parses, validates against the Kubernetes API schema
 (kubernetes-validate, strict: unknown fields are errors), and agrees with the resolver:
 
-- the resolver YAML in each ConfigMap passes the real config loader;
+- the resolver YAML in each ConfigMap passes the real config loader (a fleet.secret_file must be
+  on a read-only Secret volume; the test puts a key of its own in its place);
 - the container's --config path is where that ConfigMap is mounted;
 - container ports match the config's listen and metrics ports;
 - probes and scrape annotations point at paths the admin server really serves, on the metrics port;
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import kubernetes_validate
 import pytest
@@ -121,6 +123,17 @@ def embedded_config(doc: dict, docs: list[dict], container: dict, tmp_path) -> t
               and d["metadata"]["name"] == volume["configMap"]["name"]
               and d["metadata"].get("namespace") == namespace)
     data = yaml.safe_load(cm["data"][key])
+    fleet = data.get("fleet") or {}
+    if fleet.get("secret_file"):
+        # The shared key comes from a Secret the operator creates (never in a manifest):
+        # it must be mounted from one, read-only; the loader reads a stand-in here.
+        secret_path = fleet["secret_file"]
+        secret_mount = next(m for m in container["volumeMounts"] if secret_path.startswith(m["mountPath"] + "/"))
+        secret_volume = next(v for v in pod_spec(doc)["volumes"] if v["name"] == secret_mount["name"])
+        assert "secret" in secret_volume and secret_mount.get("readOnly") is True, secret_path
+        stand_in = tmp_path / "fleet.key"
+        stand_in.write_text("0123456789abcdef" * 4)
+        data = {**data, "fleet": {**fleet, "secret_file": str(stand_in)}}
     return parse_config(data, str(resolv_conf(tmp_path, "192.0.2.53"))), data
 
 
@@ -232,3 +245,30 @@ def test_cache_snapshot_lives_on_the_writable_state_volume(name, doc, docs, tmp_
         path = config.cache.persist.path
         writable = [m["mountPath"] for m in container["volumeMounts"] if not m.get("readOnly")]
         assert path and any(path.startswith(mount + "/") for mount in writable), (path, writable)
+
+
+def test_fleet_example_points_the_resolvers_at_a_bounded_valkey(tmp_path):
+    """fleet.yaml: the resolvers' fleet.url is the Valkey Service's fixed ClusterIP and port (they
+    cannot resolve its name), the Service selects the Valkey pods, and Valkey's memory is bounded
+    by an eviction policy that evicts (never refuses writes) with nothing persisted."""
+    docs = documents(REPO / "deploy" / "kubernetes" / "fleet.yaml")
+    (daemonset,) = [d for d in docs if d["kind"] == "DaemonSet"]
+    (container,) = resolver_containers(pod_spec(daemonset))
+    config, _ = embedded_config(daemonset, docs, container, tmp_path)
+    (service,) = [d for d in docs if d["kind"] == "Service"]
+    url = urlsplit(config.fleet.url)
+    assert url.scheme == "redis" and url.hostname == service["spec"]["clusterIP"]
+    (svc_port,) = service["spec"]["ports"]
+    assert url.port == svc_port["port"]
+    (valkey,) = [d for d in docs if d["kind"] == "Deployment"]
+    assert service["spec"]["selector"].items() <= pod_metadata(valkey)["labels"].items()
+    (vk,) = pod_spec(valkey)["containers"]
+    assert port_number(vk, svc_port["targetPort"]) == 6379
+    conf_map = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "resolver-fleet-valkey")
+    settings = dict(line.split(None, 1) for line in conf_map["data"]["valkey.conf"].splitlines()
+                    if line.strip() and not line.startswith("#"))
+    assert settings["maxmemory-policy"] in ("volatile-ttl", "allkeys-lru")
+    assert settings["maxmemory"] and settings["save"] == '""' and settings["appendonly"] == "no"
+    assert settings["port"] == "6379"
+    # The key is never shipped in the manifest.
+    assert not [d for d in docs if d["kind"] == "Secret"]
