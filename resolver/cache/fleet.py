@@ -49,13 +49,14 @@ from .. import wire
 from ..clock import Clock
 from ..config import FleetConfig
 from . import fleet_record
-from .breaker import Breaker
+from .breaker import HALF_OPEN, Breaker
 from .fleet_stats import FleetStats
 from .store import Entry
 
 log = logging.getLogger("resolver.fleet")
 
 WRITE_BATCH = 512  # entries per pipelined round trip at most
+PROBE_WAIT = 0.01  # seconds the writer waits for a read probing a half-open breaker
 LOG_EVERY = 60.0  # failures and refused values are logged at most this often
 def redacted(url: str) -> str:
     """``url`` without its password, for logs."""
@@ -70,17 +71,23 @@ def redacted(url: str) -> str:
 def make_client(config: FleetConfig) -> aioredis.Redis:
     """The redis-py asyncio client for ``config.url``.  Connects on first use, not here.
 
-    No retries inside redis-py: a retry could only spend the read budget again; the
-    breaker decides when to ask again.  Socket timeouts are a backstop behind the
-    ``asyncio.timeout`` each call runs under.
+    A blocking pool of ``max_connections``: a burst of misses waits (within its read
+    budget) for a connection instead of failing — a read takes a fraction of a
+    millisecond, so a few connections serve tens of thousands of reads a second.
+    One retry inside redis-py, no back-off: a pooled connection that Redis closed (a
+    restart, an idle timeout) fails at once and is replaced within the same budget;
+    more could only spend the budget again, and the breaker decides when to ask
+    again.  Socket timeouts are a backstop behind the ``asyncio.timeout`` each call
+    runs under.
     """
     extra = {}
     if config.url.startswith("rediss://") and config.tls_ca_file:
         extra["ssl_ca_certs"] = config.tls_ca_file
-    return aioredis.from_url(
-        config.url, decode_responses=False, max_connections=config.max_connections,
-        socket_connect_timeout=config.write_timeout, socket_timeout=config.write_timeout,
-        retry=Retry(NoBackoff(), 0), retry_on_timeout=False, health_check_interval=0, **extra)
+    pool = aioredis.BlockingConnectionPool.from_url(
+        config.url, max_connections=config.max_connections, timeout=config.write_timeout,
+        decode_responses=False, socket_connect_timeout=config.write_timeout, socket_timeout=config.write_timeout,
+        retry=Retry(NoBackoff(), 1), retry_on_timeout=False, health_check_interval=0, **extra)
+    return aioredis.Redis.from_pool(pool)
 
 
 class FleetTier:
@@ -215,8 +222,12 @@ class FleetTier:
         """Send everything queued, a batch per round trip; drop it while the breaker is open."""
         queue = self._queue
         stats = self.stats
+        breaker = self.breaker
         while queue:
-            if not self.breaker.allow(self.clock.monotonic()):
+            if not breaker.allow(self.clock.monotonic()):
+                if breaker.state == HALF_OPEN:  # a read is probing: its outcome decides, soon
+                    await asyncio.sleep(PROBE_WAIT)
+                    continue
                 stats.dropped += len(queue)
                 queue.clear()
                 return

@@ -145,6 +145,11 @@ class CachingStage:
         if failed and not read.done():
             await read  # bounded by the read budget
         found = read.result() if read.done() else None
+        if failed and found is None:
+            # The upstream failed and the fleet gave nothing (absent, or a read cut off by a
+            # cold connection or a busy moment): one more read before SERVFAIL, the last
+            # resort; bounded by the budget, and none while the breaker is open.
+            found = await self.fleet.read(q.key)
         if found is not None and (not done.done() or failed):
             held = self.cache.get(q.key)  # an answer stored meanwhile wins; a SERVFAIL memory does not
             if held is None or held.kind == wire.FAILURE:

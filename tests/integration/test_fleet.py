@@ -251,3 +251,22 @@ def test_fleet_off_asks_nothing(start_forwarder, fake_upstream):
     fwd = start_forwarder([fake_upstream.address])
     assert ask(fwd.port, "www.fleet.example").answer
     assert fwd.metric("resolver_fleet_enabled") == 0 and fwd.metric("resolver_fleet_reads_total") == 0
+
+
+def test_an_upstream_that_fails_fast_still_gets_the_fleets_stale_answer(node, fake_upstream, redis_server):
+    """SERVFAIL from the upstream before the fleet has answered: the read is awaited (and tried
+    once more if it found nothing), and the fleet's entry is served stale instead of SERVFAIL."""
+    serve(fake_upstream, ["www.fleet.example"])
+    a = node(redis_server.url)
+    warm(a, ["www.fleet.example"])
+    fake_upstream.mode("servfail")
+    c = node(redis_server.url)
+    c.advance(TTL + 1)
+    msg = ask(c.port, "www.fleet.example")
+    assert msg.rcode() == dns.rcode.NOERROR and answer_ip(msg) == ip_of("www.fleet.example")
+    assert ede_codes(msg) == [3] and ttls(msg) == {30}
+    # Held under the failure recheck timer like any entry that failed to refresh: the next
+    # query is answered from memory at once, without asking anyone.
+    reads = c.metric("resolver_fleet_reads_total")
+    assert ede_codes(ask(c.port, "www.fleet.example")) == [3]
+    assert c.metric("resolver_fleet_reads_total") == reads
