@@ -114,6 +114,12 @@ def alternate(args, workdir: Path, nsd: Server, redis: Server, datafile_for, war
                 warm(r)
                 res = dnsperf(r.port, datafile_for(run, mode), args.duration, args.client_cpu)
                 res["cpu_s"] = r.cpu()
+                if mode == "on":
+                    reads = servers.resolver_metric(r, "resolver_fleet_read_duration_seconds_count")
+                    total = servers.resolver_metric(r, "resolver_fleet_read_duration_seconds_sum")
+                    res["fleet_reads"] = reads
+                    res["fleet_read_mean_ms"] = 1000 * total / reads if reads else None
+                    res["fleet_timeouts"] = servers.resolver_metric(r, "resolver_fleet_timeouts")
                 out[mode].append(res)
                 log(f"  {name}: {res['qps']:.0f} q/s, lost {res['lost']}")
             finally:
@@ -198,7 +204,6 @@ def outage_once(args, workdir: Path, fleet_on_c: bool) -> dict:
         stale = sum(1 for r in results if 3 in r[3])
         fleet_metrics = {m: servers.resolver_metric(c, f"resolver_fleet_{m}") for m in
                          ("reads", "read_skips", "timeouts", "errors", "breaker_opened")} if fleet_on_c else {}
-        fleet_metrics["hits"] = servers.resolver_metric(c, "resolver_cache_tier_lookups", 'tier="fleet",result="hit"')
         return {"c_fleet_metrics": fleet_metrics,"fleet_on_c": fleet_on_c, "names": len(names), "stored_in_fleet": stored,
                 "answered_pct": 100.0 * answered / len(names), "ede3_pct": 100.0 * stale / len(names),
                 "servfail": sum(1 for r in results if r[1] == dns.rcode.SERVFAIL),
