@@ -204,7 +204,8 @@ def outage_once(args, workdir: Path, fleet_on_c: bool) -> dict:
         stale = sum(1 for r in results if 3 in r[3])
         fleet_metrics = {m: servers.resolver_metric(c, f"resolver_fleet_{m}") for m in
                          ("reads", "read_skips", "timeouts", "errors", "breaker_opened")} if fleet_on_c else {}
-        return {"c_fleet_metrics": fleet_metrics,"fleet_on_c": fleet_on_c, "names": len(names), "stored_in_fleet": stored,
+        return {"c_fleet_metrics": fleet_metrics,
+                "fleet_on_c": fleet_on_c, "names": len(names), "stored_in_fleet": stored,
                 "answered_pct": 100.0 * answered / len(names), "ede3_pct": 100.0 * stale / len(names),
                 "servfail": sum(1 for r in results if r[1] == dns.rcode.SERVFAIL),
                 "p50_ms": pct(latencies, 0.5) * 1000, "p99_ms": pct(latencies, 0.99) * 1000,

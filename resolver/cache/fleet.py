@@ -14,7 +14,8 @@ Never in the way (what Unbound's cachedb and the CoreDNS redis plugins get wrong
   races it against the upstream query it has already started
   (``serve/caching.py``), so it never delays an upstream answer; it waits at most
   ``read_budget`` (redis-py's asyncio client, hiredis parser, cut off by an
-  ``asyncio.timeout``).
+  ``asyncio.timeout``).  Reads asked for in one turn of the event loop share one
+  MGET: a flood of misses costs a round trip per batch, not per miss.
 * **Written behind.**  ``enqueue`` (from ``Cache.put``) is a deque append; a full
   queue drops the write and counts it.  One writer task sends batches in one
   pipelined round trip (``SET key value PX ms``), bounded by ``write_timeout``.
@@ -43,7 +44,7 @@ from urllib.parse import urlsplit, urlunsplit
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import MaxConnectionsError, RedisError
+from redis.exceptions import RedisError
 
 from .. import wire
 from ..clock import Clock
@@ -102,6 +103,9 @@ class FleetTier:
         self.breaker = Breaker(config.breaker_failures, config.breaker_reset)
         self.client = client  # made in start() unless given (tests)
         self._queue: collections.deque = collections.deque()  # (key, entry or None = delete)
+        self._loop: asyncio.AbstractEventLoop | None = None  # the serving loop, from start()
+        self._batch: list | None = None  # reads asked for in this turn of the loop: (key, future)
+        self._reading: set[asyncio.Task] = set()  # MGET batches in flight
         self._wake: asyncio.Event | None = None
         self._writer: asyncio.Task | None = None
         self._last_logged = -LOG_EVERY
@@ -111,13 +115,18 @@ class FleetTier:
         """Make the client and start the writer task; no connection is made here."""
         if self.client is None:
             self.client = make_client(self.config)
+        self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
-        self._writer = asyncio.get_running_loop().create_task(self._write_loop())
+        self._writer = self._loop.create_task(self._write_loop())
         log.info("fleet cache tier %s (prefix %r, read budget %g ms)", redacted(self.config.url),
                  self.config.key_prefix, self.config.read_budget * 1000)
 
     async def stop(self) -> None:
         """Stop the writer, send what is queued (within ``write_timeout``), close the client."""
+        for task in list(self._reading):  # read batches in flight: their futures resolve to None
+            task.cancel()
+        if self._reading:
+            await asyncio.gather(*self._reading, return_exceptions=True)
         if self._writer is not None:
             self._writer.cancel()
             await asyncio.gather(self._writer, return_exceptions=True)
@@ -133,45 +142,74 @@ class FleetTier:
                 pass
 
     # ------------------------------------------------------------------ reads
-    async def read(self, key: bytes) -> Entry | None:
-        """The entry for cache key ``key`` with deadlines on this node's clock, or None.
+    def request(self, key: bytes) -> asyncio.Future | None:
+        """Start reading cache key ``key``: a future that resolves, within ``read_budget``, to the
+        entry with deadlines on this node's clock or None; None at once if the breaker is open.
 
-        Never raises and never waits longer than ``read_budget``: a timeout or error
-        counts towards the breaker; an open breaker answers None at once.
+        Reads asked for in the same turn of the event loop go out together, as one MGET
+        (one round trip, one task): under a flood of misses redis-py's per-command cost
+        is paid per batch, not per miss.  The future never raises.
         """
-        stats = self.stats
-        clock = self.clock
-        breaker = self.breaker
-        if not breaker.allow(clock.monotonic()):
-            stats.skipped += 1
+        if not self.breaker.allow(self.clock.monotonic()):
+            self.stats.skipped += 1
             return None
-        stats.reads += 1
+        loop = self._loop
+        future = loop.create_future()
+        batch = self._batch
+        if batch is None:
+            batch = self._batch = []
+            loop.call_soon(self._send_batch)
+        batch.append((key, future))
+        return future
+
+    async def read(self, key: bytes) -> Entry | None:
+        """``request`` awaited: the entry or None, within ``read_budget``; never raises."""
+        future = self.request(key)
+        return None if future is None else await future
+
+    def _send_batch(self) -> None:
+        batch, self._batch = self._batch, None
+        task = self._loop.create_task(self._read_batch(batch))
+        self._reading.add(task)  # a reference until done (the loop keeps only a weak one)
+        task.add_done_callback(self._reading.discard)
+
+    async def _read_batch(self, batch: list) -> None:
+        """One MGET for ``batch``, cut off at the budget; resolves every future in it, whatever happens."""
+        stats = self.stats
+        stats.reads += len(batch)
         started = time.perf_counter()
+        values = None
         ok = False
         try:
             async with asyncio.timeout(self.config.read_budget):
-                value = await self.client.get(self.prefix + key)
+                values = await self.client.mget([self.prefix + key for key, _ in batch])
             ok = True
         except TimeoutError:
             stats.timeouts += 1
-            value = None
-        except MaxConnectionsError:  # every connection busy (a burst of misses): not Redis's fault
-            ok = True
-            stats.skipped += 1
-            value = None
         except (RedisError, OSError) as e:
             stats.errors += 1
-            self._log_throttled("fleet cache tier: read failed (a miss goes upstream): %s", e)
-            value = None
+            self._log_throttled("fleet cache tier: read failed (misses go upstream): %s", e)
         finally:
-            stats.read_latency.observe(time.perf_counter() - started)
+            elapsed = time.perf_counter() - started
+            observe = stats.read_latency.observe
+            for _ in batch:
+                observe(elapsed)
             if ok:
-                breaker.succeeded()
-            else:  # (also a cancelled read: the probe must not stay out for ever)
-                breaker.failed(clock.monotonic())
+                self.breaker.succeeded()
+            else:  # (also a cancelled batch: the probe must not stay out for ever)
+                self.breaker.failed(self.clock.monotonic())
+            if values is None or len(values) != len(batch):
+                values = [None] * len(batch)
+            for (key, future), value in zip(batch, values):
+                if not future.done():
+                    future.set_result(self._entry(key, value))
+
+    def _entry(self, key: bytes, value: bytes | None) -> Entry | None:
+        stats = self.stats
         if value is None:
             stats.misses += 1
             return None
+        clock = self.clock
         try:
             entry = fleet_record.entry_from_value(self.secret, key, value, clock.monotonic(), clock.wall())
         except fleet_record.FleetRecordError as e:

@@ -93,7 +93,9 @@ class CachingStage:
             return self.capped(data, q, entry, limit, p, client)
         if p.answer is _UPSTREAM and p.wait is None and not fetching:
             if self.fleet is not None and entry is None:
-                return await self.race_fleet(q, data, limit, charged)
+                read = self.fleet.request(q.key)
+                if read is not None:  # (None: the fleet's breaker is open: a plain miss)
+                    return await self.race_fleet(q, data, limit, charged, read)
             # Nothing to fall back on and nobody asking yet: this task fetches itself.
             # The one place a plain miss starts upstream work: charged to the client.
             try:
@@ -126,7 +128,8 @@ class CachingStage:
             return self.servfail(data, q, e)
         return self.render(q, fresh, fresh.body, limit, Source.UPSTREAM)
 
-    async def race_fleet(self, q: wire.Query, data: bytes, limit: int, charged: str | None) -> Answer:
+    async def race_fleet(self, q: wire.Query, data: bytes, limit: int, charged: str | None,
+                         read: asyncio.Future) -> Answer:
         """A miss in both local tiers with the fleet tier on: ask the fleet and the upstream at once.
 
         The upstream fetch starts first and runs on whatever the fleet says (it
@@ -136,9 +139,9 @@ class CachingStage:
         (source "fleet"); stale waits for the fetch up to ``client_timeout`` like any
         stale entry, or is answered at once when every upstream is known down (EDE 3).
         An upstream that fails before the fleet has answered waits for the read.
+        ``read``: the fleet read, already requested (``FleetTier.request``; it never raises).
         """
         fetch = self.refresher.fetch(q, charged)
-        read = running_loop().create_task(self.fleet.read(q.key))
         await asyncio.wait((read, fetch.done), return_when=asyncio.FIRST_COMPLETED)
         done = fetch.done
         failed = done.done() and (done.cancelled() or done.exception() is not None)
