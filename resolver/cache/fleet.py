@@ -108,6 +108,7 @@ class FleetTier:
         self._reading: set[asyncio.Task] = set()  # MGET batches in flight
         self._wake: asyncio.Event | None = None
         self._writer: asyncio.Task | None = None
+        self._stopping = False
         self._last_logged = -LOG_EVERY
 
     # ------------------------------------------------------------------ lifecycle
@@ -122,19 +123,25 @@ class FleetTier:
                  self.config.key_prefix, self.config.read_budget * 1000)
 
     async def stop(self) -> None:
-        """Stop the writer, send what is queued (within ``write_timeout``), close the client."""
-        for task in list(self._reading):  # read batches in flight: their futures resolve to None
-            task.cancel()
-        if self._reading:
-            await asyncio.gather(*self._reading, return_exceptions=True)
-        if self._writer is not None:
-            self._writer.cancel()
-            await asyncio.gather(self._writer, return_exceptions=True)
-            self._writer = None
+        """Send what is queued, stop the writer, close the client: within about 2 × ``write_timeout``.
+
+        The writer is told to stop and woken, not cancelled: redis-py can swallow a
+        cancellation that lands inside a command, and a writer that never saw it would
+        wait for work for ever (found by bench/misspath.py's shutdown).  It is cancelled
+        only if it has not finished in time.
+        """
+        self._stopping = True
+        if self._reading:  # read batches in flight end within the read budget
+            await asyncio.wait(list(self._reading), timeout=2 * self.config.read_budget)
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            self._wake.set()
             try:
-                await self._flush()
-            except Exception:  # shutdown boundary: what is not written is lost, never a hang
-                log.exception("fleet cache tier: final write failed")
+                await asyncio.wait_for(asyncio.shield(writer), 2 * self.config.write_timeout)
+            except TimeoutError:
+                writer.cancel()
+                self.stats.dropped += len(self._queue)
+                self._queue.clear()
         if self.client is not None:
             try:
                 await asyncio.wait_for(self.client.aclose(), self.config.write_timeout)
@@ -250,11 +257,11 @@ class FleetTier:
             self._wake.clear()
             try:
                 await self._flush()
-            except asyncio.CancelledError:
-                raise
             except Exception:  # background task boundary: log with context, keep going
                 self.stats.write_errors += 1
                 log.exception("fleet cache tier: writer failed")
+            if self._stopping:  # (after one last flush of what was queued)
+                return
 
     async def _flush(self) -> None:
         """Send everything queued, a batch per round trip; drop it while the breaker is open."""

@@ -48,6 +48,9 @@ def test_example_config_checks_ok(tmp_path):
     ("listen: [\n", "resolver.yaml"),
     ("workers: many\n", "workers"),
     ("cache: {persist: {interval: 0}}\n", "cache.persist.interval"),
+    ("fleet: {url: 'redis://127.0.0.1:6379/0'}\n", "fleet.secret_file"),
+    ("fleet: {url: 'redis://127.0.0.1:6379/0', secret_file: /nonexistent/fleet.key}\n", "fleet.secret_file"),
+    ("fleet: {url: 'memcached://127.0.0.1'}\n", "fleet.url"),
 ])
 def test_bad_config_one_line_exit_2(tmp_path, text, key):
     """A bad config: exit code 2, one line on stderr naming the key, no traceback."""
