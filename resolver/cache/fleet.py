@@ -57,6 +57,14 @@ from .store import Entry
 log = logging.getLogger("resolver.fleet")
 
 WRITE_BATCH = 512  # entries per pipelined round trip at most
+# Every SET of a write batch in one command: KEYS are the keys, ARGV value and PX (ms) in turn.
+# (EVALSHA; redis-py loads the script again if Redis was restarted and lost it.)
+SET_MANY = """
+for i, key in ipairs(KEYS) do
+  redis.call('SET', key, ARGV[2 * i - 1], 'PX', ARGV[2 * i])
+end
+return #KEYS
+"""
 PROBE_WAIT = 0.01  # seconds the writer waits for a read probing a half-open breaker
 LOG_EVERY = 60.0  # failures and refused values are logged at most this often
 def redacted(url: str) -> str:
@@ -116,6 +124,7 @@ class FleetTier:
         """Make the client and start the writer task; no connection is made here."""
         if self.client is None:
             self.client = make_client(self.config)
+        self._set_many = self.client.register_script(SET_MANY)
         self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
         self._writer = self._loop.create_task(self._write_loop())
@@ -283,23 +292,32 @@ class FleetTier:
             await self._write_batch(batch)
 
     async def _write_batch(self, batch: dict) -> None:
+        """One round trip for ``batch``: the SETs as one script call (one command, one reply to
+        parse: a pipeline of SETs cost ~20 µs of redis-py per entry), the deletes as one DEL."""
         stats = self.stats
         now = self.clock.monotonic()
         wall_offset = self.clock.wall() - now
-        pipe = self.client.pipeline(transaction=False)
-        sent = 0
+        prefix = self.prefix
+        keys, args, doomed = [], [], []
         for key, entry in batch.items():
             if entry is None:
-                pipe.delete(self.prefix + key)
-            else:
-                value = fleet_record.encode(self.secret, key, entry, wall_offset)
-                expire = fleet_record.expire_ms(entry, now)
-                if value is None or not expire:
-                    continue
-                pipe.set(self.prefix + key, value, px=expire)
-            sent += 1
+                doomed.append(prefix + key)
+                continue
+            value = fleet_record.encode(self.secret, key, entry, wall_offset)
+            expire = fleet_record.expire_ms(entry, now)
+            if value is None or not expire:
+                continue
+            keys.append(prefix + key)
+            args.append(value)
+            args.append(expire)
+        sent = len(keys) + len(doomed)
         if not sent:
             return
+        pipe = self.client.pipeline(transaction=False)
+        if keys:
+            await self._set_many(keys=keys, args=args, client=pipe)  # (queued on the pipeline)
+        if doomed:
+            pipe.delete(*doomed)
         try:
             async with asyncio.timeout(self.config.write_timeout):
                 await pipe.execute()

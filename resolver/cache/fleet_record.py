@@ -24,7 +24,6 @@ must outlive its TTL by the stale window, or an outage would find nothing.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import math
 import struct
@@ -49,11 +48,9 @@ class FleetRecordError(Exception):
 
 
 def mac(secret: bytes, key: bytes, record: bytes) -> bytes:
-    h = hmac.new(secret, DOMAIN, hashlib.sha256)
-    h.update(_KEY_LEN.pack(len(key)))
-    h.update(key)
-    h.update(record)
-    return h.digest()
+    # One-shot ``hmac.digest`` (OpenSSL's HMAC in C): a few times cheaper than an hmac
+    # object fed piece by piece, and this runs for every write and every read.
+    return hmac.digest(secret, b"".join((DOMAIN, _KEY_LEN.pack(len(key)), key, record)), "sha256")
 
 
 def encode(secret: bytes, key: bytes, entry: Entry, wall_offset: float) -> bytes | None:

@@ -43,6 +43,26 @@ _CAP_REASONS = frozenset(stale_policy.CAP_REASON.values())
 _QUIET_STALE = frozenset(("recheck", "upstreams_down"))  # stale answers that are no cache miss
 
 
+async def first_done(a: asyncio.Future, b: asyncio.Future) -> None:
+    """Return once ``a`` or ``b`` is done: ``asyncio.wait(FIRST_COMPLETED)`` without its sets
+    and bookkeeping (measured: a third of the fleet read's cost on the miss path)."""
+    if a.done() or b.done():
+        return
+    waiter = running_loop().create_future()
+
+    def wake(_):
+        if not waiter.done():
+            waiter.set_result(None)
+
+    a.add_done_callback(wake)
+    b.add_done_callback(wake)
+    try:
+        await waiter
+    finally:
+        a.remove_done_callback(wake)
+        b.remove_done_callback(wake)
+
+
 class CachingStage:
     def __init__(self, config: Config, cache: Cache, pool, clock: Clock, stats: Stats, limits: ClientLimits,
                  refresher: Refresher):
@@ -142,8 +162,8 @@ class CachingStage:
         ``read``: the fleet read, already requested (``FleetTier.request``; it never raises).
         """
         fetch = self.refresher.fetch(q, charged)
-        await asyncio.wait((read, fetch.done), return_when=asyncio.FIRST_COMPLETED)
         done = fetch.done
+        await first_done(read, done)
         failed = done.done() and (done.cancelled() or done.exception() is not None)
         if failed and not read.done():
             await read  # bounded by the read budget
