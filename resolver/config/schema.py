@@ -93,7 +93,7 @@ class UpstreamOptions:
     policy: str = setting("sequential", parse=parse.choice(*POLICIES))
     # ask the next upstream too after this long; -1 = "auto", 0 = "off"
     hedge_after: float = setting(-1.0, parse=parse.hedge_delay, unit="s")
-    # CA bundle (PEM) to verify tls:// upstreams; "" = the system store
+    # CA bundle (PEM) to verify tls:// and https:// upstreams; "" = the system store
     tls_ca_file: str = setting("", parse=parse.ca_file)
     # Once an upstream has answered, its RTO is SRTT + 4·RTTVAR (RFC 6298), doubled on each
     # timeout, kept within these; a send past its RTO keeps listening until total_timeout.
