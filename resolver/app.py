@@ -34,6 +34,7 @@ from .serve.listeners import Listeners
 from .serve.pipeline import Pipeline
 from .serve.ratelimit import RateLimiter
 from .stats import Stats
+from .upstream import https as doh
 from .upstream import tls as dot
 from .upstream.plain import Upstream
 from .upstream.pool import UpstreamPool
@@ -81,9 +82,12 @@ def build_pool(config: Config, upstreams=None) -> UpstreamPool:
     """A pool for ``upstreams`` (default: the top-level ones); one per forward group."""
     upstreams = upstreams or config.upstreams
     size = config.upstream.edns_buffer_size
-    tls = dot.client_context(config.upstream.tls_ca_file) if any(
-        u.transport == "tls" for u in upstreams) else None
+    ca_file = config.upstream.tls_ca_file
+    tls = dot.client_context(ca_file) if any(u.transport == "tls" for u in upstreams) else None
+    # DoH's context offers only HTTP/2 by ALPN, so it is not shared with DoT's.
+    https = doh.client_context(ca_file) if any(u.transport == "https" for u in upstreams) else None
     upstreams = [dot.TlsUpstream(u, size, tls) if u.transport == "tls"
+                 else doh.HttpsUpstream(u, size, https) if u.transport == "https"
                  else Upstream(u, size, config.security.upstream_0x20)
                  for u in upstreams]
     return UpstreamPool(upstreams, config.upstream)

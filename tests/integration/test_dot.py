@@ -8,7 +8,6 @@ connections after 300 ms so that the reconnect path runs.
 from __future__ import annotations
 
 import shutil
-import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -16,29 +15,17 @@ import dns.rcode
 import pytest
 
 from tests.support.client import ask
+from tests.support.pki import mint
 from tests.support.unbound import DEFAULT_RECORDS, HAVE_UNBOUND, UnboundServer, free_port
 
 pytestmark = pytest.mark.skipif(not HAVE_UNBOUND or shutil.which("openssl") is None,
                                 reason="needs unbound and openssl (`make test` installs them)")
 
 
-def openssl(*args: str, cwd) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
-
-
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory):
     """A throw-away CA and a server certificate for dot.test / 127.0.0.1 signed by it."""
-    d = tmp_path_factory.mktemp("pki")
-    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-    openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=resolver test CA",
-            "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign", cwd=d)
-    openssl("req", *ec, "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=dot.test", cwd=d)
-    (d / "ext.cnf").write_text("subjectAltName=DNS:dot.test,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n"
-                               "keyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n")
-    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-            "-out", "server.pem", "-days", "2", "-extfile", "ext.cnf", cwd=d)
-    return d
+    return mint(tmp_path_factory.mktemp("pki"))
 
 
 class DotUnbound(UnboundServer):

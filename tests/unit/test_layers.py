@@ -50,7 +50,7 @@ SANS_IO_MODULES = {"cache/store.py", "cache/snapshot.py", "local/answers.py", "s
 FORBIDDEN_IN_CORE = {"asyncio", "socket", "time", "uvloop", "selectors", "threading"}
 
 # One home for each of these libraries.
-ONLY_IN = {"prometheus_client": {"ops"}, "yaml": {"config"}, "lmdb": {"cache"}}
+ONLY_IN = {"prometheus_client": {"ops"}, "yaml": {"config"}, "lmdb": {"cache"}, "h2": {"upstream"}}
 
 
 def layer_of(path: Path) -> str:
