@@ -127,6 +127,10 @@ class UpstreamPool:
         # The RTO before any sample (RFC 6298 §2.1), within the configured bounds.
         self._initial_rto = min(options.attempt_timeout_max, max(options.attempt_timeout_min, options.attempt_timeout))
         self._turn = 0                           # round_robin position
+        # Which upstreams share fate (upstream_policy.providers): with more than one
+        # provider, the order takes them in turns, so the hedge goes to another one.
+        self._provider = upstream_policy.providers(upstreams)
+        self._diverse = len(set(self._provider.values())) > 1
 
     def _order(self, now: float) -> list[Upstream]:
         if len(self.upstreams) == 1:  # nothing to choose: up, or down and due back soonest
@@ -134,7 +138,8 @@ class UpstreamPool:
         usable = [u for u in self.upstreams if self.health[u.label].down_until <= now]
         if usable:
             self._turn += 1
-            return upstream_policy.order(usable, self.health, self.options.policy, self._turn)
+            ordered = upstream_policy.order(usable, self.health, self.options.policy, self._turn)
+            return upstream_policy.diversify(ordered, self._provider) if self._diverse else ordered
         # All down: try the one due back soonest rather than nothing.
         return [min(self.upstreams, key=lambda u: self.health[u.label].down_until)]
 
