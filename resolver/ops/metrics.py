@@ -165,7 +165,19 @@ class ResolverCollector:
         scrubbed = CounterMetricFamily("resolver_upstream_scrubbed_records",
                                        "Upstream records removed before caching as unrelated to the question.",
                                        labels=["upstream"])
+        # Kept-open connections (tls://, https://): each one opened cost a TLS handshake.
+        opened = CounterMetricFamily("resolver_upstream_connections_opened",
+                                     "TLS connections opened to tls:// and https:// upstreams (one handshake each).",
+                                     labels=["upstream"])
+        waits = CounterMetricFamily("resolver_upstream_stream_waits",
+                                    "Queries to an https:// upstream that waited for a free HTTP/2 stream "
+                                    "(the server's SETTINGS_MAX_CONCURRENT_STREAMS was reached).",
+                                    labels=["upstream"])
         for u in pool.upstreams:
+            if hasattr(u, "connections"):
+                opened.add_metric([u.label], u.connections)
+            if hasattr(u, "stream_waits"):
+                waits.add_metric([u.label], u.stream_waits)
             scrubbed.add_metric([u.label], u.scrubbed)
             req.add_metric([u.label], pool.requests.get(u.label, 0))
             if u.label in pool.latency:
@@ -181,6 +193,8 @@ class ResolverCollector:
         yield mism
         yield latency
         yield scrubbed
+        yield opened
+        yield waits
         yield GaugeMetricFamily("resolver_upstream_inflight", "Upstream exchanges in progress.", value=pool.inflight)
         if self.lifecycle is not None:
             yield from _tier_families(self.lifecycle, s.cache_hits + fast_fresh)

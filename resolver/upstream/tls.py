@@ -92,6 +92,7 @@ class TlsUpstream:
         self.server_name = address.server_name or address.host
         self.mismatched = 0
         self.scrubbed = 0  # records removed from replies as unrelated to the question
+        self.connections = 0  # connections opened (each one TLS handshake)
         self._conn: _Connection | None = None
         self._connecting: asyncio.Lock | None = None
 
@@ -109,6 +110,7 @@ class TlsUpstream:
                 raise UpstreamBadResponse(f"{self.label}: TLS certificate not accepted: {e.verify_message}") from None
             except (OSError, ssl.SSLError) as e:
                 raise UpstreamUnreachable(f"TLS to {self.label}: {e}") from None
+            self.connections += 1
             self._conn = _Connection(reader, writer, self)
             return self._conn, True
 
