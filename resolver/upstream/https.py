@@ -97,7 +97,9 @@ class _Connection(asyncio.Protocol):
         self.streams: dict[int, _Stream] = {}
         self.closed = False
         self.accepting = True  # False after a GOAWAY: no new streams on this connection
-        self.last_read = 0.0   # loop time of the last bytes received (dead-connection check)
+        # Loop time the server last answered any stream (dead-connection check).  Not
+        # any bytes: a server whose streams hang may still acknowledge SETTINGS and DATA.
+        self.last_progress = 0.0
         self._window: asyncio.Future | None = None  # resolved when a flow-control window opens
         # Queries waiting for a stream slot, first come first served: one is woken per
         # slot freed (waking all of them for one slot would cost O(n²) wake-ups).
@@ -112,7 +114,6 @@ class _Connection(asyncio.Protocol):
         self._flush()
 
     def data_received(self, data: bytes) -> None:
-        self.last_read = asyncio.get_running_loop().time()
         try:
             events = self.h2.receive_data(data)
         except h2.exceptions.ProtocolError as e:
@@ -131,6 +132,9 @@ class _Connection(asyncio.Protocol):
 
     # -- events ---------------------------------------------------------------------------
     def _handle(self, event) -> None:
+        if isinstance(event, (h2.events.ResponseReceived, h2.events.DataReceived, h2.events.StreamEnded,
+                              h2.events.StreamReset)):
+            self.last_progress = asyncio.get_running_loop().time()
         if isinstance(event, h2.events.DataReceived):
             # Give the window back at once (connection and stream, RFC 9113 §6.9): bodies
             # are small and bounded by MAX_BODY, so buffering them is the bound.
@@ -408,11 +412,22 @@ class HttpsUpstream:
                         continue  # a reused connection closed or went away under us: once more
                     return self._checked(reply, question)
         except TimeoutError:
-            if conn is not None and not conn.closed and conn.last_read < started:
-                # Not one byte since this query went out: a dead path, not a slow server.
-                conn.close()
+            self._close_if_silent(conn, started, deadline)
             raise UpstreamTimeout(f"no HTTPS reply from {self.label}") from None
+        except asyncio.CancelledError:
+            self._close_if_silent(conn, started, deadline)  # the pool gives up at the deadline too
+            raise
         raise UpstreamUnreachable(f"{self.label} closed the HTTP/2 connection")
+
+    @staticmethod
+    def _close_if_silent(conn: _Connection | None, started: float, deadline: float) -> None:
+        """At the deadline, close a connection that has answered no stream since this
+        query went out: a dead path (a blackhole keeps TCP "open") or a hung server,
+        not a slow one, whose other streams would be answering.  The next query reconnects."""
+        if conn is None or conn.closed or conn.last_progress >= started:
+            return
+        if asyncio.get_running_loop().time() >= deadline - 0.005:  # not a hedge that lost
+            conn.close()
 
     def _checked(self, reply: bytes, question: bytes) -> bytes:
         """The reply with a random ID in place of the 0 we sent, scrubbed; or bad_response."""

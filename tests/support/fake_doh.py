@@ -162,9 +162,6 @@ class _Server(asyncio.Protocol):
         owner.requests.append((headers.get(":method"), headers.get(":path"), headers.get(":authority"),
                                headers.get("content-type"), int.from_bytes(query[:2], "big")))
         self.streams += 1
-        if owner.goaway_after and self.streams == owner.goaway_after:
-            self.conn.close_connection(last_stream_id=stream_id)
-            self._flush()
         if owner.delay:
             await asyncio.sleep(owner.delay)
         if self.transport.is_closing():
@@ -196,11 +193,16 @@ class _Server(asyncio.Protocol):
                 self.transport.close()
             else:
                 self._send(stream_id, "200", "application/dns-message", answer)
+        except h2.exceptions.ProtocolError:  # the client reset the stream or went away
+            pass
         finally:
             self.bodies.pop(stream_id, None)
-            self._flush()
-            if owner.goaway_after and self.streams >= owner.goaway_after and not self.bodies:
+            if owner.goaway_after and self.streams == owner.goaway_after:
+                # h2 sends nothing after its GOAWAY, so it goes once this stream is answered.
+                self.conn.close_connection(last_stream_id=stream_id)
+                self._flush()
                 self.transport.close()
+            self._flush()
 
     def _send(self, stream_id: int, status: str, content_type: str, body: bytes) -> None:
         self.conn.send_headers(stream_id, [(":status", status), ("content-type", content_type),
