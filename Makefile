@@ -35,10 +35,11 @@ venv: $(VENV)/.installed-test
 # real client, promtool for the metrics/alert checks, systemd-analyze, unshare,
 # setpriv, getent and ip for the deployment tests; nft (nftables) for kernel-level
 # faults (loss, blackhole, ICMP reject) inside a network namespace the tests create;
-# NSD for the outage benchmark's tiny end-to-end run (tests/bench/test_outage_bench.py).
+# NSD for the outage benchmark's tiny end-to-end run (tests/bench/test_outage_bench.py);
+# dnsdist as a real DNS-over-HTTPS server (tests/integration/test_doh.py, bench/doh.py).
 SYSTEM_DEPS := unbound:unbound unbound-control:unbound dig:bind9-dnsutils promtool:prometheus \
 	systemd-analyze:systemd unshare:util-linux setpriv:util-linux getent:libc-bin ip:iproute2 openssl:openssl \
-	nft:nftables nsd:nsd
+	nft:nftables nsd:nsd dnsdist:dnsdist
 
 # Debian's unbound and prometheus packages would start their daemons on install
 # (unbound-anchor even queries the root servers); a policy-rc.d that exits 101
