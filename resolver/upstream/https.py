@@ -58,7 +58,10 @@ CONTENT_TYPE = b"application/dns-message"
 # body is not a DNS reply, and this bounds what one stream may make us buffer.
 MAX_BODY = 65535
 
-_H2_CONFIG = h2.config.H2Configuration(client_side=True, header_encoding=None)
+# Our request headers are fixed and well-formed: h2's per-request checks of them cost
+# ~15% of a query's CPU for nothing.  What the server sends is still validated.
+_H2_CONFIG = h2.config.H2Configuration(client_side=True, header_encoding=None, validate_outbound_headers=False,
+                                       normalize_outbound_headers=False)
 
 
 def client_context(ca_file: str = "") -> ssl.SSLContext:
@@ -104,6 +107,7 @@ class _Connection(asyncio.Protocol):
         # Queries waiting for a stream slot, first come first served: one is woken per
         # slot freed (waking all of them for one slot would cost O(n²) wake-ups).
         self._slot_waiters: deque[asyncio.Future] = deque()
+        self._flush_pending = False  # a flush is scheduled for the end of this loop iteration
 
     # -- asyncio.Protocol -------------------------------------------------------------
     def connection_made(self, transport: asyncio.Transport) -> None:
@@ -223,9 +227,18 @@ class _Connection(asyncio.Protocol):
                 stream.future.set_exception(error)
 
     def _flush(self) -> None:
+        self._flush_pending = False
         data = self.h2.data_to_send()
         if data and self.transport is not None and not self.closed:
             self.transport.write(data)
+
+    def _flush_soon(self) -> None:
+        """Write once the queries started in this loop iteration have all added their
+        frames: one TLS record and one send for many streams, not one each (a TLS
+        write per query was a third of a query's CPU)."""
+        if not self._flush_pending:
+            self._flush_pending = True
+            asyncio.get_running_loop().call_soon(self._flush)
 
     def _slot_freed(self) -> None:
         while self._slot_waiters:
@@ -313,14 +326,14 @@ class _Connection(asyncio.Protocol):
             except h2.exceptions.ProtocolError:
                 # The connection or stream closed under us (a GOAWAY being processed).
                 self._finish(stream_id, _Closed())
-            self._flush()
+            self._flush_soon()
             self.owner.streams += 1
             return await future
         except asyncio.CancelledError:
             if stream_id in self.streams:  # given up (deadline or another upstream won): stop it
                 self.streams.pop(stream_id, None)
                 self._reset(stream_id)
-                self._flush()
+                self._flush_soon()
                 self._slot_freed()
             raise
 
