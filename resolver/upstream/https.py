@@ -103,7 +103,7 @@ class _Connection(asyncio.Protocol):
         # Loop time the server last answered any stream (dead-connection check).  Not
         # any bytes: a server whose streams hang may still acknowledge SETTINGS and DATA.
         self.last_progress = 0.0
-        self._window: asyncio.Future | None = None  # resolved when a flow-control window opens
+        self._window_waiters: list[asyncio.Future] = []  # woken when a flow-control window opens
         # Queries waiting for a stream slot, first come first served: one is woken per
         # slot freed (waking all of them for one slot would cost O(n²) wake-ups).
         self._slot_waiters: deque[asyncio.Future] = deque()
@@ -248,9 +248,10 @@ class _Connection(asyncio.Protocol):
                 return
 
     def _window_opened(self) -> None:
-        if self._window is not None and not self._window.done():
-            self._window.set_result(None)
-        self._window = None
+        waiters, self._window_waiters = self._window_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
 
     def _wake_all(self) -> None:
         waiters, self._slot_waiters = self._slot_waiters, deque()
@@ -314,9 +315,10 @@ class _Connection(asyncio.Protocol):
                     room = min(h2conn.local_flow_control_window(stream_id), h2conn.max_outbound_frame_size)
                     if room <= 0:
                         self._flush()
-                        if self._window is None:
-                            self._window = asyncio.get_running_loop().create_future()
-                        await self._window
+                        # A future of its own: a cancelled waiter must not cancel the others'.
+                        waiter = asyncio.get_running_loop().create_future()
+                        self._window_waiters.append(waiter)
+                        await waiter
                         if stream_id not in self.streams:
                             break  # settled meanwhile (reset, GOAWAY, close): the future says how
                         continue
@@ -324,7 +326,9 @@ class _Connection(asyncio.Protocol):
                     sent += len(chunk)
                     h2conn.send_data(stream_id, chunk, end_stream=sent == len(body))
             except h2.exceptions.ProtocolError:
-                # The connection or stream closed under us (a GOAWAY being processed).
+                # The connection or stream closed under us (a GOAWAY being processed), or
+                # h2 still counts a stream we settled: nothing was processed, so the
+                # query is sent again (exchange's retry).
                 self._finish(stream_id, _Closed())
             self._flush_soon()
             self.owner.streams += 1

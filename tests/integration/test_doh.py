@@ -205,6 +205,17 @@ def test_server_stream_limit_is_respected(pki, start_forwarder):
         assert fwd.metric("resolver_upstream_stream_waits_total", upstream=label_of(server.url())) > 0
 
 
+def test_flow_control_window_smaller_than_a_query(pki, start_forwarder):
+    """The server lets us send 16 bytes per stream before its WINDOW_UPDATE (RFC 9113
+    §6.9): each query goes out in pieces, concurrent ones interleaved."""
+    with FakeDohServer(pki, window=16) as server:
+        fwd = start_forwarder([server.url()], upstream=ca(pki))
+        assert ask(fwd.port, "first.test").answer
+        with ThreadPoolExecutor(8) as pool:
+            replies = list(pool.map(lambda i: ask(fwd.port, f"n{i}.test", timeout=5), range(16)))
+        assert all(r.answer for r in replies) and len(server.requests) == 17
+
+
 def test_silent_connection_is_replaced_after_a_timeout(pki, start_forwarder):
     """A server that accepts streams and never answers: the query times out, and the
     connection that sent not one byte meanwhile is closed, so the next query reconnects."""

@@ -13,7 +13,7 @@ close          response headers, half the body, then the TCP connection closes
 wrong_question 200, a well-formed reply for another name
 drop           nothing at all (the stream stays open)
 
-``goaway_after=N`` sends GOAWAY after the Nth stream (and closes once it is answered),
+``window`` is the SETTINGS_INITIAL_WINDOW_SIZE it announces (flow control), ``goaway_after=N`` sends GOAWAY after the Nth stream (and closes once it is answered),
 ``max_streams`` is the SETTINGS_MAX_CONCURRENT_STREAMS it announces, ``delay`` holds
 each reply.  ``connections`` counts TLS connections accepted; ``requests`` lists
 (method, path, authority, content-type, DNS ID) per stream.
@@ -55,13 +55,14 @@ def dns_answer(query: bytes) -> bytes:
 
 class FakeDohServer:
     def __init__(self, pki: Path, mode: str = "normal", max_streams: int = 100, goaway_after: int = 0,
-                 delay: float = 0.0):
+                 delay: float = 0.0, window: int = 65535):
         assert mode in MODES, mode
         self.pki = Path(pki)
         self.mode = mode
         self.max_streams = max_streams
         self.goaway_after = goaway_after
         self.delay = delay
+        self.window = window  # SETTINGS_INITIAL_WINDOW_SIZE: how much of a body we may send unacknowledged
         self.connections = 0
         self.requests: list[tuple[str, str, str, str, int]] = []
         self.max_open = 0  # most streams open at once on one connection
@@ -124,7 +125,8 @@ class _Server(asyncio.Protocol):
         self.owner.connections += 1
         self.owner._transports.add(transport)
         self.conn.initiate_connection()
-        self.conn.update_settings({h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: self.owner.max_streams})
+        self.conn.update_settings({h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: self.owner.max_streams,
+                                   h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: self.owner.window})
         transport.write(self.conn.data_to_send())
 
     def connection_lost(self, exc) -> None:
