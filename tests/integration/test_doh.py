@@ -100,9 +100,10 @@ def test_certificate_refused_and_the_query_never_reaches_the_backend(
 
 
 @needs_dnsdist
-def test_dnsdist_killed_gives_stale_answers(dnsdist, fake_upstream, pki, start_forwarder):
+def test_dnsdist_killed_gives_stale_answers_then_its_return_is_noticed(dnsdist, fake_upstream, pki, start_forwarder):
     fwd = start_forwarder([dnsdist.url()], stale={"client_timeout": 0.3, "recheck": 30},
-                          upstream={**ca(pki), "attempt_timeout": 0.5, "total_timeout": 1.0, "probe_name": "test."})
+                          upstream={**ca(pki), "attempt_timeout": 0.5, "total_timeout": 1.0, "probe_name": "test.",
+                                    "max_failures": 2})
     assert ask(fwd.port, "www.test").answer
     dnsdist.kill()
     fwd.advance(301)  # the TTL (300) has expired
@@ -112,6 +113,13 @@ def test_dnsdist_killed_gives_stale_answers(dnsdist, fake_upstream, pki, start_f
     assert ask(fwd.port, "never.test").rcode() == dns.rcode.SERVFAIL  # never NXDOMAIN
     label = label_of(dnsdist.url())
     assert fwd.metric("resolver_upstream_errors_total", upstream=label, reason="unreachable") >= 1
+    assert eventually(lambda: fwd.metric("resolver_upstream_up", upstream=label) == 0, timeout=5)
+
+    fake_upstream.clear().answer("www.test", "A", "192.0.2.100", ttl=300)
+    dnsdist.start()  # back on the same port: the prober reconnects and marks it up
+    assert eventually(lambda: fwd.metric("resolver_upstream_up", upstream=label) == 1, timeout=8)
+    msg = ask(fwd.port, "www.test")
+    assert [rr.to_text() for rr in msg.answer[0]] == ["192.0.2.100"] and not ede_codes(msg)
 
 
 @needs_dnsdist
