@@ -124,7 +124,8 @@ def main() -> int:
         pki = mint(work / "pki")
         nsd = servers.start_nsd(work, args.client_cpu)
         front = start_dnsdist_front(work, nsd.port, pki, args.client_cpu)
-        targets = {"udp": f"{LOOPBACK}:{front.port}", "https": f"https://{LOOPBACK}:{front.doh_port}/dns-query#doh.test"}
+        targets = {"udp": f"{LOOPBACK}:{front.port}",
+                   "https": f"https://{LOOPBACK}:{front.doh_port}/dns-query#doh.test"}
         names = int(run.MISS_NAMES_PER_SECOND * args.duration)
         offset = 0
         try:
@@ -171,7 +172,8 @@ def main() -> int:
     print(f"`.venv/bin/python bench/doh.py --runs {args.runs} --duration {args.duration:g} --steady {args.steady:g}"
           f" --rate {args.rate}`; load average {load_before[0]:.2f} before, {load_after[0]:.2f} after "
           f"(the machine is shared); medians of {args.runs} alternated runs, unique names (all misses).\n")
-    print("| forwarder, upstream transport | QPS | QPS per server CPU-second | server CPU | lost | queries per TLS handshake |")
+    print("| forwarder, upstream transport | QPS | QPS per server CPU-second | server CPU | lost "
+          "| queries per TLS handshake |")
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
     for key, rows in results.items():
         per_handshake = ""

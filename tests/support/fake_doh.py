@@ -13,7 +13,8 @@ close          response headers, half the body, then the TCP connection closes
 wrong_question 200, a well-formed reply for another name
 drop           nothing at all (the stream stays open)
 
-``window`` is the SETTINGS_INITIAL_WINDOW_SIZE it announces (flow control), ``goaway_after=N`` sends GOAWAY after the Nth stream (and closes once it is answered),
+``window`` is the SETTINGS_INITIAL_WINDOW_SIZE it announces (flow control),
+``goaway_after=N`` answers the Nth stream, then sends GOAWAY and closes,
 ``max_streams`` is the SETTINGS_MAX_CONCURRENT_STREAMS it announces, ``delay`` holds
 each reply.  ``connections`` counts TLS connections accepted; ``requests`` lists
 (method, path, authority, content-type, DNS ID) per stream.
