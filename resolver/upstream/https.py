@@ -10,12 +10,12 @@ between it and an asyncio TLS transport, and turns its events into replies.
 
 One connection is kept open and every query is a stream on it, as many at once as
 the server's SETTINGS_MAX_CONCURRENT_STREAMS allows (RFC 9113 §5.1.2); more wait
-for a slot within their deadline.  A GOAWAY (RFC 9113 §6.8) stops new streams on
-the connection: streams the server says it did not process (above its
-last-stream-ID) are retried on a fresh connection, the others finish.  When the
-connection closes (an idle timeout), the next query opens a new one; a query that
-was sent on a reused connection that then closed is retried once, within its
-deadline, as the DoT upstream does.  A connection that let a query's deadline pass
+for a slot within their deadline.  After a GOAWAY (RFC 9113 §6.8) the next query
+opens a new connection, and the queries in flight are sent again on it (h2 reads
+nothing after a GOAWAY, and a DNS query is idempotent), as is a stream refused with
+REFUSED_STREAM.  When the connection closes (an idle timeout), the next query opens
+a new one; a query that was sent on a reused connection that then closed is
+retried once, within its deadline, as the DoT upstream does.  A connection that let a query's deadline pass
 without sending a single byte meanwhile is presumed dead (a blackhole keeps a TCP
 connection "open" forever) and closed, so the next query reconnects.
 
@@ -60,6 +60,11 @@ MAX_BODY = 65535
 
 # Our request headers are fixed and well-formed: h2's per-request checks of them cost
 # ~15% of a query's CPU for nothing.  What the server sends is still validated.
+# Sends of one query at most: a GOAWAY or a closed reused connection is retried on a
+# new one (within the deadline), but a server that sends GOAWAY at once, every time,
+# is a failure, not a loop.
+_ATTEMPTS = 3
+
 _H2_CONFIG = h2.config.H2Configuration(client_side=True, header_encoding=None, validate_outbound_headers=False,
                                        normalize_outbound_headers=False)
 
@@ -73,7 +78,12 @@ def client_context(ca_file: str = "") -> ssl.SSLContext:
 
 
 class _Closed(Exception):
-    """The connection ended (or refused the stream) before our reply came: retry on a fresh one."""
+    """The connection ended before our reply came: retry once if it was a reused one."""
+
+
+class _NotProcessed(_Closed):
+    """The server did not act on the stream (GOAWAY, REFUSED_STREAM) or it never went
+    out: sending it again is safe (RFC 9113 §8.7) however fresh the connection was."""
 
 
 class _Stream:
@@ -118,9 +128,16 @@ class _Connection(asyncio.Protocol):
         self._flush()
 
     def data_received(self, data: bytes) -> None:
+        if self.closed:  # after a GOAWAY or a protocol error: nothing more is read
+            return
         try:
             events = self.h2.receive_data(data)
         except h2.exceptions.ProtocolError as e:
+            if self.h2.state_machine.state is h2.connection.ConnectionState.CLOSED:
+                # A GOAWAY, then more frames in the same read: h2 refuses those, and the
+                # GOAWAY's event is lost with the exception.
+                self._goaway()
+                return
             # The server broke HTTP/2: nothing more on this connection can be trusted.
             self._fail_all(UpstreamBadResponse(f"{self.label}: HTTP/2 protocol error: {e}"))
             self.close()
@@ -180,23 +197,27 @@ class _Connection(asyncio.Protocol):
         elif isinstance(event, h2.events.StreamReset):
             if event.error_code == h2.errors.ErrorCodes.REFUSED_STREAM:
                 # RFC 9113 §8.7: the server did not process it, so it may be sent again.
-                self._finish(event.stream_id, _Closed())
+                self._finish(event.stream_id, _NotProcessed())
             else:
                 self._finish(event.stream_id, UpstreamBadResponse(
                     f"{self.label}: stream reset by the server ({_code_name(event.error_code)})"))
         elif isinstance(event, h2.events.ConnectionTerminated):
-            # GOAWAY (RFC 9113 §6.8): streams above last_stream_id were not processed
-            # and may be retried elsewhere; those at or below it still complete.
-            self.accepting = False
-            last = event.last_stream_id if event.last_stream_id is not None else 0
-            for stream_id in [s for s in self.streams if s > last]:
-                self._finish(stream_id, _Closed())
-            if not self.streams:
-                self.close()
+            self._goaway()
         elif isinstance(event, h2.events.WindowUpdated):
             self._window_opened()
         elif isinstance(event, h2.events.RemoteSettingsChanged):
             self._wake_all()  # a new MAX_CONCURRENT_STREAMS or INITIAL_WINDOW_SIZE: everyone re-checks
+
+    def _goaway(self) -> None:
+        """GOAWAY (RFC 9113 §6.8): no new streams.  Those above its last_stream_id were
+        not processed; those at or below it would still be answered, but h2 (4.x)
+        moves the connection to CLOSED and refuses every later frame.  So every stream
+        in flight is sent again on a new connection: a DNS query is idempotent, and
+        the server's duplicate work is all it costs."""
+        self.accepting = False
+        for stream_id in list(self.streams):
+            self._finish(stream_id, _NotProcessed())
+        self.close()
 
     def _finish(self, stream_id: int, result, reset: bool = False) -> None:
         """Settle a stream's waiter with a reply or an exception; forget the stream."""
@@ -287,7 +308,7 @@ class _Connection(asyncio.Protocol):
         waited = False
         while True:
             if self.closed or not self.accepting:
-                raise _Closed()
+                raise _NotProcessed()
             # Streams we reset still count until h2 sees them closed; ours are the open ones.
             if len(self.streams) < h2conn.remote_settings.max_concurrent_streams:
                 break
@@ -329,7 +350,7 @@ class _Connection(asyncio.Protocol):
                 # The connection or stream closed under us (a GOAWAY being processed), or
                 # h2 still counts a stream we settled: nothing was processed, so the
                 # query is sent again (exchange's retry).
-                self._finish(stream_id, _Closed())
+                self._finish(stream_id, _NotProcessed())
             self._flush_soon()
             self.owner.streams += 1
             return await future
@@ -418,15 +439,17 @@ class HttpsUpstream:
         started = loop.time()
         try:
             async with asyncio.timeout_at(deadline):
-                for _ in range(2):
+                for _ in range(_ATTEMPTS):
                     conn, fresh = await self._connection()
                     started = loop.time()
                     try:
                         reply = await conn.request(body)
+                    except _NotProcessed:
+                        continue  # GOAWAY or REFUSED_STREAM: again, on a new connection if need be
                     except _Closed:
                         if fresh:
                             break
-                        continue  # a reused connection closed or went away under us: once more
+                        continue  # a reused connection closed under us (an idle timeout): once more
                     return self._checked(reply, question)
         except TimeoutError:
             self._close_if_silent(conn, started, deadline)

@@ -193,13 +193,26 @@ def test_requests_are_rfc8484_posts_with_id_0_and_http_caching_headers_are_ignor
 
 
 def test_goaway_moves_queries_to_a_new_connection(pki, start_forwarder, no_tracebacks):
+    """The server sends GOAWAY as its 3rd stream arrives: that query is sent again on a
+    new connection (h2 reads nothing after a GOAWAY), so each connection answers 2."""
     with FakeDohServer(pki, goaway_after=3) as server:
         fwd = start_forwarder([server.url()], upstream=ca(pki))
         replies = [ask(fwd.port, f"n{i}.test") for i in range(8)]
         assert all(r.rcode() == dns.rcode.NOERROR and r.answer for r in replies)
-        assert server.connections == 3  # 3 + 3 + 2 streams
+        assert server.connections == 4
         label = label_of(server.url())
-        assert fwd.metric("resolver_upstream_errors_total", upstream=label, reason="unreachable") == 0
+        assert sum(fwd.metric("resolver_upstream_errors_total", upstream=label, reason=r)
+                   for r in ("unreachable", "bad_response", "timeout")) == 0
+
+
+def test_goaway_with_many_streams_in_flight(pki, start_forwarder, no_tracebacks):
+    with FakeDohServer(pki, goaway_after=40, delay=0.01) as server:
+        fwd = start_forwarder([server.url()], upstream=ca(pki))
+        with ThreadPoolExecutor(16) as pool:
+            replies = list(pool.map(lambda i: ask(fwd.port, f"n{i}.test", timeout=5), range(120)))
+        assert all(r.rcode() == dns.rcode.NOERROR and r.answer for r in replies)
+        assert server.connections >= 3
+        assert fwd.metric("resolver_upstream_errors_total", upstream=label_of(server.url()), reason="unreachable") == 0
 
 
 def test_server_stream_limit_is_respected(pki, start_forwarder):

@@ -14,7 +14,8 @@ wrong_question 200, a well-formed reply for another name
 drop           nothing at all (the stream stays open)
 
 ``window`` is the SETTINGS_INITIAL_WINDOW_SIZE it announces (flow control),
-``goaway_after=N`` answers the Nth stream, then sends GOAWAY and closes,
+``goaway_after=N`` sends a graceful GOAWAY when the Nth stream arrives (last stream ID:
+that one), answers the streams up to it, ignores later ones, and then closes,
 ``max_streams`` is the SETTINGS_MAX_CONCURRENT_STREAMS it announces, ``delay`` holds
 each reply.  ``connections`` counts TLS connections accepted; ``requests`` lists
 (method, path, authority, content-type, DNS ID) per stream.
@@ -35,6 +36,7 @@ import h2.events
 import h2.exceptions
 import h2.settings
 from dnslib import QTYPE, RCODE, RR, A, DNSRecord
+from hyperframe.frame import GoAwayFrame
 
 MODES = ("normal", "garbage", "content_type", "status", "reset", "close", "wrong_question", "drop")
 
@@ -119,6 +121,8 @@ class _Server(asyncio.Protocol):
         self.bodies: dict[int, bytearray] = {}
         self.headers: dict[int, dict[str, str]] = {}
         self.streams = 0
+        self.received = 0
+        self.goaway_last = 0  # last stream ID of the GOAWAY sent; 0 = none yet
         self.transport = None
 
     def connection_made(self, transport) -> None:
@@ -141,14 +145,27 @@ class _Server(asyncio.Protocol):
             return
         for event in events:
             if isinstance(event, h2.events.RequestReceived):
+                if self.goaway_last and event.stream_id > self.goaway_last:
+                    continue  # after our GOAWAY: not processed (RFC 9113 §6.8)
+                self.received += 1
+                if self.owner.goaway_after and self.received == self.owner.goaway_after:
+                    # h2's close_connection() would stop us answering the streams before it,
+                    # as a graceful shutdown does; so the frame is written by hand.
+                    self.goaway_last = event.stream_id
+                    goaway = GoAwayFrame(0)
+                    goaway.last_stream_id, goaway.error_code = event.stream_id, 0
+                    self._flush()
+                    self.transport.write(goaway.serialize())
                 self.headers[event.stream_id] = dict(event.headers)
                 self.bodies[event.stream_id] = bytearray()
                 self.owner.max_open = max(self.owner.max_open, len(self.bodies))
             elif isinstance(event, h2.events.DataReceived):
-                self.bodies[event.stream_id] += event.data
                 self.conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+                if event.stream_id in self.bodies:
+                    self.bodies[event.stream_id] += event.data
             elif isinstance(event, h2.events.StreamEnded):
-                asyncio.get_running_loop().create_task(self._respond(event.stream_id))
+                if event.stream_id in self.headers:
+                    asyncio.get_running_loop().create_task(self._respond(event.stream_id))
             elif isinstance(event, h2.events.StreamReset):
                 self.bodies.pop(event.stream_id, None)
         self._flush()
@@ -200,12 +217,9 @@ class _Server(asyncio.Protocol):
             pass
         finally:
             self.bodies.pop(stream_id, None)
-            if owner.goaway_after and self.streams == owner.goaway_after:
-                # h2 sends nothing after its GOAWAY, so it goes once this stream is answered.
-                self.conn.close_connection(last_stream_id=stream_id)
-                self._flush()
-                self.transport.close()
             self._flush()
+            if self.goaway_last and not any(s <= self.goaway_last for s in self.bodies):
+                self.transport.close()  # everything up to the GOAWAY's last stream is answered
 
     def _send(self, stream_id: int, status: str, content_type: str, body: bytes) -> None:
         self.conn.send_headers(stream_id, [(":status", status), ("content-type", content_type),
