@@ -57,16 +57,19 @@ CONTENT_TYPE = b"application/dns-message"
 # A DNS message is at most 65535 bytes (RFC 1035 §4.2.2's length prefix); a longer
 # body is not a DNS reply, and this bounds what one stream may make us buffer.
 MAX_BODY = 65535
-
-# Our request headers are fixed and well-formed: h2's per-request checks of them cost
-# ~15% of a query's CPU for nothing.  What the server sends is still validated.
 # Sends of one query at most: a GOAWAY or a closed reused connection is retried on a
 # new one (within the deadline), but a server that sends GOAWAY at once, every time,
 # is a failure, not a loop.
 _ATTEMPTS = 3
 
-_H2_CONFIG = h2.config.H2Configuration(client_side=True, header_encoding=None, validate_outbound_headers=False,
-                                       normalize_outbound_headers=False)
+# h2's header checks cost a quarter of a query's CPU (measured: ~190 → ~130 µs per query
+# against a dnsdist that answers itself, 100 streams in flight).  Our own request headers are
+# fixed and well-formed.  The server's are not checked for RFC 9113 §8.2's form either: we
+# read only :status and content-type, compare them byte for byte, and accept nothing but a
+# body that is a DNS reply to our question, from a server whose certificate we verified.
+_H2_CONFIG = h2.config.H2Configuration(client_side=True, header_encoding=None,
+                                       validate_outbound_headers=False, normalize_outbound_headers=False,
+                                       validate_inbound_headers=False)
 
 
 def client_context(ca_file: str = "") -> ssl.SSLContext:
