@@ -13,7 +13,7 @@ Two listeners share one route table, and one gate decides for every route:
   ``Authorization: Bearer <admin.token_file's token>`` when a token is set.
 
 Routes are privileged unless declared public, so a route added later cannot
-forget the gate (``tests/unit/test_admin_gate.py`` walks the table).
+forget the gate (``tests/unit/test_admin.py`` walks the table).
 
 Why a small server of our own instead of prometheus_client's (threaded) or an
 HTTP framework: the handlers must run on the DNS event loop, next to the live
