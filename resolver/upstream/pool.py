@@ -133,7 +133,15 @@ class UpstreamPool:
     def _order(self, now: float) -> list[Upstream]:
         if len(self.upstreams) == 1:  # nothing to choose: up, or down and due back soonest
             return self.upstreams
-        usable = [u for u in self.upstreams if self.health[u.label].down_until <= now]
+        usable = []
+        for u in self.upstreams:
+            h = self.health[u.label]
+            if h.down_until <= now:
+                if not h.up:
+                    # Its back-off is over: this exchange tries it (half-open), and the
+                    # others skip it until the verdict instead of all paying its RTO.
+                    h.down_until = now + h.backoff
+                usable.append(u)
         if usable:
             self._turn += 1
             return upstream_policy.order(usable, self.health, self.options.policy, self._turn)
