@@ -205,3 +205,22 @@ def test_a_loss_among_answered_queries_does_not_back_off_the_rto():
 
     sent, rto = fake_time.run(scenario(), CLOCK)
     assert sent == 2 and rto == pytest.approx(0.05)  # not backed off to 0.4
+
+
+def test_a_down_upstream_whose_back_off_ended_gets_one_trial_not_every_exchange():
+    """Half-open: when a down upstream's back-off ends, one exchange tries it; the others
+    go straight to the healthy one instead of all paying the dead one's RTO."""
+    dead = StubUdp("a", [None])  # silent: a blackhole
+    good = StubUdp("b", [0.01])
+    pool = pool_of([dead, good], OPTIONS)  # max_failures=1
+
+    async def scenario():
+        pool._failed(dead, "timeout", CLOCK.monotonic(), None, QUESTION)  # down, back-off 1 s
+        await sleep_until(CLOCK, CLOCK.monotonic() + pool.health["a"].backoff + 0.1)
+        deadline = CLOCK.monotonic() + 2.0
+        replies = await asyncio.gather(*(pool.exchange(QUESTION, False, False, deadline) for _ in range(5)))
+        return [winner.label for _, winner in replies]
+
+    winners = fake_time.run(scenario(), CLOCK)
+    assert winners == ["b"] * 5
+    assert dead.sent == 1  # the one trial; before, each of the 5 exchanges sent to it first
