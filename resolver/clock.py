@@ -17,7 +17,10 @@ tests on real sockets (a real upstream takes real time), ``FakeClock(flowing=Tru
 runs in real time and ``advance()`` jumps ahead of it — TTLs expire and due timers
 fire at once, without sleeping.
 
-Latency histograms use ``time.perf_counter``: a measurement, not a decision.
+Latency histograms use ``time.perf_counter``: a measurement, not a decision.  The
+socket housekeeping of the listeners (TCP idle timeouts, the shutdown grace) and the
+periodic file checks (snapshot interval, hosts file) use the loop's timers directly:
+the same CLOCK_MONOTONIC in production, and nothing a test needs to move.
 """
 
 from __future__ import annotations
