@@ -288,7 +288,7 @@ def test_clients_that_never_read_do_not_grow_memory(tmp_path, fake_upstream):
             s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
             s.connect(("127.0.0.1", ports["admin"] if i % 2 else ports["metrics"]))
-            s.sendall(b"GET /lkg/pins HTTP/1.1\r\n\r\n" if i % 2 else b"GET /metrics HTTP/1.1\r\n\r\n")
+            s.sendall(b"GET /lkg/pins HTTP/1.1\r\nHost: x\r\n\r\n" if i % 2 else b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
             stuck.append(s)
         time.sleep(1.0)
         during = rss_kib(proc.pid)
@@ -344,12 +344,12 @@ def test_a_reply_is_produced_only_as_fast_as_the_client_takes_it():
         client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         client.setblocking(False)
         await loop.sock_connect(client, ("127.0.0.1", listener.port))
-        await loop.sock_sendall(client, b"GET /big HTTP/1.1\r\n\r\n")
+        await loop.sock_sendall(client, b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
         await asyncio.sleep(1.5)  # past the write timeout
         cut = router.stats.timed_out.get("admin", 0)
         open_after = listener.open_connections
         reader, writer = await asyncio.open_connection("127.0.0.1", listener.port)
-        writer.write(b"GET /small HTTP/1.1\r\n\r\n")
+        writer.write(b"GET /small HTTP/1.1\r\nHost: x\r\n\r\n")
         reply = await reader.read()
         writer.close()
         client.close()
