@@ -26,7 +26,7 @@ import logging
 import socket
 
 from .. import wire
-from ..config import Address, SecurityConfig, ServerConfig
+from ..config import Address, ServerConfig
 from ..eventloop import running_loop
 from ..stats import Stats
 from . import handover
@@ -101,14 +101,15 @@ class Listeners:
     """All listening sockets plus the tasks answering on them."""
 
     def __init__(self, pipeline: Pipeline, config: ServerConfig, stats: Stats,
-                 acl: AccessControl | None = None, limits: ClientLimits | None = None,
-                 rrl: RateLimiter | None = None):
+                 acl: AccessControl, limits: ClientLimits, rrl: RateLimiter):
+        # The admission guards come from the composition root, built from the
+        # ``security`` section: no defaults here that a caller could forget to override.
         self.pipeline = pipeline
         self.config = config
         self.stats = stats
-        self.acl = acl or AccessControl(SecurityConfig())
-        self.limits = limits or pipeline.limits
-        self.rrl = rrl or RateLimiter(SecurityConfig())
+        self.acl = acl
+        self.limits = limits
+        self.rrl = rrl
         self.udp_transports: list[asyncio.DatagramTransport] = []
         self.tcp_servers: list[asyncio.base_events.Server] = []
         self.tasks: set[asyncio.Task] = set()

@@ -47,6 +47,7 @@ import h2.exceptions
 import h2.settings
 
 from .. import wire
+from ..clock import SYSTEM_CLOCK, Clock, timeout_at
 from ..config import UpstreamAddress
 from ..errors import UpstreamBadResponse, UpstreamError, UpstreamTimeout, UpstreamUnreachable
 from ..wire import scrub as antispoof
@@ -113,7 +114,7 @@ class _Connection(asyncio.Protocol):
         self.streams: dict[int, _Stream] = {}
         self.closed = False
         self.accepting = True  # False after a GOAWAY: no new streams on this connection
-        # Loop time the server last answered any stream (dead-connection check).  Not
+        # Clock time the server last answered any stream (dead-connection check).  Not
         # any bytes: a server whose streams hang may still acknowledge SETTINGS and DATA.
         self.last_progress = 0.0
         self._window_waiters: list[asyncio.Future] = []  # woken when a flow-control window opens
@@ -158,7 +159,7 @@ class _Connection(asyncio.Protocol):
     def _handle(self, event) -> None:
         if isinstance(event, (h2.events.ResponseReceived, h2.events.DataReceived, h2.events.StreamEnded,
                               h2.events.StreamReset)):
-            self.last_progress = asyncio.get_running_loop().time()
+            self.last_progress = self.owner.clock.monotonic()
         if isinstance(event, h2.events.DataReceived):
             # Give the window back at once (connection and stream, RFC 9113 §6.9): bodies
             # are small and bounded by MAX_BODY, so buffering them is the bound.
@@ -378,8 +379,10 @@ class HttpsUpstream:
 
     udp = False  # one exchange per query: TCP retransmits by itself, the pool never re-sends
 
-    def __init__(self, address: UpstreamAddress, udp_size: int, context: ssl.SSLContext):
+    def __init__(self, address: UpstreamAddress, udp_size: int, context: ssl.SSLContext,
+                 clock: Clock = SYSTEM_CLOCK):
         self.address = address
+        self.clock = clock  # the deadlines passed in are on this clock
         self.label = address.label
         self.udp_size = udp_size
         self.context = context
@@ -433,18 +436,18 @@ class HttpsUpstream:
             return conn, True
 
     async def exchange(self, question: bytes, cd: bool, do: bool, deadline: float) -> bytes:
-        loop = asyncio.get_running_loop()
-        if loop.time() >= deadline:
+        clock = self.clock
+        if clock.monotonic() >= deadline:
             raise UpstreamTimeout("no time left")
         # RFC 8484 §4.1: ID 0, so that identical queries are identical requests.
         body = wire.build_upstream_query(0, question, cd, do, self.udp_size)
         conn = None
-        started = loop.time()
+        started = clock.monotonic()
         try:
-            async with asyncio.timeout_at(deadline):
+            async with timeout_at(clock, deadline):
                 for _ in range(_ATTEMPTS):
                     conn, fresh = await self._connection()
-                    started = loop.time()
+                    started = clock.monotonic()
                     try:
                         reply = await conn.request(body)
                     except _NotProcessed:
@@ -462,14 +465,13 @@ class HttpsUpstream:
             raise
         raise UpstreamUnreachable(f"{self.label} closed the HTTP/2 connection")
 
-    @staticmethod
-    def _close_if_silent(conn: _Connection | None, started: float, deadline: float) -> None:
+    def _close_if_silent(self, conn: _Connection | None, started: float, deadline: float) -> None:
         """At the deadline, close a connection that has answered no stream since this
         query went out: a dead path (a blackhole keeps TCP "open") or a hung server,
         not a slow one, whose other streams would be answering.  The next query reconnects."""
         if conn is None or conn.closed or conn.last_progress >= started:
             return
-        if asyncio.get_running_loop().time() >= deadline - 0.005:  # not a hedge that lost
+        if self.clock.monotonic() >= deadline - 0.005:  # not a hedge that lost
             conn.close()
 
     def _checked(self, reply: bytes, question: bytes) -> bytes:

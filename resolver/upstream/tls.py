@@ -20,6 +20,7 @@ import secrets
 import ssl
 
 from .. import wire
+from ..clock import SYSTEM_CLOCK, Clock, timeout_at
 from ..config import UpstreamAddress
 from ..errors import UpstreamBadResponse, UpstreamTimeout, UpstreamUnreachable
 from ..wire import scrub as antispoof
@@ -84,8 +85,10 @@ class TlsUpstream:
 
     udp = False  # one exchange per query: TCP retransmits by itself, the pool never re-sends
 
-    def __init__(self, address: UpstreamAddress, udp_size: int, context: ssl.SSLContext):
+    def __init__(self, address: UpstreamAddress, udp_size: int, context: ssl.SSLContext,
+                 clock: Clock = SYSTEM_CLOCK):
         self.address = address
+        self.clock = clock  # the deadlines passed in are on this clock
         self.label = address.label
         self.udp_size = udp_size
         self.context = context
@@ -115,11 +118,10 @@ class TlsUpstream:
             return self._conn, True
 
     async def exchange(self, question: bytes, cd: bool, do: bool, deadline: float) -> bytes:
-        loop = asyncio.get_running_loop()
-        if loop.time() >= deadline:
+        if self.clock.monotonic() >= deadline:
             raise UpstreamTimeout("no time left")
         try:
-            async with asyncio.timeout_at(deadline):
+            async with timeout_at(self.clock, deadline):
                 for _ in range(2):
                     conn, fresh = await self._connection()
                     try:

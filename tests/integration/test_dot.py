@@ -63,7 +63,7 @@ def test_forwards_over_tls_with_one_reused_pipelined_connection(dot_unbound, pki
     fwd = start_forwarder([f"tls://127.0.0.1:{dot_unbound.tls_port}#dot.test"],
                           upstream={"tls_ca_file": str(pki / "ca.pem")})
     assert [rr.to_text() for rr in ask(fwd.port, "www.test").answer[0]] == ["192.0.2.1"]
-    upstream = fwd.app.pool.upstreams[0]
+    upstream = fwd.app.router.upstreams[0]
     conn = upstream._conn
     names = ["v6.test", "alias.test", "big.test", "nosuch.test", "short.test"]
     types = {"v6.test": "AAAA", "big.test": "TXT"}
@@ -79,13 +79,13 @@ def test_reconnects_after_the_server_closes_an_idle_connection(dot_unbound, pki,
     fwd = start_forwarder([f"tls://127.0.0.1:{dot_unbound.tls_port}#dot.test"],
                           upstream={"tls_ca_file": str(pki / "ca.pem")})
     assert ask(fwd.port, "www.test").answer
-    first = fwd.app.pool.upstreams[0]._conn
+    first = fwd.app.router.upstreams[0]._conn
     deadline = time.monotonic() + 5
     while not first.closed and time.monotonic() < deadline:  # Unbound's 300 ms idle timeout
         time.sleep(0.05)
     assert first.closed
     assert ask(fwd.port, "v6.test", "AAAA").answer
-    assert fwd.app.pool.upstreams[0]._conn is not first
+    assert fwd.app.router.upstreams[0]._conn is not first
 
 
 @pytest.mark.parametrize("suffix, ca", [("#other.test", True), ("#dot.test", False), ("", False)])
