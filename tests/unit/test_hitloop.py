@@ -232,7 +232,10 @@ def test_native_follows_a_reload_of_the_edns_size(twin):
 LABEL_BYTES = st.binary(min_size=1, max_size=12).filter(lambda b: b != b"")
 PLAIN_LABEL = st.text(alphabet="abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-", min_size=1,
                       max_size=12).map(str.encode)
-LABELS = st.lists(st.one_of(PLAIN_LABEL, PLAIN_LABEL, PLAIN_LABEL, LABEL_BYTES), min_size=1, max_size=4)
+# the bytes around the ASCII letters, where a case-folding bug would show: @ [ ` { and 0xC1/0xE1 (Latin-1 letters)
+EDGE_LABEL = st.text(alphabet="aZ@[`{\x7f", min_size=1, max_size=6).map(str.encode) | st.sampled_from(
+    [b"\xc1", b"\xe1x", b"A\x00B"])
+LABELS = st.lists(st.one_of(PLAIN_LABEL, PLAIN_LABEL, EDGE_LABEL, LABEL_BYTES), min_size=1, max_size=4)
 
 
 def flip_case(label: bytes, mask: int) -> bytes:
