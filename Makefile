@@ -35,8 +35,9 @@ venv: $(VENV)/.installed-test
 # real client, promtool for the metrics/alert checks, systemd-analyze, unshare,
 # setpriv, getent and ip for the deployment tests; nft (nftables) for kernel-level
 # faults (loss, blackhole, ICMP reject) inside a network namespace the tests create;
-# NSD for the outage benchmark's tiny end-to-end run (tests/bench/test_outage_bench.py).
-SYSTEM_DEPS := unbound:unbound unbound-control:unbound dig:bind9-dnsutils promtool:prometheus \
+# NSD for the outage benchmark's tiny end-to-end run (tests/bench/test_outage_bench.py);
+# gcc to build the native UDP hit loop (resolver/serve/_hitloop.c) that `pip install -e .` compiles.
+SYSTEM_DEPS := gcc:gcc unbound:unbound unbound-control:unbound dig:bind9-dnsutils promtool:prometheus \
 	systemd-analyze:systemd unshare:util-linux setpriv:util-linux getent:libc-bin ip:iproute2 openssl:openssl \
 	nft:nftables nsd:nsd
 
@@ -63,15 +64,16 @@ system-deps:
 		exit $$rc; \
 	fi
 
-$(VENV)/.installed-run: pyproject.toml
+# setup.py and the C source too: `pip install -e .` (re)builds the native hit loop in place.
+$(VENV)/.installed-run: pyproject.toml setup.py resolver/serve/_hitloop.c
 	@[ -x $(VENV)/bin/python ] || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q -e .
 	@touch $@
 
-$(VENV)/.installed-test: pyproject.toml
+$(VENV)/.installed-test: pyproject.toml setup.py resolver/serve/_hitloop.c
 	@[ -x $(VENV)/bin/python ] || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q -e '.[test]'
 	@touch $@ $(VENV)/.installed-run
 
 clean:
-	rm -rf $(VENV) *.egg-info .pytest_cache
+	rm -rf $(VENV) *.egg-info .pytest_cache build resolver/serve/_hitloop.*.so
