@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -216,3 +217,42 @@ def test_a_subset_of_the_suite_passes_on_the_python_loop():
                          env=env, capture_output=True, text=True, cwd=REPO, timeout=600)
     assert out.returncode == 0, out.stdout[-3000:]
     assert " passed" in out.stdout
+
+
+def _counters(fwd) -> dict:
+    from prometheus_client.parser import text_string_to_metric_families
+    _, text = fwd.http("/metrics")
+    out = {}
+    for family in text_string_to_metric_families(text):
+        if family.type not in ("counter", "gauge") or re.search(r"seconds|timestamp|bytes|hit_loop|rtt|worker|"
+                                                                 r"process_|python_", family.name):
+            continue
+        for sample in family.samples:
+            out[sample.name, tuple(sorted(sample.labels.items()))] = sample.value
+    return out
+
+
+@native_only
+def test_same_queries_same_metrics_native_and_python(fake_upstream, start_forwarder):
+    """One workload against a native and a Python forwarder: every counter and gauge the same
+    (hits by type and rcode, queries, responses by source, refusals, formerr, cache entries)."""
+    fake_upstream.answer("www.test", "A", "192.0.2.1", ttl=300)
+    fake_upstream.answer("www.test", "AAAA", "2001:db8::1", ttl=300)
+    fake_upstream.nxdomain("nx.test")
+    forwarders = [start_forwarder([fake_upstream.address], server={"udp_accelerator": mode}) for mode in ("on", "off")]
+    assert [f.app.listeners.hit_loop for f in forwarders] == ["native", "python"]
+    workload = [_query("www.test"), _query("WWW.test", use_edns=0), _query("www.test", "AAAA", use_edns=0,
+                                                                         want_dnssec=True),
+                _query("nx.test"), _query("Nx.Test", use_edns=0), _query("www.test", rdclass="CH")]
+    for fwd in forwarders:
+        for step in range(3):
+            for q in workload:
+                for _ in range(3):
+                    dns.query.udp(q, "127.0.0.1", port=fwd.port, timeout=3)
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:  # garbage: FORMERR or dropped
+                s.sendto(b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x03www", ("127.0.0.1", fwd.port))
+            fwd.advance(1.5)  # aged copies renewed by Python, then answered natively again
+    native, python = (_counters(f) for f in forwarders)
+    assert native.keys() == python.keys()
+    assert {k: v for k, v in native.items() if python[k] != v} == {}
+    assert native["resolver_cache_hits_total", ()] >= 30  # the workload did exercise the hit path
