@@ -57,6 +57,7 @@ MAX_BATCHES = 16  # recvmmsg calls per readiness callback at most
 BUDGET = 0.0005  # seconds of batches per callback before the loop gets its turn
 _MAX_BACKLOG = 1024  # replies waiting for send-buffer room; past it the oldest are dropped (counted)
 _KEY_PREFIXES = tuple(wire.key_prefix(flags) for flags in range(4))
+_BATCH = _hitloop.BATCH if _hitloop is not None else 0
 
 
 def unavailable() -> str | None:
@@ -99,6 +100,7 @@ class BatchTransport(asyncio.DatagramTransport):
         self._hits = hits
         self._native = _hitloop.HitLoop(sock.fileno(), _KEY_PREFIXES)
         self._backlog: deque[tuple[bytes, tuple]] = deque()
+        self._fast = self._hitpath = None  # the protocol's hit path as last seen, and its FastPath
         self._closing = False
         self.send_errors = 0  # hits the kernel refused to send (e.g. a firewall's EPERM)
         self.backlog_dropped = 0  # replies dropped with the send buffer full for long
@@ -108,8 +110,13 @@ class BatchTransport(asyncio.DatagramTransport):
     # ------------------------------------------------------------ the loop
     def _ready(self) -> None:
         proto = self._protocol
-        hitpath = getattr(proto.fast, "__self__", None) if self._hits else None
-        if isinstance(hitpath, FastPath):
+        fast = proto.fast
+        if fast is not self._fast:  # first call, or a reload re-pointed the hit path (Listeners.reconfigure)
+            self._fast = fast
+            hitpath = getattr(fast, "__self__", None) if self._hits else None
+            self._hitpath = hitpath if isinstance(hitpath, FastPath) else None
+        hitpath = self._hitpath
+        if hitpath is not None:
             entries = hitpath.entries
             opt_plain, opt_do = hitpath.opt_fresh
         else:  # query log on (no_fast_path) or rate limiting: every datagram to Python
@@ -118,8 +125,8 @@ class BatchTransport(asyncio.DatagramTransport):
         allowed = proto.allowed
         stats = proto.stats
         now = self._now
-        deadline = time.perf_counter() + BUDGET
-        for _ in range(MAX_BATCHES):
+        deadline = 0.0
+        for batch in range(MAX_BATCHES):
             try:
                 got, hits, declined, unsent, errors = serve(entries, allowed, now(), opt_plain, opt_do)
             except OSError as exc:
@@ -140,8 +147,12 @@ class BatchTransport(asyncio.DatagramTransport):
                         log.exception("internal error answering a UDP query from %s", addr[0])
                     if self._closing:
                         return
-            if got < _hitloop.BATCH or time.perf_counter() >= deadline:
+            if got < _BATCH:  # the receive buffer is empty: the common case below saturation
                 return
+            if not batch:  # (the clock is read only when batches are full)
+                deadline = time.perf_counter() + BUDGET
+            elif time.perf_counter() >= deadline:
+                return  # more is queued: the loop's other callbacks first, then we are called again
 
     # ------------------------------------------------------- the transport
     def sendto(self, data: bytes, addr=None) -> None:
