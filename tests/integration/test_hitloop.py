@@ -60,12 +60,13 @@ def test_native_loop_is_used_by_default_and_answers_hits(fake_upstream, start_fo
     assert reply[:2] == b"\xbe\xef"
     assert reply[12:12 + len(wire_q) - 12 - 11] == wire_q[12:-11]  # question bytes, 0x20 case kept
     msg = dns.message.from_wire(reply)
-    assert msg.answer[0].ttl == 300 and msg.edns == 0
+    # (the harness clock may flow in real time: a second of slack, as the other harness tests take)
+    assert msg.answer[0].ttl in (299, 300) and msg.edns == 0
     assert len(fake_upstream.calls) == calls
     assert fwd.app.stats.tally.fresh_hits() == hits_before + 1  # the per-entry metrics cell
     fwd.advance(100.5)
-    assert _udp(fwd, _query("www.test")).answer[0].ttl == 199  # aged (renewed by Python, once a second)
-    assert _udp(fwd, _query("www.test")).answer[0].ttl == 199  # ... then answered natively
+    assert _udp(fwd, _query("www.test")).answer[0].ttl in (198, 199)  # aged (renewed by Python, once a second)
+    assert _udp(fwd, _query("www.test")).answer[0].ttl in (198, 199)  # ... then answered natively
     assert fwd.app.stats.queries_udp >= 4
     assert "192.0.2.1" in dig(fwd.port, "www.test", "A", "+short")
 
