@@ -50,11 +50,13 @@ venv: $(VENV)/.installed-test
 # real client, promtool for the metrics/alert checks, systemd-analyze, unshare,
 # setpriv, getent and ip for the deployment tests; nft (nftables) for kernel-level
 # faults (loss, blackhole, ICMP reject) inside a network namespace the tests create;
-# NSD for the outage benchmark's tiny end-to-end run (tests/bench/test_outage_bench.py);
-# gcc to build the native UDP hit loop (resolver/serve/_hitloop.c) that `pip install -e .` compiles.
-SYSTEM_DEPS := gcc:gcc unbound:unbound unbound-control:unbound dig:bind9-dnsutils promtool:prometheus \
+# NSD for the outage benchmark's tiny end-to-end run (tests/bench/test_outage_bench.py).
+SYSTEM_DEPS := unbound:unbound unbound-control:unbound dig:bind9-dnsutils promtool:prometheus \
 	systemd-analyze:systemd unshare:util-linux setpriv:util-linux getent:libc-bin ip:iproute2 openssl:openssl \
 	nft:nftables nsd:nsd
+
+# gcc builds the native UDP hit loop (resolver/serve/_hitloop.c) that `pip install -e .` compiles.
+SYSTEM_DEPS += gcc:gcc
 
 # Debian's unbound and prometheus packages would start their daemons on install
 # (unbound-anchor even queries the root servers); a policy-rc.d that exits 101
