@@ -434,3 +434,13 @@ def upstream_group(value: object, key: str) -> tuple[UpstreamAddress, ...]:
         raise ConfigError(key, "must list at least one upstream")
     unique([u.label for u in found], key)
     return found
+
+
+def auto_on_off(value: object, key: str) -> str:
+    """auto | on | off.  YAML 1.1 reads a bare ``on``/``off`` as a boolean: taken as the word."""
+    if value is True or value is False:
+        return "on" if value else "off"
+    return _AUTO_ON_OFF(value, key)
+
+
+_AUTO_ON_OFF = choice("auto", "on", "off")

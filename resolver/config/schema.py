@@ -234,6 +234,9 @@ class ServerConfig:
     max_inflight: int = setting(4096, parse=parse.integer, unit="queries")
     # time to finish in-flight queries on SIGTERM
     shutdown_grace: float = setting(2.0, parse=parse.duration, unit="s")
+    # UDP cache hits answered in batches by native code (recvmmsg/sendmmsg, resolver/serve/batch.py):
+    # auto = if the extension is built (Linux) | on = required, else refuse to start | off = Python only
+    udp_accelerator: str = setting("auto", parse=parse.auto_on_off)
 
 
 # RFC 1918 private ranges, RFC 6598 shared address space (CGNAT), loopback, RFC 4193

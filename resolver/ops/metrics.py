@@ -304,6 +304,10 @@ def _lifecycle_families(app):
     yield CounterMetricFamily("resolver_handover_adopted_connections",
                               "TCP connections taken from the accept queue at shutdown instead of being reset.",
                               value=lst.drained_connections)
+    hit_loop = InfoMetricFamily("resolver_udp_hit_loop",
+                                "Which UDP cache-hit loop runs: native (batched, resolver/serve/batch.py) or python.")
+    hit_loop.add_metric([], {"impl": lst.hit_loop})
+    yield hit_loop
     yield GaugeMetricFamily("resolver_worker", "This process's worker index (workers > 1: metrics port = base + index).",
                             value=app.worker)
     yield CounterMetricFamily("resolver_worker_restarts",

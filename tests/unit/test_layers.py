@@ -128,3 +128,19 @@ def test_the_rules_can_fail():
     internal, _ = imports_of(serve_pipeline)
     assert {"cache", "wire", "policy"} <= internal
     assert "ops" not in ALLOWED["serve"] and "serve" not in ALLOWED["upstream"]
+
+
+def test_the_native_hit_loop_has_one_door():
+    """Only serve/batch.py imports the C extension (serve/_hitloop.c): everything else reaches the
+    native loop through it, so the Python fallback, the selection and the env override stay in one place."""
+    importers = set()
+    for path in modules():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and any(alias.name == "_hitloop" for alias in node.names):
+                importers.add(str(path.relative_to(PACKAGE)))
+            elif isinstance(node, (ast.Import, ast.ImportFrom)):
+                names = [getattr(node, "module", None) or ""] + [alias.name for alias in node.names]
+                if any(n.endswith("_hitloop") or "._hitloop" in n for n in names):
+                    importers.add(str(path.relative_to(PACKAGE)))
+    assert importers == {"serve/batch.py"}
+    assert (PACKAGE / "serve" / "_hitloop.c").exists()
