@@ -308,6 +308,13 @@ def _lifecycle_families(app):
                                 "Which UDP cache-hit loop runs: native (batched, resolver/serve/batch.py) or python.")
     hit_loop.add_metric([], {"impl": lst.hit_loop})
     yield hit_loop
+    unsent = CounterMetricFamily("resolver_udp_replies_unsent",
+                                 "UDP replies of the native hit loop not sent: the kernel refused them (send_error), "
+                                 "or the send buffer stayed full past the backlog (backlog_full).", labels=["reason"])
+    batched = [t for t in lst.udp_transports if hasattr(t, "backlog_dropped")]
+    unsent.add_metric(["send_error"], sum(t.send_errors for t in batched))
+    unsent.add_metric(["backlog_full"], sum(t.backlog_dropped for t in batched))
+    yield unsent
     yield GaugeMetricFamily("resolver_worker", "This process's worker index (workers > 1: metrics port = base + index).",
                             value=app.worker)
     yield CounterMetricFamily("resolver_worker_restarts",

@@ -265,3 +265,14 @@ def test_same_queries_same_metrics_native_and_python(fake_upstream, start_forwar
     assert native.keys() == python.keys()
     assert {k: v for k, v in native.items() if python[k] != v} == {}
     assert native["resolver_cache_hits_total", ()] >= 30  # the workload did exercise the hit path
+
+
+@native_only
+def test_replies_the_native_loop_could_not_send_are_counted(fake_upstream, start_forwarder):
+    """The batched transport's own drops (the kernel refused a send; the send buffer stayed
+    full past the backlog) are on /metrics, summed over the UDP listeners."""
+    fwd = start_forwarder([fake_upstream.address])
+    [transport] = fwd.app.listeners.udp_transports
+    transport.send_errors, transport.backlog_dropped = 2, 3  # as the loop counts them
+    assert fwd.metric("resolver_udp_replies_unsent_total", reason="send_error") == 2
+    assert fwd.metric("resolver_udp_replies_unsent_total", reason="backlog_full") == 3
