@@ -30,12 +30,19 @@ ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 FROM ${PYTHON_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1
 WORKDIR /src
-COPY pyproject.toml README.md ./
+# A C compiler for the native UDP hit loop (resolver/serve/_hitloop.c; the image has the Python
+# headers).  This stage only: the runtime image gets the built wheel, never the compiler.
+# hadolint ignore=DL3008
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends gcc libc6-dev \
+ && rm -rf /var/lib/apt/lists/*
+COPY pyproject.toml setup.py README.md ./
 COPY resolver ./resolver
 RUN python -m venv /opt/resolver \
  && python -m pip wheel --no-deps --wheel-dir /tmp/wheels . \
  && /opt/resolver/bin/pip install /tmp/wheels/resolver-*.whl \
- && /opt/resolver/bin/resolver --version
+ && /opt/resolver/bin/resolver --version \
+ && /opt/resolver/bin/python -c "from resolver.serve import _hitloop"
 
 # --- runtime: the venv and the config only; no compiler, no pip cache, no source tree -------
 FROM ${PYTHON_IMAGE}

@@ -11,7 +11,7 @@ VENV := .venv
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 ARGS ?=
 
-.PHONY: test test-fast test-quick run system-deps venv clean
+.PHONY: test test-fast test-quick test-native-asan run system-deps venv clean
 
 # Everything: the one command CI (.ci/run) and the README use.
 test: system-deps $(VENV)/.installed-test
@@ -26,6 +26,21 @@ test-fast: $(VENV)/.installed-test
 test-quick: system-deps $(VENV)/.installed-test
 	$(VENV)/bin/pytest -q -m "not slow and not deploy and not fuzz" $(ARGS)
 
+# The native hit loop (resolver/serve/_hitloop.c) built with AddressSanitizer and UBSan, in a
+# copy of the package under a temporary directory, and its tests (byte identity, fuzz) run on it:
+# a memory bug there would crash the server rather than raise.
+ASAN_DIR := $(shell mktemp -u /tmp/resolver-asan.XXXXXX)
+test-native-asan: $(VENV)/.installed-test
+	mkdir -p $(ASAN_DIR) && cp -r resolver tests pyproject.toml $(ASAN_DIR)/ && rm -f $(ASAN_DIR)/resolver/serve/*.so
+	cc -shared -fPIC -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -std=gnu11 \
+		$$($(VENV)/bin/python -c 'import sysconfig; print("-I" + sysconfig.get_paths()["include"])') \
+		resolver/serve/_hitloop.c -o $(ASAN_DIR)/resolver/serve/_hitloop$$($(VENV)/bin/python -c \
+		'import sysconfig; print(sysconfig.get_config_var("EXT_SUFFIX"))')
+	cd $(ASAN_DIR) && ASAN_OPTIONS=detect_leaks=0 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+		LD_PRELOAD="$$(cc -print-file-name=libasan.so) $$(cc -print-file-name=libubsan.so)" PYTHONPATH=$(ASAN_DIR) \
+		$(CURDIR)/$(VENV)/bin/python -m pytest -q -p no:cacheprovider tests/unit/test_hitloop.py $(ARGS)
+	rm -rf $(ASAN_DIR)
+
 run: $(VENV)/.installed-run
 	$(VENV)/bin/resolver $(ARGS)
 
@@ -36,10 +51,16 @@ venv: $(VENV)/.installed-test
 # setpriv, getent and ip for the deployment tests; nft (nftables) for kernel-level
 # faults (loss, blackhole, ICMP reject) inside a network namespace the tests create;
 # NSD for the outage benchmark's tiny end-to-end run (tests/bench/test_outage_bench.py);
-# redis-server as the fleet cache tier's shared store (tests/integration/test_fleet.py).
+# dnsdist as a real DNS-over-HTTPS server (tests/integration/test_doh.py, bench/doh.py).
 SYSTEM_DEPS := unbound:unbound unbound-control:unbound dig:bind9-dnsutils promtool:prometheus \
 	systemd-analyze:systemd unshare:util-linux setpriv:util-linux getent:libc-bin ip:iproute2 openssl:openssl \
-	nft:nftables nsd:nsd redis-server:redis-server
+	nft:nftables nsd:nsd dnsdist:dnsdist
+
+# gcc builds the native UDP hit loop (resolver/serve/_hitloop.c) that `pip install -e .` compiles.
+SYSTEM_DEPS += gcc:gcc
+
+# redis-server as the fleet cache tier's shared store (tests/integration/test_fleet.py, bench/fleet.py).
+SYSTEM_DEPS += redis-server:redis-server
 
 # Debian's unbound and prometheus packages would start their daemons on install
 # (unbound-anchor even queries the root servers); a policy-rc.d that exits 101
@@ -64,15 +85,16 @@ system-deps:
 		exit $$rc; \
 	fi
 
-$(VENV)/.installed-run: pyproject.toml
+# setup.py and the C source too: `pip install -e .` (re)builds the native hit loop in place.
+$(VENV)/.installed-run: pyproject.toml setup.py resolver/serve/_hitloop.c
 	@[ -x $(VENV)/bin/python ] || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q -e .
 	@touch $@
 
-$(VENV)/.installed-test: pyproject.toml
+$(VENV)/.installed-test: pyproject.toml setup.py resolver/serve/_hitloop.c
 	@[ -x $(VENV)/bin/python ] || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q -e '.[test]'
 	@touch $@ $(VENV)/.installed-run
 
 clean:
-	rm -rf $(VENV) *.egg-info .pytest_cache
+	rm -rf $(VENV) *.egg-info .pytest_cache build resolver/serve/_hitloop.*.so

@@ -26,6 +26,8 @@ from resolver import wire  # noqa: E402
 from resolver.cache.store import Cache  # noqa: E402
 from resolver.clock import SystemClock  # noqa: E402
 from resolver.config import Config  # noqa: E402
+from resolver.serve.acl import AccessControl  # noqa: E402
+from resolver.serve.ratelimit import RateLimiter  # noqa: E402
 from resolver.serve.listeners import Listeners, _UdpProtocol  # noqa: E402
 from resolver.serve.pipeline import Pipeline  # noqa: E402
 from resolver.stats import Stats  # noqa: E402
@@ -49,7 +51,8 @@ def main(n: int = 100_000, rounds: int = 21) -> None:
     cache = Cache(1000)
     stats = Stats()
     pipeline = Pipeline(config, cache, None, clock, stats)
-    listeners = Listeners(pipeline, config.server, stats)
+    listeners = Listeners(pipeline, config.server, stats, AccessControl(config.security), pipeline.limits,
+                          RateLimiter(config.security))
     data = dns.message.make_query("www.example.com", "A", use_edns=0).to_wire()
     q = wire.parse_query(data)
     cache.put(q.key, wire.parse_reply(_reply_for(data), q.question, min_ttl=0, max_ttl=86400,

@@ -30,6 +30,8 @@ from resolver import wire  # noqa: E402
 from resolver.cache.store import Cache  # noqa: E402
 from resolver.clock import SystemClock  # noqa: E402
 from resolver.config import Config  # noqa: E402
+from resolver.serve.acl import AccessControl  # noqa: E402
+from resolver.serve.ratelimit import RateLimiter  # noqa: E402
 from resolver.serve.listeners import Listeners, _UdpProtocol  # noqa: E402
 from resolver.serve.pipeline import Pipeline  # noqa: E402
 from resolver.stats import Stats  # noqa: E402
@@ -60,7 +62,8 @@ def main(n: int = 300_000, rounds: int = 5) -> None:
     cache = Cache(1000)
     stats = Stats()
     pipeline = Pipeline(config, cache, _NoUpstreams(), clock, stats)
-    proto = _UdpProtocol(Listeners(pipeline, config.server, stats))
+    proto = _UdpProtocol(Listeners(pipeline, config.server, stats, AccessControl(config.security), pipeline.limits,
+                                   RateLimiter(config.security)))
     proto.transport = _NullTransport()
     cases = {
         "no EDNS": dns.message.make_query("www.example.com", "A", use_edns=False),

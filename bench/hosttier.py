@@ -162,7 +162,9 @@ def _stop(proc: subprocess.Popen) -> None:
 
 # --------------------------------------------------------------------------- parts
 def bench_hits(rounds: int, n: int) -> dict:
+    from resolver.serve.acl import AccessControl
     from resolver.serve.listeners import Listeners, _UdpProtocol
+    from resolver.serve.ratelimit import RateLimiter
     from resolver.serve.pipeline import Pipeline
     from resolver.stats import Stats
 
@@ -180,7 +182,8 @@ def bench_hits(rounds: int, n: int) -> dict:
         tier.start()  # its writer thread runs, as in the server
         cache = Cache(1000)
         pipeline = Pipeline(config, cache, _Pool(), clock, Stats())
-        proto = _UdpProtocol(Listeners(pipeline, config.server, pipeline.stats))
+        proto = _UdpProtocol(Listeners(pipeline, config.server, pipeline.stats, AccessControl(config.security),
+                                       pipeline.limits, RateLimiter(config.security)))
         proto.transport = _Null()
         data = dns.message.make_query("www.example.com", "A", use_edns=0).to_wire()
         q = wire.parse_query(data)

@@ -29,6 +29,8 @@ from resolver.cache.store import Cache  # noqa: E402
 from resolver.clock import SystemClock  # noqa: E402
 from resolver.config import parse_config  # noqa: E402
 from resolver.local.answers import LocalAnswers  # noqa: E402
+from resolver.serve.acl import AccessControl  # noqa: E402
+from resolver.serve.ratelimit import RateLimiter  # noqa: E402
 from resolver.serve.listeners import Listeners, _UdpProtocol  # noqa: E402
 from resolver.serve.pipeline import Pipeline  # noqa: E402
 from resolver.stats import Stats  # noqa: E402
@@ -64,7 +66,8 @@ def _pipeline(routed: bool):
 
 def _hit_runner(routed: bool):
     pipeline, config, cache, stats = _pipeline(routed)
-    proto = _UdpProtocol(Listeners(pipeline, config.server, stats))
+    proto = _UdpProtocol(Listeners(pipeline, config.server, stats, AccessControl(config.security), pipeline.limits,
+                                   RateLimiter(config.security)))
     proto.transport = _NullTransport()
     data = dns.message.make_query("www.zone7.example", "A", use_edns=0).to_wire()  # same name both ways
     q = wire.parse_query(data)

@@ -47,9 +47,15 @@ RESULTS = BENCH / "results"
 FORWARDERS = ("resolver", "unbound", "dnsmasq")
 TESTS = ("hits", "latency", "misses", "stale", "workers", "memory", "startup", "hosttier", "outage")
 CEILING = "uvloop-ceiling"  # bench/ceiling.py, in the cache-hit test only
+# resolver with server.udp_accelerator off (uvloop's per-datagram callback), in the hit and
+# latency tests: "resolver" runs the native batched hit loop (issue 19) and must have it built.
+PYTHON_LOOP = "resolver-python"
+NATIVE_LOOP = "server:\n  udp_accelerator: on\n"
+PYTHON_LOOP_CONFIG = "server:\n  udp_accelerator: off\n"
 
 HIT_QUERIES = 1_000            # distinct questions in the cache-hit query file
 LATENCY_RATE = 5_000           # queries per second for the latency test
+HIT_RATE = 50_000              # queries per second of the fixed-rate cache-hit test (a1)
 MISS_NAMES_PER_SECOND = 50_000  # unique names per second of a miss run (dnsperf stops at the file's end) ...
 MISS_NAMES_MAX = 140_000        # ... but fewer than dnsmasq's 150,000 cache entries: a full dnsmasq
                                 # cache of unexpired entries makes every miss cost milliseconds
@@ -321,6 +327,20 @@ class Bench:
         self.results["tests"]["hits"] = {name: summarize(r) for name, r in runs.items()}
         self.check_log(ceiling)
         self.stop(ceiling)
+        fwd.pop(CEILING)
+        # The same hits offered at a fixed rate below saturation: CPU per query where batches
+        # are small (the native loop's batches then hold a few datagrams each).
+        runs = {name: [] for name in fwd}
+        for run in range(self.args.runs):
+            for name in self.order(fwd, run):
+                res = measured(fwd[name], lambda s=fwd[name]: dnsperf(
+                    s.port, self.hits_file, self.cpu_client, duration=self.args.duration,
+                    outstanding=HIT_OUTSTANDING, clients=FLOOD_CLIENTS, rate=HIT_RATE))
+                runs[name].append(res)
+                log(f"   hits @ {HIT_RATE} q/s {name} run {run + 1}: {res['qps']:.0f} qps, "
+                    f"{res['server_cpu_s']:.2f} CPU-s, {fmt_int(res['qps_per_cpu_s'])} q/CPU-s, lost {res['lost']}"
+                    f"{disturbed(res)}")
+        self.results["tests"]["hits_rate"] = {name: summarize(r) for name, r in runs.items()}
 
     # ---- b. latency at a fixed rate
     def test_latency(self, fwd: dict[str, Server]) -> None:
@@ -823,7 +843,10 @@ class Bench:
         log(f"NSD on 127.0.0.1:{nsd.port}")
         if "hits" not in a.skip or "latency" not in a.skip:
             fwd = {
-                "resolver": self.start(servers.start_resolver, self.work, nsd.port, self.cpu_server),
+                "resolver": self.start(servers.start_resolver, self.work, nsd.port, self.cpu_server,
+                                       extra=NATIVE_LOOP),
+                PYTHON_LOOP: self.start(servers.start_resolver, self.work, nsd.port, self.cpu_server,
+                                        name=PYTHON_LOOP, extra=PYTHON_LOOP_CONFIG),
                 "unbound": self.start(servers.start_unbound, self.work, nsd.port, self.cpu_server),
                 "dnsmasq": self.start(servers.start_dnsmasq, self.work, nsd.port, self.cpu_server),
             }
@@ -954,32 +977,35 @@ def report(results: dict) -> str:
         entry = t.get(test, {}).get(server)
         return entry["median"] if isinstance(entry, dict) and "median" in entry else None
 
-    def add(label: str, test: str, show_latency: bool = False) -> None:
+    def add(label: str, test: str, show_latency: bool = False, fixed: int | None = None) -> None:
         if test not in t:
             return
-        for server in (*FORWARDERS, CEILING):
+        show_rate = show_latency or fixed
+        fixed = fixed or LATENCY_RATE
+        for server in (FORWARDERS[0], PYTHON_LOOP, *FORWARDERS[1:], CEILING):
             m = med(test, server)
             if m is None:
                 continue
             rows.append([label, server,
-                         fmt_int(m.get("qps")) if not show_latency else f"{LATENCY_RATE:,} (fixed)",
+                         fmt_int(m.get("qps")) if not show_rate else f"{fixed:,} (fixed)",
                          fmt_int(m.get("qps_per_cpu_s")),
                          f"{m['server_cpu_util'] * 100:.0f}%" if m.get("server_cpu_util") is not None else "—",
                          fmt_us(m.get("p50_us")), fmt_us(m.get("p99_us")),
                          fmt_int(m.get("lost")), fmt_mib(m.get("rss_bytes"))])
         r = med(test, "resolver")
-        for other in ("unbound", "dnsmasq", CEILING):
+        for other in (PYTHON_LOOP, "unbound", "dnsmasq", CEILING):
             o = med(test, other)
             if r is None or o is None:
                 continue
             rows.append([label, f"**resolver/{other}**",
-                         ratio(r.get("qps"), o.get("qps")) if not show_latency else "",
+                         ratio(r.get("qps"), o.get("qps")) if not show_rate else "",
                          ratio(r.get("qps_per_cpu_s"), o.get("qps_per_cpu_s")),
                          "",
                          ratio(r.get("p50_us"), o.get("p50_us")) if show_latency else "",
                          ratio(r.get("p99_us"), o.get("p99_us")) if show_latency else "", "", ""])
 
     add("a. cache hits (flood)", "hits")
+    add(f"a1. cache hits @ {HIT_RATE:,} q/s", "hits_rate", fixed=HIT_RATE)
     add(f"b. latency @ {LATENCY_RATE:,} q/s", "latency", show_latency=True)
     add("c. cache misses (unique names)", "misses")
     s = med("stale", "resolver")

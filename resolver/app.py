@@ -34,6 +34,7 @@ from .serve.listeners import Listeners
 from .serve.pipeline import Pipeline
 from .serve.ratelimit import RateLimiter
 from .stats import Stats
+from .upstream import https as doh
 from .upstream import tls as dot
 from .upstream.plain import Upstream
 from .upstream.pool import UpstreamPool
@@ -77,16 +78,19 @@ def version() -> str:
         return "0+unknown"
 
 
-def build_pool(config: Config, upstreams=None) -> UpstreamPool:
+def build_pool(config: Config, clock: Clock, upstreams=None) -> UpstreamPool:
     """A pool for ``upstreams`` (default: the top-level ones); one per forward group."""
     upstreams = upstreams or config.upstreams
     size = config.upstream.edns_buffer_size
-    tls = dot.client_context(config.upstream.tls_ca_file) if any(
-        u.transport == "tls" for u in upstreams) else None
-    upstreams = [dot.TlsUpstream(u, size, tls) if u.transport == "tls"
-                 else Upstream(u, size, config.security.upstream_0x20)
+    ca_file = config.upstream.tls_ca_file
+    tls = dot.client_context(ca_file) if any(u.transport == "tls" for u in upstreams) else None
+    # DoH's context offers only HTTP/2 by ALPN, so it is not shared with DoT's.
+    https = doh.client_context(ca_file) if any(u.transport == "https" for u in upstreams) else None
+    upstreams = [dot.TlsUpstream(u, size, tls, clock) if u.transport == "tls"
+                 else doh.HttpsUpstream(u, size, https, clock) if u.transport == "https"
+                 else Upstream(u, size, config.security.upstream_0x20, clock)
                  for u in upstreams]
-    return UpstreamPool(upstreams, config.upstream)
+    return UpstreamPool(upstreams, config.upstream, clock)
 
 
 def bound_addresses(config: Config) -> list[tuple[str, int, tuple[str, ...]]]:
@@ -114,14 +118,14 @@ class App:
         self.stats = Stats()
         self.cache = Cache(config.cache.max_entries, self.stats.tally)
         # Zone → upstream group (one pool each); reads as one pool for metrics and logs.
-        self.pool = self.router = build_router(config, lambda upstreams: build_pool(config, upstreams))
+        self.router = build_router(config, lambda upstreams: build_pool(config, self.clock, upstreams))
         self.prober = Prober(config.upstream)  # notices recovery of down upstreams
         for pool in self.router.pools:
             self.prober.attach(pool)
         self.local = LocalAnswers(config)  # localhost, local_records, hosts file, block_zones
         self.hosts = HostsFile(config.hosts_file, self._hosts_changed) if config.hosts_file.enabled else None
         self.limits = ClientLimits(config.security, self.clock.monotonic)
-        self.pipeline = Pipeline(config, self.cache, self.pool, self.clock, self.stats, self.local, self.limits)
+        self.pipeline = Pipeline(config, self.cache, self.router, self.clock, self.stats, self.local, self.limits)
         self.acl = AccessControl(config.security)
         self.rrl = RateLimiter(config.security)
         self.listeners = Listeners(self.pipeline, config.server, self.stats, self.acl, self.limits, self.rrl)
@@ -136,7 +140,7 @@ class App:
         self.fleet = self._build_fleet(config, self.clock)
         self.reloads = ReloadStats()
         self.reloads.last_success_wall = self.clock.wall()  # start-up is the first successful load
-        self.collector = metrics.ResolverCollector(self.stats, self.cache, lambda: self.pool,
+        self.collector = metrics.ResolverCollector(self.stats, self.cache, lambda: self.router,
                                                    self.clock.monotonic, version(), self.local, self.hosts)
         self.collector.lifecycle = self  # snapshot, reload and handover counters
         self.registry = metrics.build_registry(self.collector)
@@ -157,7 +161,7 @@ class App:
         self.control_up = False  # the admin listener is bound (resolver_admin_listener_up)
         self.reload_source = None  # set by the command line: re-read the config file (POST /reload)
         self.started_at = self.clock.monotonic()
-        self.episodes = StaleEpisodes(self.stats, lambda: self.pool, self.clock.monotonic)
+        self.episodes = StaleEpisodes(self.stats, lambda: self.router, self.clock.monotonic)
         self.ready = False
         self._sweeper: asyncio.Task | None = None
         self._hosts_watch: asyncio.Task | None = None
@@ -212,7 +216,7 @@ class App:
         await self.listeners.drain(grace)
         await self.pipeline.cancel_refreshes()
         await self.prober.close()
-        self.pool.close()
+        self.router.close()
         if self._sweeper is not None:
             self._sweeper.cancel()
         if self._hosts_watch is not None:
@@ -284,10 +288,10 @@ class App:
             raise ConfigError("security.rate_limit", "turning rate limiting on or off needs a restart")
         self.config = config
         old = self.router
-        self.pool = self.router = build_router(config, lambda upstreams: build_pool(config, upstreams))
+        self.router = build_router(config, lambda upstreams: build_pool(config, self.clock, upstreams))
         for pool in self.router.pools:
             self.prober.attach(pool)
-        self.pipeline.pool = self.pool
+        self.pipeline.pool = self.router
         # In-flight queries finish on the old pools; their kept-open (DoT) connections
         # close once idle work is done.
         try:

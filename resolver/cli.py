@@ -143,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         config = load_config(args.config, resolv_conf=args.resolv_conf)
+        live_reload.check_runnable(config)  # e.g. server.udp_accelerator on without the extension
     except ConfigError as e:
         print(f"resolver: configuration error: {e}", file=sys.stderr)
         return 2

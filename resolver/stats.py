@@ -19,7 +19,7 @@ from collections import Counter
 STALE_REASONS = ("timeout", "servfail", "refused", "rcode", "unreachable", "bad_response", "recheck", "error",
                  "upstreams_down", "answer_first", "last_known_good", "client_limit", "overload")
 # Caps that, when reached, answer from what we have instead of starting upstream work
-# (resolver/limits.py), and how such a query was answered.
+# (serve/limits.py), and how such a query was answered.
 LIMITS = ("max_inflight", "max_inflight_per_client")
 LIMITED_ANSWERS = ("cache", "stale", "local", "servfail")
 # TCP connection caps under which the oldest idle connection is closed for a new one.
@@ -168,14 +168,3 @@ class Stats:
         self.answers_vanished = 0    # a name with cached positive records answered NXDOMAIN/NODATA
         self.lkg_answers: Counter = Counter()  # "enforce" | "shadow" -> last-known-good decisions
 
-    def hits(self) -> int:
-        """All fresh cache answers: slow path plus hit path."""
-        return self.cache_hits + self.tally.fresh_hits()
-
-    def stale(self, reason: str) -> int:
-        """Stale answers for one reason, both paths (the hit path only answers "recheck")."""
-        return self.stale_answers.get(reason, 0) + (self.tally.stale_hits() if reason == "recheck" else 0)
-
-    def stale_total(self) -> int:
-        """All stale answers, every reason, both paths."""
-        return sum(self.stale_answers.values()) + self.tally.stale_hits()

@@ -5,7 +5,7 @@ Each entry stores the deadlines that matter, computed once at insert (as Unbound
 stale timer) and ``recheck_until`` (RFC 8767 failure recheck timer, set by the
 pipeline after a failed refresh).  Entries live until ``stale_until``, not until
 DNS expiry, so that an outage finds them.  Whether an expired entry may be served
-is decided in ``stale.py``; this module only reports what it holds.
+is decided in ``policy/stale.py``; this module only reports what it holds.
 
 Recency is tracked at one-second granularity: an entry moves to the young end of
 the LRU when its aged copy is renewed (at most once per second, see
@@ -87,9 +87,6 @@ class Entry:
         if body is None:
             body = self.stale_body = wire.fixed_ttl_body(self.body, self.ttl_offsets, answer_ttl)
         return body
-
-    def ttl_left(self, now: float) -> float:
-        return self.fresh_until - now
 
 
 class Cache:

@@ -21,7 +21,8 @@ from resolver.errors import ConfigError
 from resolver.wire import records
 from resolver.wire.names import name_to_text, parse_name
 
-TRANSPORTS = ("udp", "tcp", "tls")
+TRANSPORTS = ("udp", "tcp", "tls", "https")
+DOH_PATH = "/dns-query"  # RFC 8484 §3's example path, the one public providers serve
 WORKERS_AUTO = 0  # `workers: auto`, resolved to the number of usable cores by the supervisor
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -51,13 +52,15 @@ class UpstreamAddress:
     """A recursive resolver we forward to.
 
     ``transport`` is ``"udp"`` (UDP, retried over TCP when the answer comes back
-    truncated) or ``"tcp"`` (TCP only, for paths that drop large UDP answers).
+    truncated), ``"tcp"`` (TCP only, for paths that drop large UDP answers),
+    ``"tls"`` (DNS over TLS, RFC 7858) or ``"https"`` (DNS over HTTPS, RFC 8484).
     """
 
     host: str
     port: int = 53
     transport: str = "udp"
-    server_name: str = ""  # tls:// only: the name its certificate must carry ("" = the IP)
+    server_name: str = ""  # tls:// and https:// only: the name its certificate must carry ("" = the IP)
+    path: str = ""  # https:// only: the HTTP path queries are POSTed to
 
     @property
     def label(self) -> str:
@@ -380,24 +383,41 @@ def networks_or_none(value: object, key: str) -> tuple[str, ...]:
 
 
 def parse_upstream(value: object, key: str) -> UpstreamAddress:
-    """"192.0.2.53", "192.0.2.53:53", "[2001:db8::1]:53", each optionally with udp:// or tcp://."""
+    """"192.0.2.53", "192.0.2.53:53", "[2001:db8::1]:53", each optionally with udp:// or tcp://;
+    "tls://ADDR[:PORT][#NAME]"; "https://ADDR[:PORT][/PATH][#NAME]".
+
+    The address is always an IP literal: a hostname would have to be resolved
+    through ourselves (no bootstrap lookup).  ``#NAME`` is the name the server's
+    certificate must carry; without it the certificate must carry the IP address
+    (an IP SAN, as 1.1.1.1's and 8.8.8.8's do).
+    """
     transport = "udp"
     server_name = ""
+    path = ""
     if isinstance(value, str) and "://" in value:
         scheme, _, value = value.strip().partition("://")
         transport = scheme.lower()
         if transport not in TRANSPORTS:
-            raise ConfigError(key, f"unsupported scheme {scheme!r} (expected udp://, tcp:// or tls://)")
+            raise ConfigError(key, f"unsupported scheme {scheme!r} (expected udp://, tcp://, tls:// or https://)")
     if isinstance(value, str) and "#" in value:
-        # DNS over TLS (RFC 7858): tls://192.0.2.53:853#dns.example verifies that name.
+        # DNS over TLS (RFC 7858) and HTTPS (RFC 8484): tls://192.0.2.53:853#dns.example verifies that name.
         value, _, server_name = value.partition("#")
-        if transport != "tls":
-            raise ConfigError(key, "a #server-name is only for tls:// upstreams")
+        if transport not in ("tls", "https"):
+            raise ConfigError(key, "a #server-name is only for tls:// and https:// upstreams")
         server_name = zone(server_name, key)
         if not server_name:
             raise ConfigError(key, "empty #server-name")
-    found = parse_address(value, key, default_port=853 if transport == "tls" else 53)
-    return UpstreamAddress(found.host, found.port, transport, server_name)
+    if transport == "https":
+        value, slash, path = value.partition("/")
+        path = slash + path if slash else DOH_PATH
+        # RFC 3986 path characters only: it goes into the :path pseudo-header as is.
+        if not re.fullmatch(r"/[A-Za-z0-9\-._~!$&'()*+,;=:@%/]*", path):
+            raise ConfigError(key, f"expected an HTTP path such as /dns-query after the address, got {path!r}")
+    elif isinstance(value, str) and "/" in value:
+        raise ConfigError(key, "a /path is only for https:// upstreams")
+    default_port = {"tls": 853, "https": 443}.get(transport, 53)
+    found = parse_address(value, key, default_port=default_port)
+    return UpstreamAddress(found.host, found.port, transport, server_name, path)
 
 
 def upstreams(value: object, key: str) -> tuple[UpstreamAddress, ...]:
@@ -414,3 +434,13 @@ def upstream_group(value: object, key: str) -> tuple[UpstreamAddress, ...]:
         raise ConfigError(key, "must list at least one upstream")
     unique([u.label for u in found], key)
     return found
+
+
+def auto_on_off(value: object, key: str) -> str:
+    """auto | on | off.  YAML 1.1 reads a bare ``on``/``off`` as a boolean: taken as the word."""
+    if value is True or value is False:
+        return "on" if value else "off"
+    return _AUTO_ON_OFF(value, key)
+
+
+_AUTO_ON_OFF = choice("auto", "on", "off")

@@ -93,7 +93,7 @@ class UpstreamOptions:
     policy: str = setting("sequential", parse=parse.choice(*POLICIES))
     # ask the next upstream too after this long; -1 = "auto", 0 = "off"
     hedge_after: float = setting(-1.0, parse=parse.hedge_delay, unit="s")
-    # CA bundle (PEM) to verify tls:// upstreams; "" = the system store
+    # CA bundle (PEM) to verify tls:// and https:// upstreams; "" = the system store
     tls_ca_file: str = setting("", parse=parse.ca_file)
     # Once an upstream has answered, its RTO is SRTT + 4·RTTVAR (RFC 6298), doubled on each
     # timeout, kept within these; a send past its RTO keeps listening until total_timeout.
@@ -234,6 +234,9 @@ class ServerConfig:
     max_inflight: int = setting(4096, parse=parse.integer, unit="queries")
     # time to finish in-flight queries on SIGTERM
     shutdown_grace: float = setting(2.0, parse=parse.duration, unit="s")
+    # UDP cache hits answered in batches by native code (recvmmsg/sendmmsg, resolver/serve/batch.py):
+    # auto = if the extension is built (Linux) | on = required, else refuse to start | off = Python only
+    udp_accelerator: str = setting("auto", parse=parse.auto_on_off)
 
 
 # RFC 1918 private ranges, RFC 6598 shared address space (CGNAT), loopback, RFC 4193

@@ -13,12 +13,12 @@ Two listeners share one route table, and one gate decides for every route:
   ``Authorization: Bearer <admin.token_file's token>`` when a token is set.
 
 Routes are privileged unless declared public, so a route added later cannot
-forget the gate (``tests/unit/test_admin_gate.py`` walks the table).
+forget the gate (``tests/unit/test_admin.py`` walks the table).
 
 Why a small server of our own instead of prometheus_client's (threaded) or an
 HTTP framework: the handlers must run on the DNS event loop, next to the live
 cache and pipeline, and the accepted grammar is tiny (a request line and headers,
-no bodies, one request per connection).  What made the old server dangerous was
+no bodies, one request per connection), parsed by h11 (sans-IO HTTP/1.1).  What made the old server dangerous was
 not parsing but resources, and those are bounded here whatever parses the bytes:
 
 * at most ``max_connections`` connections per listener; at the cap the listener
@@ -47,6 +47,8 @@ import struct
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable, Iterable, Union
 
+import h11
+
 log = logging.getLogger("resolver.admin")
 
 MAX_REQUEST = 8192  # request line + headers; we accept no bodies
@@ -58,7 +60,6 @@ _METHODS = frozenset({"GET", "HEAD", "POST"})
 _REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
             405: "Method Not Allowed", 409: "Conflict", 413: "Payload Too Large", 500: "Internal Server Error",
             503: "Service Unavailable", 507: "Insufficient Storage"}
-_TOKEN_CHARS = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
 JSON = "application/json"
 TEXT = "text/plain; charset=utf-8"
 
@@ -204,34 +205,29 @@ class BadRequest(Exception):
 def parse_head(head: bytes) -> tuple[str, str, dict[str, str]]:
     """(method, target, headers) from a request head; BadRequest for anything off-grammar.
 
-    Strict on purpose (RFC 9112 §3, §5): the target must be an origin-form path of
-    printable ASCII, header names tokens, no obs-fold, no body.
+    h11 parses (RFC 9112: request line, field names as tokens, field values, framing
+    headers); on top of it we accept less: three methods, an origin-form target,
+    at most MAX_HEADERS fields and no body.
     """
-    lines = head[:-4].split(b"\r\n") if head.endswith(b"\r\n\r\n") else []
-    if not lines:
-        raise BadRequest("incomplete request")
+    conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_REQUEST)
+    conn.receive_data(head)
     try:
-        method, target, version = lines[0].decode("ascii").split(" ")
-    except (UnicodeDecodeError, ValueError):
-        raise BadRequest("malformed request line") from None
+        event = conn.next_event()
+    except h11.RemoteProtocolError as e:
+        raise BadRequest(f"malformed request ({e})") from None
+    if not isinstance(event, h11.Request):
+        raise BadRequest("incomplete request")
+    method = event.method.decode("ascii")
     if method not in _METHODS:
         raise BadRequest("unsupported method")
-    if version not in ("HTTP/1.0", "HTTP/1.1"):
+    if event.http_version not in (b"1.0", b"1.1"):
         raise BadRequest("unsupported HTTP version")
-    if not target.startswith("/") or not all(0x21 <= ord(c) < 0x7f for c in target):
+    target = event.target.decode("ascii")  # h11 allows visible ASCII only
+    if not target.startswith("/"):
         raise BadRequest("malformed request target")
-    if len(lines) - 1 > MAX_HEADERS:
+    if len(event.headers) > MAX_HEADERS:
         raise BadRequest("too many headers")
-    headers: dict[str, str] = {}
-    for line in lines[1:]:
-        name, sep, value = line.partition(b":")
-        try:
-            name_text, value_text = name.decode("ascii"), value.decode("latin-1").strip()
-        except UnicodeDecodeError:
-            raise BadRequest("malformed header") from None
-        if not sep or not name_text or not set(name_text) <= _TOKEN_CHARS:
-            raise BadRequest("malformed header")  # includes obs-fold (a line starting with whitespace)
-        headers[name_text.lower()] = value_text
+    headers = {name.decode("ascii"): value.decode("latin-1") for name, value in event.headers}  # names lower-cased
     if "transfer-encoding" in headers or headers.get("content-length", "0").strip() not in ("", "0"):
         raise BadRequest("request bodies are not accepted (parameters go in the query string)")
     return method, target, headers

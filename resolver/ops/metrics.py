@@ -167,7 +167,19 @@ class ResolverCollector:
         scrubbed = CounterMetricFamily("resolver_upstream_scrubbed_records",
                                        "Upstream records removed before caching as unrelated to the question.",
                                        labels=["upstream"])
+        # Kept-open connections (tls://, https://): each one opened cost a TLS handshake.
+        opened = CounterMetricFamily("resolver_upstream_connections_opened",
+                                     "TLS connections opened to tls:// and https:// upstreams (one handshake each).",
+                                     labels=["upstream"])
+        waits = CounterMetricFamily("resolver_upstream_stream_waits",
+                                    "Queries to an https:// upstream that waited for a free HTTP/2 stream "
+                                    "(the server's SETTINGS_MAX_CONCURRENT_STREAMS was reached).",
+                                    labels=["upstream"])
         for u in pool.upstreams:
+            if hasattr(u, "connections"):
+                opened.add_metric([u.label], u.connections)
+            if hasattr(u, "stream_waits"):
+                waits.add_metric([u.label], u.stream_waits)
             scrubbed.add_metric([u.label], u.scrubbed)
             req.add_metric([u.label], pool.requests.get(u.label, 0))
             if u.label in pool.latency:
@@ -183,6 +195,8 @@ class ResolverCollector:
         yield mism
         yield latency
         yield scrubbed
+        yield opened
+        yield waits
         yield GaugeMetricFamily("resolver_upstream_inflight", "Upstream exchanges in progress.", value=pool.inflight)
         if self.lifecycle is not None:
             yield from _tier_families(self.lifecycle, s.cache_hits + fast_fresh)
@@ -334,6 +348,17 @@ def _lifecycle_families(app):
     yield CounterMetricFamily("resolver_handover_adopted_connections",
                               "TCP connections taken from the accept queue at shutdown instead of being reset.",
                               value=lst.drained_connections)
+    hit_loop = InfoMetricFamily("resolver_udp_hit_loop",
+                                "Which UDP cache-hit loop runs: native (batched, resolver/serve/batch.py) or python.")
+    hit_loop.add_metric([], {"impl": lst.hit_loop})
+    yield hit_loop
+    unsent = CounterMetricFamily("resolver_udp_replies_unsent",
+                                 "UDP replies of the native hit loop not sent: the kernel refused them (send_error), "
+                                 "or the send buffer stayed full past the backlog (backlog_full).", labels=["reason"])
+    batched = [t for t in lst.udp_transports if hasattr(t, "backlog_dropped")]
+    unsent.add_metric(["send_error"], sum(t.send_errors for t in batched))
+    unsent.add_metric(["backlog_full"], sum(t.backlog_dropped for t in batched))
+    yield unsent
     yield GaugeMetricFamily("resolver_worker", "This process's worker index (workers > 1: metrics port = base + index).",
                             value=app.worker)
     yield CounterMetricFamily("resolver_worker_restarts",

@@ -15,6 +15,7 @@ from typing import Callable
 
 from ..config import Config
 from ..errors import ConfigError
+from ..serve import batch
 
 log = logging.getLogger("resolver.reload")
 
@@ -34,11 +35,19 @@ class ReloadStats:
         self.last_success_wall = 0.0
 
 
+def check_runnable(config: Config) -> None:
+    """Raise ConfigError for a valid config this host cannot run (checked at start and by --check-config)."""
+    batch.choose(config.server.udp_accelerator)  # "on" where the native hit loop is not built
+
+
 def check_reloadable(old: Config, new: Config) -> None:
     """Raise ConfigError naming the first key that needs a restart to change."""
     for key in RESTART_ONLY:
         if getattr(old, key) != getattr(new, key):
             raise ConfigError(key, "cannot change on reload (restart the process to apply it)")
+    # The UDP sockets' reader (native batches or uvloop's callback) is chosen when they are bound.
+    if old.server.udp_accelerator != new.server.udp_accelerator:
+        raise ConfigError("server.udp_accelerator", "cannot change on reload (restart the process to apply it)")
 
 
 def reload(load: Callable[[], Config], apply: Callable[[Config], None], stats: ReloadStats,

@@ -12,9 +12,17 @@ with gain 1/4), and gives each upstream its retransmission timeout (``rto``).  `
 asking the next: a fixed ``hedge_after``, or by default SRTT + 2·RTTVAR (about the
 90th percentile for a roughly normal latency), never below 10 ms; an upstream not
 yet measured is given the whole attempt timeout.
+
+``providers`` and ``diversify`` spread the order over providers: with upstreams
+of several providers (a VPC resolver and public ones, over UDP and DoH), the
+second try — the hedge or the failover — goes to another provider than the first,
+so one provider's outage costs at most the hedge delay, not one attempt per
+upstream of that provider.
 """
 
 from __future__ import annotations
+
+import ipaddress
 
 POLICIES = ("sequential", "round_robin", "fastest")
 HEDGE_AUTO = -1.0  # hedge_after "auto"
@@ -70,3 +78,67 @@ def hedge_delay(health, hedge_after: float, attempt_timeout: float) -> float:
     if health.samples == 0:
         return attempt_timeout
     return max(_MIN_HEDGE, health.srtt + 2 * health.rttvar)
+
+
+def _prefix(host: str) -> str:
+    """The smallest prefix routed on the internet (/24, /48): a withdrawal or an outage
+    of a provider's network takes at least that (as 1.1.1.0/24 on 14 July 2025)."""
+    ip = ipaddress.ip_address(host)
+    return str(ipaddress.ip_network(f"{host}/{24 if ip.version == 4 else 48}", strict=False))
+
+
+def _domain(server_name: str) -> str:
+    """The last two labels of a TLS name (dns.google, cloudflare-dns.com): its operator."""
+    return ".".join(server_name.lower().rstrip(".").split(".")[-2:])
+
+
+def providers(upstreams: list) -> dict[str, int]:
+    """label → provider number, for upstreams that share fate.
+
+    Two upstreams are one provider when their addresses are in the same routed
+    prefix (/24, /48), whatever the transport: udp://1.1.1.1 and
+    https://1.1.1.1#cloudflare-dns.com go down together when the prefix is
+    withdrawn; or when their certificate names share the last two labels
+    (``security.cloudflare-dns.com`` and ``cloudflare-dns.com``).  Sharing is
+    transitive (a union of both relations).  Addresses and names are all we know:
+    two providers sharing neither are counted apart.  An upstream without an
+    ``address`` (a test double) is a provider of its own.
+    """
+    parent = list(range(len(upstreams)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    seen: dict[str, int] = {}
+    for i, upstream in enumerate(upstreams):
+        address = getattr(upstream, "address", None)
+        if address is None:
+            continue
+        keys = [f"ip:{_prefix(address.host)}"]
+        if address.server_name:
+            keys.append(f"name:{_domain(address.server_name)}")
+        for key in keys:
+            if key in seen:
+                parent[root(i)] = root(seen[key])
+            else:
+                seen[key] = i
+    return {u.label: root(i) for i, u in enumerate(upstreams)}
+
+
+def diversify(ordered: list, provider: dict[str, int]) -> list:
+    """``ordered`` with providers taking turns: the first upstream stays first, then
+    the first of each other provider in order, then the second of each, ...
+    [A1, A2, B1, C1, B2] → [A1, B1, C1, A2, B2].  Within a provider the order holds."""
+    queues: dict[int, list] = {}
+    for upstream in ordered:
+        queues.setdefault(provider[upstream.label], []).append(upstream)
+    if len(queues) < 2:
+        return ordered
+    result = []
+    lanes = list(queues.values())
+    for depth in range(max(len(lane) for lane in lanes)):
+        result.extend(lane[depth] for lane in lanes if depth < len(lane))
+    return result

@@ -15,7 +15,7 @@ import asyncio
 
 from .. import wire
 from ..cache.store import Cache, Entry
-from ..clock import Clock
+from ..clock import Clock, timeout_at
 from ..config import Config
 from ..errors import UpstreamError
 from ..eventloop import running_loop
@@ -131,9 +131,8 @@ class CachingStage:
         if p.wait is not None:
             # RFC 8767 §5: the timer runs from the start of the fetch: a client that
             # joins a fetch which has already outlived client_timeout is answered at once.
-            wait = p.wait - (running_loop().time() - fetch.started)
             try:
-                async with asyncio.timeout(max(0.0, wait)):
+                async with timeout_at(self.clock, fetch.started + p.wait):
                     fresh = await asyncio.shield(fetch.done)
             except TimeoutError:
                 return self.render_stale(q, entry, limit, "timeout")
@@ -194,9 +193,8 @@ class CachingStage:
                             self.refresher.hold(entry, now)
                         return self.render_stale(q, entry, limit, p.reason)
                     if p.wait is not None:
-                        wait = p.wait - (running_loop().time() - fetch.started)
                         try:
-                            async with asyncio.timeout(max(0.0, wait)):
+                            async with timeout_at(self.clock, fetch.started + p.wait):
                                 fresh = await asyncio.shield(done)
                         except TimeoutError:
                             return self.render_stale(q, entry, limit, "timeout")

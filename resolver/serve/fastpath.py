@@ -45,6 +45,7 @@ class FastPath:
 
     def __init__(self, config: Config, cache: Cache, pool, clock: Clock, prefetch: Callable[[bytes], None]):
         self.pool = pool
+        self.entries = cache.entries  # the native hit loop reads it too (batch.py)
         self._entries_get = cache.entries.get
         self._touch = cache.entries.move_to_end
         self._now = clock.monotonic
@@ -66,6 +67,7 @@ class FastPath:
             ]
             for do in (False, True)
         ]
+        self.opt_fresh = (self._opt[0][0], self._opt[1][0])  # (DO=0, DO=1), for the native hit loop
 
     def answer_fast(self, data: bytes, tcp: bool) -> bytes | None:
         """Answer a plain query from the cache, or return None for the slow path.

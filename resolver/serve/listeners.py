@@ -26,10 +26,10 @@ import logging
 import socket
 
 from .. import wire
-from ..config import Address, SecurityConfig, ServerConfig
+from ..config import Address, ServerConfig
 from ..eventloop import running_loop
 from ..stats import Stats
-from . import handover
+from . import batch, handover
 from .acl import AccessControl
 from .limits import ClientLimits
 from .pipeline import Pipeline
@@ -101,14 +101,15 @@ class Listeners:
     """All listening sockets plus the tasks answering on them."""
 
     def __init__(self, pipeline: Pipeline, config: ServerConfig, stats: Stats,
-                 acl: AccessControl | None = None, limits: ClientLimits | None = None,
-                 rrl: RateLimiter | None = None):
+                 acl: AccessControl, limits: ClientLimits, rrl: RateLimiter):
+        # The admission guards come from the composition root, built from the
+        # ``security`` section: no defaults here that a caller could forget to override.
         self.pipeline = pipeline
         self.config = config
         self.stats = stats
-        self.acl = acl or AccessControl(SecurityConfig())
-        self.limits = limits or pipeline.limits
-        self.rrl = rrl or RateLimiter(SecurityConfig())
+        self.acl = acl
+        self.limits = limits
+        self.rrl = rrl
         self.udp_transports: list[asyncio.DatagramTransport] = []
         self.tcp_servers: list[asyncio.base_events.Server] = []
         self.tasks: set[asyncio.Task] = set()
@@ -118,15 +119,23 @@ class Listeners:
         self.group_size = 1  # our sockets per reuseport group (workers): see handover.steer_away
         self.drained_datagrams = 0  # read from receive buffers at close (handover)
         self.drained_connections = 0  # taken from accept queues at close (handover)
+        self.hit_loop = batch.PYTHON  # UDP hit loop in use (server.udp_accelerator; batch.py)
 
     async def start(self, addresses: tuple[Address, ...]) -> None:
         loop = running_loop()
         # Rate limiting costs nothing when off: the plain protocol has no check at all.
         protocol = _RateLimitedUdpProtocol if self.rrl.enabled else _UdpProtocol
+        self.hit_loop, why_not = batch.choose(self.config.udp_accelerator)
+        log.info("UDP cache hits: %s hit loop%s", self.hit_loop, f" ({why_not})" if why_not else "",
+                 extra={"event": "udp_hit_loop", "impl": self.hit_loop})
         for addr in addresses:
             for attempt in range(20 if addr.port == 0 else 1):
-                transport, _ = await loop.create_datagram_endpoint(
-                    lambda: protocol(self), sock=listen_socket(addr.host, addr.port, socket.SOCK_DGRAM))
+                sock = listen_socket(addr.host, addr.port, socket.SOCK_DGRAM)
+                if self.hit_loop == batch.NATIVE:  # recvmmsg/sendmmsg, hits in C, the rest to ``protocol``
+                    transport = batch.BatchTransport(loop, sock, protocol(self), self.pipeline.clock.monotonic,
+                                                     hits=not self.rrl.enabled)
+                else:
+                    transport, _ = await loop.create_datagram_endpoint(lambda: protocol(self), sock=sock)
                 port = transport.get_extra_info("sockname")[1]
                 # The TCP listener takes the port UDP got, so "port 0" tests get one port for both;
                 # that TCP port may be in use (say, by an outgoing connection): then try another.

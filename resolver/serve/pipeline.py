@@ -173,7 +173,7 @@ class Pipeline:
             stats.queries_by_type[qtype_label(q.qtype)] += 1
         limit = TCP_LIMIT if tcp else q.udp_size
         # Local answers (localhost, local_records, hosts file, block_zones) come before
-        # the cache: they never expire and must win over anything cached (see local.py).
+        # the cache: they never expire and must win over anything cached (see local/answers.py).
         if self.local is not None:
             reply = self.local.answer(q, limit, self.edns_size)
             if reply is not None:

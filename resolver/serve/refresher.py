@@ -101,7 +101,7 @@ class Refresher:
     def _start(self, key: bytes, upstream_question: bytes, cd: bool, do: bool) -> InFlight:
         loop = running_loop()
         task = loop.create_task(self.refresh(key, upstream_question, cd, do))
-        record = self.inflight[key] = InFlight(task, loop.time(), task)
+        record = self.inflight[key] = InFlight(task, self.clock.monotonic(), task)
         task.add_done_callback(lambda t, key=key: self._done(key, record))
         return record
 
@@ -123,7 +123,7 @@ class Refresher:
         key = q.key
         loop = running_loop()
         joined = loop.create_future()
-        record = InFlight(joined, loop.time(), asyncio.current_task(loop))
+        record = InFlight(joined, self.clock.monotonic(), asyncio.current_task(loop))
         inflight = self.inflight
         inflight[key] = record
         try:
@@ -173,8 +173,7 @@ class Refresher:
     # ------------------------------------------------------------------ fetching
     async def refresh(self, key: bytes, question: bytes, cd: bool, do: bool) -> Entry:
         """Ask upstream and store the answer.  Returns the (possibly uncached) entry."""
-        loop = running_loop()
-        deadline = loop.time() + self.config.upstream.total_timeout
+        deadline = self.clock.monotonic() + self.config.upstream.total_timeout
         epoch = self.pool.epoch  # a failure is held (recheck) under the epoch it was sent in
         try:
             reply, _upstream = await self.pool.exchange(question, cd, do, deadline)

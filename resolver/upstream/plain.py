@@ -11,7 +11,7 @@ the question before anyone caches them (resolver/wire/scrub.py).
 UDP replies with TC=1 are retried over TCP (RFC 7766 §5); ``tcp://`` upstreams use
 TCP only.  For UDP the pieces are public (``send_udp``, ``receive``, ``tcp_retry``, ``scrub``):
 the pool sends, times each datagram against the upstream's adaptive timeout and
-retransmits while earlier sockets keep listening (resolver/pool.py).  Failures are typed (errors.Upstream*) and carry a fixed metric label.
+retransmits while earlier sockets keep listening (upstream/pool.py).  Failures are typed (errors.Upstream*) and carry a fixed metric label.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import socket
 from typing import Awaitable
 
 from .. import wire
+from ..clock import SYSTEM_CLOCK, Clock, timeout_at
 from ..config import UpstreamAddress
 from ..errors import UpstreamBadResponse, UpstreamError, UpstreamTimeout, UpstreamUnreachable
 from ..eventloop import running_loop
@@ -96,15 +97,17 @@ def _error_without_question(reply: bytes, qid: int) -> bool:
 
 # One query datagram in flight, as a plain tuple (no Python-level constructor on the
 # miss path): (its socket — its own source port —, the ID, the question as sent
-# (0x20 case), the loop time it went out: the RTT sample is taken from it).
+# (0x20 case), the clock time it went out: the RTT sample is taken from it).
 UdpSend = tuple
 
 
 class Upstream:
     """A single upstream resolver address and how to talk to it."""
 
-    def __init__(self, address: UpstreamAddress, udp_size: int = 1232, case_0x20: bool = False):
+    def __init__(self, address: UpstreamAddress, udp_size: int = 1232, case_0x20: bool = False,
+                 clock: Clock = SYSTEM_CLOCK):
         self.address = address
+        self.clock = clock  # the deadlines passed in are on this clock
         self.label = address.label
         self.udp_size = udp_size
         self.case_0x20 = case_0x20
@@ -133,7 +136,7 @@ class Upstream:
     def exchange(self, question: bytes, cd: bool, do: bool, deadline: float) -> Awaitable[bytes]:
         """Send the question, return the matching reply; raise UpstreamError subclasses.
 
-        ``deadline`` is absolute, in event-loop time: every wait is bounded by it.
+        ``deadline`` is absolute, on the upstream's clock (``clock.py``): every wait is bounded by it.
         A plain function returning the transport's coroutine, so the miss path
         pays for one coroutine frame here, not two.
         """
@@ -143,7 +146,7 @@ class Upstream:
 
     async def _tcp_only(self, question: bytes, cd: bool, do: bool, deadline: float) -> bytes:
         loop = running_loop()
-        if loop.time() >= deadline:
+        if self.clock.monotonic() >= deadline:
             raise UpstreamTimeout("no time left")
         return self.scrub(await self._tcp(loop, question, cd, do, deadline), question)
 
@@ -215,13 +218,13 @@ class Upstream:
         does, without its context-manager cost.
         """
         loop = running_loop()
-        now = loop.time()
+        now = self.clock.monotonic()
         if now >= deadline:
             raise UpstreamTimeout("no time left")
         send = self.send_udp(question, cd, do, now)
         task = asyncio.current_task(loop)
         expired = _Expiry(task)
-        timer = loop.call_at(deadline, expired.fire)
+        timer = self.clock.call_at(deadline, expired.fire)
         try:
             reply = await self.receive(loop, send)
         except asyncio.CancelledError:
@@ -239,7 +242,7 @@ class Upstream:
         qid, sent, query = self._query(question, cd, do)
         writer = None
         try:
-            async with asyncio.timeout_at(deadline):
+            async with timeout_at(self.clock, deadline):
                 try:
                     reader, writer = await asyncio.open_connection(self.address.host, self.address.port)
                     writer.write(wire.frame(query))

@@ -31,6 +31,7 @@ import logging
 from collections import Counter
 
 from .. import wire
+from ..clock import Clock
 from ..config import UpstreamOptions
 from ..errors import UpstreamError, UpstreamServfail, UpstreamTimeout
 from ..eventloop import running_loop
@@ -85,7 +86,7 @@ class _Send:
 
 
 class Health:
-    """Consecutive-failure tracking for one upstream (loop-time based)."""
+    """Consecutive-failure tracking for one upstream (times on the pool's clock)."""
 
     __slots__ = ("failures", "down_until", "backoff", "up", "srtt", "rttvar", "samples", "recovered_at", "rto")
 
@@ -98,13 +99,14 @@ class Health:
         self.rttvar = 0.0
         self.samples = 0
         self.rto = 0.0       # retransmission timeout for the next send; 0 = none measured yet
-        self.recovered_at = float("-inf")  # loop time it last came back up
+        self.recovered_at = float("-inf")  # clock time it last came back up
 
 
 class UpstreamPool:
-    def __init__(self, upstreams: list[Upstream], options: UpstreamOptions):
+    def __init__(self, upstreams: list[Upstream], options: UpstreamOptions, clock: Clock):
         self.upstreams = upstreams
         self.options = options
+        self.clock = clock  # deadlines, RTO timers, back-off and RTT samples
         self.health = {u.label: Health() for u in upstreams}
         self.requests: Counter = Counter()       # label -> exchanges started
         self.errors: Counter = Counter()         # (label, reason) -> failures
@@ -112,7 +114,7 @@ class UpstreamPool:
         # Time to a reply (any rcode) per upstream; timeouts and errors are in ``errors``.
         self.latency = {u.label: Histogram(UPSTREAM_BUCKETS) for u in upstreams}
         # Bumped each time an upstream comes back up: a failure recheck timer set
-        # under an older epoch no longer holds (see Pipeline, RFC 8767 §4 timers).
+        # under an older epoch no longer holds (see serve/refresher.py, RFC 8767 §4 timers).
         self.epoch = 0
         self.probes: Counter = Counter()         # (label, "ok" | "fail") -> background probes
         self.on_down = None                      # callback(pool, upstream) when one is marked down
@@ -121,20 +123,33 @@ class UpstreamPool:
         self.retransmits = 0                     # sends again to the same upstream past its RTO
         self._by_label = {u.label: u for u in upstreams}
         # The question that last failed (timeout, SERVFAIL): what the group is now
-        # serving stale, and so what the health probe asks (health.py).
+        # serving stale, and so what the health probe asks (upstream/probe.py).
         self.failed_question: bytes | None = None
         self._comeback: asyncio.Future | None = None
         # The RTO before any sample (RFC 6298 §2.1), within the configured bounds.
         self._initial_rto = min(options.attempt_timeout_max, max(options.attempt_timeout_min, options.attempt_timeout))
         self._turn = 0                           # round_robin position
+        # Which upstreams share fate (upstream_policy.providers): with more than one
+        # provider, the order takes them in turns, so the hedge goes to another one.
+        self._provider = upstream_policy.providers(upstreams)
+        self._diverse = len(set(self._provider.values())) > 1
 
     def _order(self, now: float) -> list[Upstream]:
         if len(self.upstreams) == 1:  # nothing to choose: up, or down and due back soonest
             return self.upstreams
-        usable = [u for u in self.upstreams if self.health[u.label].down_until <= now]
+        usable = []
+        for u in self.upstreams:
+            h = self.health[u.label]
+            if h.down_until <= now:
+                if not h.up:
+                    # Its back-off is over: this exchange tries it (half-open), and the
+                    # others skip it until the verdict instead of all paying its RTO.
+                    h.down_until = now + h.backoff
+                usable.append(u)
         if usable:
             self._turn += 1
-            return upstream_policy.order(usable, self.health, self.options.policy, self._turn)
+            ordered = upstream_policy.order(usable, self.health, self.options.policy, self._turn)
+            return upstream_policy.diversify(ordered, self._provider) if self._diverse else ordered
         # All down: try the one due back soonest rather than nothing.
         return [min(self.upstreams, key=lambda u: self.health[u.label].down_until)]
 
@@ -179,7 +194,8 @@ class UpstreamPool:
         upstream is not a dead one) and sends again.
         """
         loop = running_loop()
-        now = loop.time()
+        clock = self.clock
+        now = clock.monotonic()
         order = self._order(now)
         upstream = order[0]
         if len(order) > 1 or not getattr(upstream, "udp", False):
@@ -197,7 +213,7 @@ class UpstreamPool:
             raise
         task = asyncio.current_task(loop)
         wake = _Wake(task)
-        timer = loop.call_at(min(now + rto, deadline), wake.fire)
+        timer = clock.call_at(min(now + rto, deadline), wake.fire)
         comeback = None
         if not health.up:  # sent into an outage: if it ends meanwhile, send again at once
             comeback = self._comeback_future()
@@ -214,7 +230,7 @@ class UpstreamPool:
             raise
         except UpstreamError as e:
             send[0].close()
-            self._failed(upstream, e.reason, loop.time(), now, question)
+            self._failed(upstream, e.reason, clock.monotonic(), now, question)
             raise
         finally:
             self.inflight -= 1
@@ -223,7 +239,7 @@ class UpstreamPool:
             if comeback is not None:  # a long outage must not pile up callbacks of finished queries
                 comeback.remove_done_callback(wake.comeback)
         send[0].close()
-        rtt = loop.time() - now
+        rtt = clock.monotonic() - now
         self.latency[label].observe(rtt)
         rcode = reply[3] & 0x0F
         if rcode != wire.NOERROR and rcode != _NXDOMAIN:
@@ -245,7 +261,7 @@ class UpstreamPool:
         try:
             return await upstream.tcp_retry(question, cd, do, deadline)
         except UpstreamError as e:
-            self._failed(upstream, e.reason, running_loop().time(), None, question)
+            self._failed(upstream, e.reason, self.clock.monotonic(), None, question)
             raise
 
     def _unusable(self, upstream: Upstream, rcode: int, started: float, question: bytes) -> UpstreamServfail:
@@ -261,7 +277,7 @@ class UpstreamPool:
             self.errors[(upstream.label, about_question)] += 1
             return UpstreamServfail(about_question, f"{upstream.label} answered rcode {rcode}")
         reason = _FAILURE_RCODES.get(rcode, "rcode")
-        self._failed(upstream, reason, running_loop().time(), started, question)
+        self._failed(upstream, reason, self.clock.monotonic(), started, question)
         return UpstreamServfail(reason, f"{upstream.label} answered rcode {rcode}")
 
     async def _race(self, order: list[Upstream], question: bytes, cd: bool, do: bool, deadline: float,
@@ -287,6 +303,7 @@ class UpstreamPool:
         clients waiting on them get the recovery, not a timeout.
         """
         loop = running_loop()
+        clock = self.clock
         o = self.options
         hedging = len(order) > 1 and o.hedge_after != upstream_policy.HEDGE_OFF
         pending: dict[asyncio.Task, _Send] = {}
@@ -299,7 +316,7 @@ class UpstreamPool:
         cursor = 0
         sends = 0
         last: _Send | None = None
-        next_at = loop.time()
+        next_at = clock.monotonic()
         prompt = False  # the next send replaces a failed one (no hedge, no retransmission)
         comeback: asyncio.Future | None = None  # resolved when a down upstream comes back
 
@@ -340,7 +357,7 @@ class UpstreamPool:
             for i in range(len(order)):
                 upstream = order[(cursor + i) % len(order)]
                 label = upstream.label
-                # A down upstream gets one send per exchange: the prober (health.py)
+                # A down upstream gets one send per exchange: the prober (upstream/probe.py)
                 # watches for its return, so retransmitting into an outage only adds load.
                 if label not in finished and (label not in asked or self.health[label].up):
                     return upstream
@@ -362,9 +379,9 @@ class UpstreamPool:
                     late.add(upstream.label)
                     self._back_off(upstream.label, rto)
                 cursor = 1
-                next_at, prompt = loop.time(), not expired
+                next_at, prompt = clock.monotonic(), not expired
             while True:
-                now = loop.time()
+                now = clock.monotonic()
                 if now >= deadline:
                     break
                 upstream = candidate()
@@ -391,9 +408,16 @@ class UpstreamPool:
                 wake = deadline if upstream is None else min(deadline, next_at)
                 if comeback is None and any(not self.health[label].up for label in asked):
                     comeback = self._comeback_future()
-                done, _ = await asyncio.wait(pending if comeback is None else [*pending, comeback],
-                                             timeout=max(0.0, wake - now), return_when=asyncio.FIRST_COMPLETED)
-                now = loop.time()
+                waiting = [*pending] if comeback is None else [*pending, comeback]
+                waiting.append(alarm := loop.create_future())
+                timer = clock.call_at(wake, lambda alarm=alarm: alarm.done() or alarm.set_result(None))
+                try:
+                    done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    timer.cancel()
+                    alarm.cancel()
+                done.discard(alarm)
+                now = clock.monotonic()
                 if comeback is not None and comeback in done:  # an upstream is back: send at once
                     done.discard(comeback)
                     comeback = None
@@ -442,7 +466,7 @@ class UpstreamPool:
                     task.cancel()
                 elif not task.cancelled():
                     task.exception()  # retrieved: a loser's failure is not worth a log line
-        now = loop.time()
+        now = clock.monotonic()
         won = winner[0].upstream.label if winner is not None else None
         for label, first_sent in asked.items():
             if label == won:
@@ -501,14 +525,11 @@ class UpstreamPool:
             if self._comeback is not None and not self._comeback.done():
                 self._comeback.set_result(None)  # exchanges sent into the outage send again
             self._comeback = None
-            h.recovered_at = running_loop().time()
+            h.recovered_at = self.clock.monotonic()
         h.failures = 0
         h.backoff = 0.0
         h.down_until = 0.0
         h.up = True
-
-    def all_down(self, now: float) -> bool:
-        return all(self.health[u.label].down_until > now for u in self.upstreams)
 
     def close(self) -> None:
         """Close kept-open upstream connections (DNS over TLS)."""
@@ -531,14 +552,13 @@ class UpstreamPool:
         (NOERROR/NXDOMAIN: it resolves names again) and is now marked up; None if it
         is reachable but the reply is about the question (REFUSED, FORMERR, NOTIMP:
         e.g. an authoritative-only server asked ". NS"), which proves nothing about
-        other names (the prober decides, health.py); False if it failed.
+        other names (the prober decides, upstream/probe.py); False if it failed.
 
         A failed probe leaves the client-side back-off alone (the upstream is already
         down) and is counted only under ``probes``, so that probing a dead upstream
         does not inflate its per-query error figures.
         """
-        loop = running_loop()
-        started = loop.time()
+        started = self.clock.monotonic()
         try:
             reply = await upstream.exchange(question, False, False, deadline)
         except UpstreamError:
@@ -553,11 +573,11 @@ class UpstreamPool:
             return False
         self.probes[(upstream.label, "ok")] += 1
         o = self.options
-        upstream_policy.observe(self.health[upstream.label], loop.time() - started,
+        upstream_policy.observe(self.health[upstream.label], self.clock.monotonic() - started,
                                 o.attempt_timeout_min, o.attempt_timeout_max)
         self._succeeded(upstream)
         return True
 
     def mark_up(self, upstream: Upstream) -> None:
-        """The prober's verdict that a down upstream answers again (health.py)."""
+        """The prober's verdict that a down upstream answers again (upstream/probe.py)."""
         self._succeeded(upstream)

@@ -36,6 +36,7 @@ import asyncio
 import logging
 
 from .. import wire
+from ..clock import sleep_until
 from ..config import UpstreamOptions
 from .plain import Upstream
 from .pool import UpstreamPool
@@ -94,9 +95,10 @@ class Prober:
             if not health.up and inconclusive >= set(self._questions(pool)):
                 pool.mark_up(upstream)
 
+        clock = pool.clock  # probe intervals and deadlines on the pool's clock
         try:
             while not health.up:
-                await asyncio.sleep(interval)
+                await sleep_until(clock, clock.monotonic() + interval)
                 if health.up:  # a probe or client traffic got a good answer meanwhile
                     return
                 if len(in_flight) < _MAX_IN_FLIGHT:
@@ -105,7 +107,7 @@ class Prober:
                     questions = [q for q in self._questions(pool) if q not in inconclusive] or [self.question]
                     question = questions[sent % len(questions)]
                     sent += 1
-                    deadline = loop.time() + self.options.attempt_timeout
+                    deadline = clock.monotonic() + self.options.attempt_timeout
                     task = loop.create_task(pool.probe(upstream, question, deadline))
                     in_flight.add(task)
                     task.add_done_callback(lambda t, q=question: judged(t, q))

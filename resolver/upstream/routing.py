@@ -5,7 +5,7 @@ question's name wins, and the top-level ``upstreams`` serve every other name (as
 dnsmasq's ``server=/zone/ip``, Unbound's ``forward-zone`` and CoreDNS's server
 blocks do).  A group is an ordinary `UpstreamPool`, so health, back-off and
 failover work per group unchanged; zones that list the same upstreams share one
-pool, and config.py refuses any other overlap, so an upstream's metric label
+pool, and config/validate.py refuses any other overlap, so an upstream's metric label
 names exactly one group.  Reverse zones (``10.in-addr.arpa``) are zones like any
 other.
 
@@ -64,7 +64,7 @@ class Router:
         """Read-only views over every group, so code that reads a pool's bookkeeping
         (metrics, logs: ``upstreams``, ``health``, ``requests``, ``errors``, ``inflight``,
         …) reads all groups through the Router unchanged.  Merging is exact because
-        config.py keeps each upstream label in one group.  Methods are not merged:
+        config/validate.py keeps each upstream label in one group.  Methods are not merged:
         what "all down" or "probe" means is per group, so call them on ``pools``.
         """
         pools = self.__dict__.get("pools")

@@ -20,6 +20,7 @@ import secrets
 import ssl
 
 from .. import wire
+from ..clock import SYSTEM_CLOCK, Clock, timeout_at
 from ..config import UpstreamAddress
 from ..errors import UpstreamBadResponse, UpstreamTimeout, UpstreamUnreachable
 from ..wire import scrub as antispoof
@@ -84,14 +85,17 @@ class TlsUpstream:
 
     udp = False  # one exchange per query: TCP retransmits by itself, the pool never re-sends
 
-    def __init__(self, address: UpstreamAddress, udp_size: int, context: ssl.SSLContext):
+    def __init__(self, address: UpstreamAddress, udp_size: int, context: ssl.SSLContext,
+                 clock: Clock = SYSTEM_CLOCK):
         self.address = address
+        self.clock = clock  # the deadlines passed in are on this clock
         self.label = address.label
         self.udp_size = udp_size
         self.context = context
         self.server_name = address.server_name or address.host
         self.mismatched = 0
         self.scrubbed = 0  # records removed from replies as unrelated to the question
+        self.connections = 0  # connections opened (each one TLS handshake)
         self._conn: _Connection | None = None
         self._connecting: asyncio.Lock | None = None
 
@@ -109,15 +113,15 @@ class TlsUpstream:
                 raise UpstreamBadResponse(f"{self.label}: TLS certificate not accepted: {e.verify_message}") from None
             except (OSError, ssl.SSLError) as e:
                 raise UpstreamUnreachable(f"TLS to {self.label}: {e}") from None
+            self.connections += 1
             self._conn = _Connection(reader, writer, self)
             return self._conn, True
 
     async def exchange(self, question: bytes, cd: bool, do: bool, deadline: float) -> bytes:
-        loop = asyncio.get_running_loop()
-        if loop.time() >= deadline:
+        if self.clock.monotonic() >= deadline:
             raise UpstreamTimeout("no time left")
         try:
-            async with asyncio.timeout_at(deadline):
+            async with timeout_at(self.clock, deadline):
                 for _ in range(2):
                     conn, fresh = await self._connection()
                     try:

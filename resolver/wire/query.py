@@ -13,7 +13,7 @@ import struct
 from ..errors import DropQuery, FormatError
 from .constants import BADVERS, CLASS_IN, NOTIMP, OPCODE_MASK, QR, REFUSED, TYPE_AXFR, TYPE_IXFR, TYPE_OPT, \
     header_counts, query_flags
-from .names import name_to_text, skip_name
+from .names import skip_name
 from .render import opt_record
 
 # DO and CD take part in the cache key: a DNSSEC-aware client must not get a
@@ -24,7 +24,7 @@ KEY_EXACT_TAIL = 0x10
 # Keys with flags start with a byte >= 0x80.  A plain key starts with a label
 # length (<= 63), so the two kinds can never be equal; and because the flags come
 # first, a key built from "question + trailing junk" can never equal a valid
-# question's key: the hit path relies on this (see Pipeline.answer_fast).
+# question's key: the hit path relies on this (see serve/fastpath.py, FastPath.answer_fast).
 KEY_FLAGGED = 0x80
 
 _HEADER = struct.Struct(">HBBHHHH")
@@ -98,8 +98,6 @@ class Query:
         self.do = do
         self.key = question_key(self.question, (KEY_DO if do else 0) | (KEY_CD if self.cd else 0))
 
-    def name_text(self) -> str:
-        return name_to_text(self.qname)
 
 
 def _question_end(data: bytes) -> int:

@@ -1,7 +1,7 @@
 """Local DNS data as values: names, zones and static records, parsed and encoded.
 
 Sans-IO, shared by ``config`` (``local_records``, ``block_zones``, ``forward``
-zones), ``hosts.py`` (the hosts file) and ``local.py`` (answering).  Every parser
+zones), ``local/hosts.py`` (the hosts file) and ``local/answers.py`` (answering).  Every parser
 raises ``ValueError`` with a message meant for a person; the caller adds where
 the text came from (a config key path, or file:line).
 

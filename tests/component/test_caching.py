@@ -20,6 +20,7 @@ from resolver.serve.limits import ClientLimits
 from resolver.serve.pipeline import Pipeline
 from resolver.serve.refresher import Refresher
 from resolver.stats import Stats
+from tests.support.fake_time import run
 from tests.support.fake_pool import FakePool
 from tests.support.pipeline import make_local_pipeline
 
@@ -30,7 +31,7 @@ def make(client_timeout: float = 0.05, per_client: int = 4):
         upstream=dataclasses.replace(UpstreamOptions(), attempt_timeout=0.3, total_timeout=0.3),
     )
     clock, stats, cache = FakeClock(), Stats(), Cache(100)
-    pool = FakePool().answer("www.test", "A", "192.0.2.1", ttl=60)
+    pool = FakePool(clock).answer("www.test", "A", "192.0.2.1", ttl=60)
     limits = ClientLimits(SecurityConfig(max_inflight_per_client=per_client, client_limits_exempt=()))
     refresher = Refresher(config, cache, pool, clock, stats, limits)
     return CachingStage(config, cache, pool, clock, stats, limits, refresher), pool, clock, refresher
@@ -40,12 +41,12 @@ def ask(stage: CachingStage, name: str = "www.test", client: str | None = None) 
     data = dns.message.make_query(name, "A", use_edns=0).to_wire()
     q = wire.parse_query(data)
 
-    async def run():
+    async def scenario():
         answer = await stage.answer(q, data, q.udp_size, client)
         await asyncio.gather(*stage.refresher.inflight.values(), return_exceptions=True)
         return answer
 
-    return asyncio.run(run())
+    return run(scenario(), stage.clock)
 
 
 def ede(answer: Answer) -> list[int]:
@@ -121,11 +122,11 @@ def test_resolve_returns_the_answer_and_counts_a_local_chase_once():
     answer is part of it, not a second response."""
     pipe, pool, clock, cache = make_local_pipeline()
     data = dns.message.make_query("api.lan", "A", use_edns=0).to_wire()
-    first = asyncio.run(pipe.resolve(data, False))
+    first = run(pipe.resolve(data, False), pipe.clock)
     assert provenance(first) == (Source.LOCAL, wire.NOERROR, None)
     clock.advance(60)
     pool.servfail()
-    answer = asyncio.run(pipe.resolve(data, False))
+    answer = run(pipe.resolve(data, False), pipe.clock)
     assert provenance(answer) == (Source.LOCAL, wire.NOERROR, "servfail")
     stats = pipe.stats
     assert sum(stats.responses_by_source.values()) == 2 and stats.responses_by_source[Source.LOCAL] == 2
@@ -135,7 +136,7 @@ def test_resolve_returns_the_answer_and_counts_a_local_chase_once():
 
 def test_a_dropped_datagram_is_an_answer_without_reply_and_is_not_counted():
     pipe, pool, clock, cache = make_local_pipeline()
-    answer = asyncio.run(pipe.resolve(b"\x00\x01", False))
+    answer = run(pipe.resolve(b"\x00\x01", False), pipe.clock)
     assert answer.reply is None and answer.source is None
     assert sum(pipe.stats.responses_by_source.values()) == 0 and pipe.stats.dropped_malformed == 1
 

@@ -15,6 +15,7 @@ import dns.edns
 import dns.rcode
 
 from resolver.config import LastKnownGoodConfig
+from tests.support.fake_time import run
 from tests.support.client import ede_codes
 from tests.support.pipeline import answers, ask_in_loop, make, query, settle
 
@@ -42,11 +43,7 @@ def after_vanish(pipe, pool, clock, seconds: float):
         clock.advance(seconds)
         return await ask_in_loop(pipe, query("www.test"))
 
-    return run(scenario())
-
-
-def run(coro):
-    return asyncio.run(coro)
+    return run(scenario(), clock)
 
 
 def test_vanished_counter_is_always_on():
@@ -78,7 +75,7 @@ def test_enforce_serves_last_records_and_rechecks_until_they_return():
         out["back"] = await ask_in_loop(pipe, query("www.test"))
         return out
 
-    out = run(scenario())
+    out = run(scenario(), clock)
     first = out["first"]
     assert first.rcode() == dns.rcode.NOERROR
     assert answers(first) == [("192.0.2.1", 30)]
@@ -154,7 +151,7 @@ def test_enforce_on_a_prefetch_keeps_the_fresh_entry():
         await settle(pipe)
         return await ask_in_loop(pipe, query("www.test"))
 
-    msg = run(scenario())
+    msg = run(scenario(), clock)
     assert stats.prefetches == 1 and stats.lkg_answers["enforce"] == 1
     assert answers(msg) == [("192.0.2.1", 10)]
 
@@ -180,7 +177,7 @@ def test_operator_pin_holds_records_outside_zones_and_past_every_window():
         out["after"] = await ask_in_loop(pipe, query("www.test"))
         return out
 
-    out = run(scenario())
+    out = run(scenario(), clock)
     assert out["pinned"] and out["unpinned"]
     assert answers(out["held"]) == [("192.0.2.1", 30)] and ede_codes(out["held"]) == [3]
     assert answers(out["held_do"]) == [("192.0.2.1", 30)]
@@ -201,4 +198,4 @@ def test_pin_before_records_arrive_applies_when_they_do():
         clock.advance(300 + 3600)
         return await ask_in_loop(pipe, query("www.test"))
 
-    assert answers(run(scenario())) == [("192.0.2.1", 30)]
+    assert answers(run(scenario(), clock)) == [("192.0.2.1", 30)]

@@ -10,13 +10,14 @@ import dns.edns
 import dns.message
 import dns.rcode
 
+from tests.support.fake_time import run
 from tests.support.pipeline import make_local_pipeline as make
 
 
 def ask(pipe, name, rtype="A", edns=True):
     q = dns.message.make_query(name, rtype, use_edns=0 if edns else False)
     data = q.to_wire()
-    reply = pipe.answer_fast(data, False) or asyncio.run(pipe.resolve(data, False)).reply
+    reply = pipe.answer_fast(data, False) or run(pipe.resolve(data, False), pipe.clock).reply
     msg = dns.message.from_wire(reply)
     assert msg.id == q.id and msg.question == q.question
     return msg

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+from resolver.clock import SYSTEM_CLOCK
 from resolver import wire
 from resolver.config import UpstreamOptions
 from resolver.errors import UpstreamTimeout
@@ -32,7 +33,7 @@ class StubUpstream:
 def test_late_failures_from_before_a_recovery_do_not_mark_it_down_again():
     """Queries sent into a blackhole time out after the probe found the upstream back."""
     up = StubUpstream()
-    pool = UpstreamPool([up], UpstreamOptions(max_failures=1, attempt_timeout=1.0, total_timeout=1.0))
+    pool = UpstreamPool([up], UpstreamOptions(max_failures=1, attempt_timeout=1.0, total_timeout=1.0), SYSTEM_CLOCK)
 
     async def scenario():
         loop = asyncio.get_running_loop()
@@ -62,7 +63,7 @@ def test_late_failures_from_before_a_recovery_do_not_mark_it_down_again():
 def test_probe_failure_counts_only_as_probe():
     up = StubUpstream()
     up.dead = True
-    pool = UpstreamPool([up], UpstreamOptions(max_failures=1))
+    pool = UpstreamPool([up], UpstreamOptions(max_failures=1), SYSTEM_CLOCK)
 
     async def scenario():
         loop = asyncio.get_running_loop()

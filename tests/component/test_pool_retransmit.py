@@ -1,6 +1,7 @@
-"""The pool's adaptive timeouts and retransmission (issue 13, items 2, 3 and 5), with
-stub UDP upstreams on the real event loop: which send wins, what is sent again, and
-how each outcome is judged."""
+"""The pool's adaptive timeouts and retransmission, with stub UDP upstreams in fake
+time (tests/support/fake_time.py: the clock jumps whenever everything waits on it):
+which send wins, what is sent again and when, and how each outcome is judged.  The
+RTOs, back-off and RTT samples are exact: no wall-clock bounds."""
 
 from __future__ import annotations
 
@@ -8,10 +9,12 @@ import asyncio
 
 import pytest
 
+from resolver.clock import FakeClock, sleep_until
 from resolver import wire
 from resolver.config import UpstreamOptions
 from resolver.errors import UpstreamServfail, UpstreamTimeout
 from resolver.upstream.pool import UpstreamPool
+from tests.support import fake_time
 
 QUESTION = wire.name_to_wire("www.test") + b"\x00\x01\x00\x01"
 
@@ -27,7 +30,8 @@ class StubUdp:
 
     udp = True
 
-    def __init__(self, label, delays, rcodes=()):
+    def __init__(self, label, delays, rcodes=(), clock=None):
+        self.clock = clock or CLOCK
         self.label = label
         self.delays = list(delays)
         self.rcodes = list(rcodes)
@@ -46,7 +50,7 @@ class StubUdp:
             await asyncio.Event().wait()
         # The reply arrives at send time + delay, whoever is reading the socket then
         # (a datagram waits in the socket's buffer while the reader changes hands).
-        await asyncio.sleep(max(0.0, started + delay - loop.time()))
+        await sleep_until(self.clock, started + delay)
         rcode = self.rcodes[n] if n < len(self.rcodes) else 0
         return bytes((n >> 8, n & 0xFF, 0x81, 0x80 | rcode)) + b"\x00\x01\x00\x00\x00\x00\x00\x00" + QUESTION
 
@@ -54,11 +58,24 @@ class StubUdp:
         return reply
 
 
+# One clock per test (a fixture resets it): the stubs and the pool share it.
+CLOCK = FakeClock()
+
+
+@pytest.fixture(autouse=True)
+def fresh_clock():
+    global CLOCK
+    CLOCK = FakeClock()
+
+
+def pool_of(upstreams, options) -> UpstreamPool:
+    return UpstreamPool(upstreams, options, CLOCK)
+
+
 def run(pool, total=2.0):
     async def go():
-        loop = asyncio.get_running_loop()
-        return await pool.exchange(QUESTION, False, False, loop.time() + total)
-    return asyncio.run(go())
+        return await pool.exchange(QUESTION, False, False, CLOCK.monotonic() + total)
+    return fake_time.run(go(), CLOCK)
 
 
 OPTIONS = UpstreamOptions(attempt_timeout=0.2, total_timeout=2.0, max_failures=1)
@@ -68,18 +85,18 @@ def test_late_answer_to_the_first_send_wins_after_a_retransmission():
     """Slow is not dead: the first send passes its RTO (0.2 s), is sent again, but its
     answer at 0.35 s wins, and the RTT sample is that send's (0.35 s)."""
     up = StubUdp("a", [0.35, None])
-    pool = UpstreamPool([up], OPTIONS)
+    pool = pool_of([up], OPTIONS)
     reply, winner = run(pool)
     assert winner is up and reply[:2] == b"\x00\x00"  # the first send's ID
     assert up.sent == 2 and pool.retransmits == 1
     h = pool.health["a"]
-    assert h.up and h.samples == 1 and h.srtt == pytest.approx(0.35, abs=0.05)
+    assert h.up and h.samples == 1 and h.srtt == pytest.approx(0.35)  # exact in fake time
     assert not pool.errors
 
 
 def test_a_lost_datagram_is_sent_again_to_the_only_upstream():
     up = StubUdp("a", [None, 0.01])
-    pool = UpstreamPool([up], OPTIONS)
+    pool = pool_of([up], OPTIONS)
     reply, _ = run(pool)
     assert reply[:2] == b"\x00\x01" and up.sent == 2
     assert pool.health["a"].up and not pool.errors
@@ -87,7 +104,7 @@ def test_a_lost_datagram_is_sent_again_to_the_only_upstream():
 
 def test_retransmission_backs_off_and_ends_at_the_deadline():
     up = StubUdp("a", [None])
-    pool = UpstreamPool([up], OPTIONS)
+    pool = pool_of([up], OPTIONS)
     with pytest.raises(UpstreamTimeout):
         run(pool, total=1.0)
     assert up.sent == 3  # at 0, 0.2 and 0.6 s (RTO 0.2, 0.4, then 0.8: past the deadline)
@@ -99,7 +116,7 @@ def test_retransmission_backs_off_and_ends_at_the_deadline():
                                           (wire.NOTIMP, "notimp")])
 def test_a_reply_about_the_question_is_no_failure(rcode, reason):
     up = StubUdp("a", [0.01], [rcode])
-    pool = UpstreamPool([up], OPTIONS)  # max_failures=1: one failure would mark it down
+    pool = pool_of([up], OPTIONS)  # max_failures=1: one failure would mark it down
     with pytest.raises(UpstreamServfail) as info:
         run(pool)
     assert info.value.reason == reason and up.sent == 1
@@ -108,7 +125,7 @@ def test_a_reply_about_the_question_is_no_failure(rcode, reason):
 
 def test_servfail_is_a_failure_and_is_not_retransmitted():
     up = StubUdp("a", [0.01], [wire.SERVFAIL])
-    pool = UpstreamPool([up], OPTIONS)
+    pool = pool_of([up], OPTIONS)
     with pytest.raises(UpstreamServfail):
         run(pool)
     assert up.sent == 1 and not pool.health["a"].up
@@ -118,7 +135,7 @@ def test_servfail_is_a_failure_and_is_not_retransmitted():
 def test_refused_by_the_first_upstream_asks_the_next_at_once():
     a = StubUdp("a", [0.01], [wire.REFUSED])
     b = StubUdp("b", [0.01])
-    pool = UpstreamPool([a, b], OPTIONS)
+    pool = pool_of([a, b], OPTIONS)
     _, winner = run(pool)
     assert winner is b and a.sent == 1
     assert pool.health["a"].up and pool.health["a"].failures == 0
@@ -128,13 +145,13 @@ def test_a_loser_past_its_rto_counts_a_timeout_one_within_it_does_not():
     # a is silent: past its RTO (0.2 s) b is asked and answers; a is judged a timeout.
     a = StubUdp("a", [None])
     b = StubUdp("b", [0.01])
-    pool = UpstreamPool([a, b], OPTIONS)
+    pool = pool_of([a, b], OPTIONS)
     _, winner = run(pool)
     assert winner is b and pool.errors[("a", "timeout")] == 1
     # With hedging after 50 ms, b wins before a's RTO: no verdict on a.
     a2 = StubUdp("a", [None])
     b2 = StubUdp("b", [0.01])
-    hedged = UpstreamPool([a2, b2], UpstreamOptions(attempt_timeout=0.2, max_failures=1, hedge_after=0.05))
+    hedged = pool_of([a2, b2], UpstreamOptions(attempt_timeout=0.2, max_failures=1, hedge_after=0.05))
     _, winner = run(hedged)
     assert winner is b2 and hedged.hedges == 1 and not hedged.errors and hedged.health["a"].up
 
@@ -143,28 +160,28 @@ def test_queries_sent_into_an_outage_send_again_when_the_upstream_comes_back():
     """Down, silent: the query waits (no retransmission into the outage); the moment a
     probe finds the upstream back, it sends again and gets the answer."""
     up = StubUdp("a", [None, 0.01, 0.01])
-    pool = UpstreamPool([up], OPTIONS)
+    pool = pool_of([up], OPTIONS)
 
     async def scenario():
         loop = asyncio.get_running_loop()
-        pool._failed(up, "timeout", loop.time(), None, QUESTION)  # max_failures=1: down
+        pool._failed(up, "timeout", CLOCK.monotonic(), None, QUESTION)  # max_failures=1: down
         pool.health["a"].rto = 4.0  # backed off in the outage
-        waiting = loop.create_task(pool.exchange(QUESTION, False, False, loop.time() + 3.0))
-        await asyncio.sleep(0.1)
+        waiting = loop.create_task(pool.exchange(QUESTION, False, False, CLOCK.monotonic() + 3.0))
+        await sleep_until(CLOCK, CLOCK.monotonic() + 0.1)
         assert up.sent == 1 and not waiting.done()
         pool.mark_up(up)  # the prober's verdict
-        reply, _ = await asyncio.wait_for(waiting, 1.0)
+        reply, _ = await waiting  # bounded by its deadline (fake time)
         # Queries that end while it is still down leave no callback behind on the
         # pool's come-back future (a long outage must not pile them up).
-        pool._failed(up, "timeout", loop.time(), None, QUESTION)
+        pool._failed(up, "timeout", CLOCK.monotonic(), None, QUESTION)
         up.delays += [0.0] * 3
         up.rcodes = [0, 0] + [wire.SERVFAIL] * 3  # by send number
         for _ in range(3):
             with pytest.raises(UpstreamServfail):
-                await pool.exchange(QUESTION, False, False, loop.time() + 1.0)
+                await pool.exchange(QUESTION, False, False, CLOCK.monotonic() + 1.0)
         return reply, pool._comeback, pool.health["a"].up
 
-    reply, comeback, up_now = asyncio.run(scenario())
+    reply, comeback, up_now = fake_time.run(scenario(), CLOCK)
     assert reply[:2] == b"\x00\x01" and up.sent == 5 and not up_now
     assert comeback is not None and not comeback.done() and not comeback._callbacks
 
@@ -177,14 +194,33 @@ def test_a_loss_among_answered_queries_does_not_back_off_the_rto():
 
     async def scenario():
         loop = asyncio.get_running_loop()
-        pool = UpstreamPool([lost], OPTIONS)
-        waiting = loop.create_task(pool.exchange(QUESTION, False, False, loop.time() + 2.0))
-        await asyncio.sleep(0.05)
+        pool = pool_of([lost], OPTIONS)
+        waiting = loop.create_task(pool.exchange(QUESTION, False, False, CLOCK.monotonic() + 2.0))
+        await sleep_until(CLOCK, CLOCK.monotonic() + 0.05)
         pool._won(lost, 0.001)  # another query's reply: RTO down to the 50 ms floor
-        await asyncio.sleep(0.17)  # past the first send's RTO (0.2 s): the second went out
+        await sleep_until(CLOCK, CLOCK.monotonic() + 0.17)  # past the first send's RTO (0.2 s): the second went out
         after_loss = (lost.sent, pool.health["a"].rto)
         await waiting
         return after_loss
 
-    sent, rto = asyncio.run(scenario())
+    sent, rto = fake_time.run(scenario(), CLOCK)
     assert sent == 2 and rto == pytest.approx(0.05)  # not backed off to 0.4
+
+
+def test_a_down_upstream_whose_back_off_ended_gets_one_trial_not_every_exchange():
+    """Half-open: when a down upstream's back-off ends, one exchange tries it; the others
+    go straight to the healthy one instead of all paying the dead one's RTO."""
+    dead = StubUdp("a", [None])  # silent: a blackhole
+    good = StubUdp("b", [0.01])
+    pool = pool_of([dead, good], OPTIONS)  # max_failures=1
+
+    async def scenario():
+        pool._failed(dead, "timeout", CLOCK.monotonic(), None, QUESTION)  # down, back-off 1 s
+        await sleep_until(CLOCK, CLOCK.monotonic() + pool.health["a"].backoff + 0.1)
+        deadline = CLOCK.monotonic() + 2.0
+        replies = await asyncio.gather(*(pool.exchange(QUESTION, False, False, deadline) for _ in range(5)))
+        return [winner.label for _, winner in replies]
+
+    winners = fake_time.run(scenario(), CLOCK)
+    assert winners == ["b"] * 5
+    assert dead.sent == 1  # the one trial; before, each of the 5 exchanges sent to it first

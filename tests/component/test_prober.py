@@ -7,6 +7,7 @@ import asyncio
 
 import pytest
 
+from resolver.clock import SYSTEM_CLOCK
 from resolver import wire
 from resolver.config import UpstreamOptions
 from resolver.upstream.pool import UpstreamPool
@@ -38,7 +39,7 @@ class StubUpstream:
 
 def watch_for(answers, seconds=0.5):
     up = StubUpstream(answers)
-    pool = UpstreamPool([up], OPTIONS)
+    pool = UpstreamPool([up], OPTIONS, SYSTEM_CLOCK)
     prober = Prober(OPTIONS)
     prober.attach(pool)
 

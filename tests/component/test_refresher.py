@@ -17,6 +17,7 @@ from resolver.policy import stale as stale_policy
 from resolver.serve.limits import ClientLimits
 from resolver.serve.refresher import InFlight, Refresher
 from resolver.stats import Stats
+from tests.support.fake_time import run
 from tests.support.fake_pool import FakePool
 
 WWW = wire.name_to_wire("www.test") + b"\x00\x01\x00\x01"
@@ -29,7 +30,7 @@ def make(servfail_ttl: int = 5, per_client: int = 4):
         upstream=dataclasses.replace(UpstreamOptions(), attempt_timeout=0.3, total_timeout=0.3),
     )
     clock = FakeClock()
-    pool = FakePool().answer("www.test", "A", "192.0.2.1", ttl=300)
+    pool = FakePool(clock).answer("www.test", "A", "192.0.2.1", ttl=300)
     stats = Stats()
     limits = ClientLimits(SecurityConfig(max_inflight_per_client=per_client, client_limits_exempt=()))
     refresher = Refresher(config, Cache(100, stats.tally), pool, clock, stats, limits)
@@ -55,7 +56,7 @@ def test_fetch_is_coalesced_into_one_in_flight_record():
         assert first.started <= asyncio.get_running_loop().time()
         return await first
 
-    entry = asyncio.run(scenario())
+    entry = run(scenario(), clock)
     assert entry.rcode == wire.NOERROR and pool.calls == [("www.test", "A")]
     assert stats.coalesced == 1 and not refresher.inflight and limits.inflight == {}
 
@@ -76,7 +77,7 @@ def test_lead_fetches_in_the_clients_task_and_joiners_get_its_failure():
         results = await asyncio.gather(leader, joined, return_exceptions=True)
         return results
 
-    results = asyncio.run(scenario())
+    results = run(scenario(), clock)
     assert all(isinstance(r, UpstreamError) for r in results)
     assert not refresher.inflight and limits.inflight == {}
 
@@ -84,12 +85,12 @@ def test_lead_fetches_in_the_clients_task_and_joiners_get_its_failure():
 def test_failure_holds_a_servable_entry_under_the_epoch_it_was_sent_in():
     """RFC 8767 §4: a failed refresh of a stale-servable entry starts the recheck timer."""
     refresher, pool, clock, stats, limits = make()
-    entry = asyncio.run(refresher.refresh(parsed().key, WWW, False, False))
+    entry = run(refresher.refresh(parsed().key, WWW, False, False), clock)
     clock.advance(400)  # expired, within the stale window
     pool.servfail()
     pool.epoch = 3
     with pytest.raises(UpstreamError):
-        asyncio.run(refresher.refresh(parsed().key, WWW, False, False))
+        run(refresher.refresh(parsed().key, WWW, False, False), clock)
     assert entry.recheck_until == clock.monotonic() + 30.0 and entry.recheck_epoch == 3
     assert refresher.cache.get(parsed().key) is entry
 
@@ -100,7 +101,7 @@ def test_failure_with_nothing_cached_is_remembered_briefly(servfail_ttl, cached)
     refresher, pool, clock, stats, limits = make(servfail_ttl=servfail_ttl)
     pool.servfail()
     with pytest.raises(UpstreamError):
-        asyncio.run(refresher.refresh(parsed().key, WWW, False, False))
+        run(refresher.refresh(parsed().key, WWW, False, False), clock)
     got = refresher.cache.get(parsed().key)
     assert (got is not None) == cached
     if cached:
@@ -121,7 +122,7 @@ def test_prefetch_is_one_task_per_key_and_none_while_upstreams_are_down():
         assert len(refresher.inflight) == 1 and stats.prefetches == 1
         await asyncio.gather(*refresher.inflight.values())
 
-    asyncio.run(scenario())
+    run(scenario(), clock)
     assert pool.calls == [("www.test", "A")] and refresher.cache.get(parsed().key) is not None
 
 
@@ -138,5 +139,5 @@ def test_cancel_all_stops_fetch_tasks_and_leading_clients():
         await asyncio.wait_for(refresher.cancel_all(), 0.5)
         return leader.cancelled(), task_record.done.cancelled()
 
-    assert asyncio.run(scenario()) == (True, True)
+    assert run(scenario(), clock) == (True, True)
     assert not refresher.inflight

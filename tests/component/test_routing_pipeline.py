@@ -13,6 +13,7 @@ from resolver.config import Config
 from resolver.serve.pipeline import Pipeline
 from resolver.stats import Stats
 from resolver.upstream.routing import Router
+from tests.support.fake_time import run
 from tests.support.fake_pool import FakePool
 
 
@@ -35,12 +36,12 @@ def test_misses_are_routed_and_hits_never_consult_routing():
                for name, edns in (("www.test", False), ("db.corp.test", 0))}
     for data in queries.values():
         assert pipe.answer_fast(data, False) is None
-        asyncio.run(pipe.resolve(data, False))
+        run(pipe.resolve(data, False), pipe.clock)
     assert default.calls == [("www.test", "A")] and corp.calls == [("db.corp.test", "A")]
     assert router.lookups == 2
     for _ in range(3):
         for data in queries.values():
             assert pipe.answer_fast(data, False) is not None      # the hit path
-            assert asyncio.run(pipe.resolve(data, True)).reply is not None  # the general path's hit
+            assert run(pipe.resolve(data, True), pipe.clock).reply is not None  # the general path's hit
     assert router.lookups == 2  # no hit asked which group serves the name
     assert len(default.calls) == len(corp.calls) == 1

@@ -242,3 +242,17 @@ def test_container_config_is_never_an_open_resolver(tmp_path):
         assert network.is_private or network.is_loopback, net
     assert config.cache.persist.path.startswith("/var/lib/resolver/")  # the image's state volume
     assert parse_address("0.0.0.0:9153", "x") == config.metrics.listen  # scraped on the pod IP
+
+
+def test_build_stage_compiles_the_native_hit_loop_and_the_runtime_stage_has_no_compiler():
+    """The native UDP hit loop (resolver/serve/_hitloop.c) is built in the build stage, which
+    gets gcc, and checked importable there; the runtime stage installs no compiler."""
+    instructions = df.parse(DOCKERFILE)
+    final = max(i.stage for i in instructions)
+    build_runs = " ".join(i.args for i in instructions if i.keyword == "RUN" and i.stage < final)
+    final_runs = " ".join(i.args for i in instructions if i.keyword == "RUN" and i.stage == final)
+    assert re.search(r"apt-get install .*\bgcc\b", build_runs)
+    assert "from resolver.serve import _hitloop" in build_runs  # a failed optional build fails the image
+    assert not re.search(r"\b(gcc|cc|clang|build-essential|python3-dev)\b", final_runs)
+    copied = " ".join(i.args for i in instructions if i.keyword == "COPY" and i.stage < final)
+    assert "setup.py" in copied

@@ -31,11 +31,12 @@ TEST_VERSION = "9.8.7.post42"
 def wheel(tmp_path_factory) -> Path:
     src = tmp_path_factory.mktemp("src")
     shutil.copy(REPO / "README.md", src)
+    shutil.copy(REPO / "setup.py", src)  # the optional native hit loop (the Dockerfile copies it too)
     text = (REPO / "pyproject.toml").read_text()
     text, n = re.subn(r'(?m)^version = "[^"]+"', f'version = "{TEST_VERSION}"', text)
     assert n == 1
     (src / "pyproject.toml").write_text(text)
-    shutil.copytree(REPO / "resolver", src / "resolver", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(REPO / "resolver", src / "resolver", ignore=shutil.ignore_patterns("__pycache__", "*.so"))
     out_dir = tmp_path_factory.mktemp("wheels")
     out = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
                           "--no-cache-dir", "-q", "-w", str(out_dir), str(src)],
@@ -45,8 +46,14 @@ def wheel(tmp_path_factory) -> Path:
     return built
 
 
+def _compiler() -> bool:
+    return sys.platform.startswith("linux") and shutil.which("cc") is not None
+
+
 def test_wheel_metadata_and_entry_point(wheel):
-    assert wheel.name == f"resolver-{TEST_VERSION}-py3-none-any.whl"
+    # With the native hit loop built (Linux, a compiler) the wheel is CPython- and platform-specific.
+    tag = r"cp\d+-cp\d+-linux_\w+" if _compiler() else r"py3-none-any"
+    assert re.fullmatch(rf"resolver-{re.escape(TEST_VERSION)}-{tag}\.whl", wheel.name), wheel.name
     with zipfile.ZipFile(wheel) as z:
         names = z.namelist()
         dist_info = f"resolver-{TEST_VERSION}.dist-info"
@@ -60,7 +67,10 @@ def test_wheel_metadata_and_entry_point(wheel):
     assert re.search(r"(?m)^\[console_scripts\]\s*\nresolver = resolver\.cli:main$", entry_points)
     package = REPO / "resolver"
     modules = {p.relative_to(package).as_posix() for p in package.rglob("*.py") if "__pycache__" not in p.parts}
-    assert {n.split("/", 1)[1] for n in names if n.startswith("resolver/")} == modules
+    native = {n.split("/", 1)[1] for n in names if n.startswith("resolver/") and n.endswith(".so")}
+    assert {n.split("/", 1)[1] for n in names if n.startswith("resolver/") and n.endswith(".py")} == modules
+    if _compiler():
+        assert len(native) == 1 and next(iter(native)).startswith("serve/_hitloop.")
     assert not [n for n in names if n.startswith("tests/") or "__pycache__" in n]
 
 

@@ -8,7 +8,6 @@ connections after 300 ms so that the reconnect path runs.
 from __future__ import annotations
 
 import shutil
-import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -16,29 +15,17 @@ import dns.rcode
 import pytest
 
 from tests.support.client import ask
+from tests.support.pki import mint
 from tests.support.unbound import DEFAULT_RECORDS, HAVE_UNBOUND, UnboundServer, free_port
 
 pytestmark = pytest.mark.skipif(not HAVE_UNBOUND or shutil.which("openssl") is None,
                                 reason="needs unbound and openssl (`make test` installs them)")
 
 
-def openssl(*args: str, cwd) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
-
-
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory):
     """A throw-away CA and a server certificate for dot.test / 127.0.0.1 signed by it."""
-    d = tmp_path_factory.mktemp("pki")
-    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-    openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=resolver test CA",
-            "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign", cwd=d)
-    openssl("req", *ec, "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=dot.test", cwd=d)
-    (d / "ext.cnf").write_text("subjectAltName=DNS:dot.test,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n"
-                               "keyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n")
-    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-            "-out", "server.pem", "-days", "2", "-extfile", "ext.cnf", cwd=d)
-    return d
+    return mint(tmp_path_factory.mktemp("pki"))
 
 
 class DotUnbound(UnboundServer):
@@ -76,7 +63,7 @@ def test_forwards_over_tls_with_one_reused_pipelined_connection(dot_unbound, pki
     fwd = start_forwarder([f"tls://127.0.0.1:{dot_unbound.tls_port}#dot.test"],
                           upstream={"tls_ca_file": str(pki / "ca.pem")})
     assert [rr.to_text() for rr in ask(fwd.port, "www.test").answer[0]] == ["192.0.2.1"]
-    upstream = fwd.app.pool.upstreams[0]
+    upstream = fwd.app.router.upstreams[0]
     conn = upstream._conn
     names = ["v6.test", "alias.test", "big.test", "nosuch.test", "short.test"]
     types = {"v6.test": "AAAA", "big.test": "TXT"}
@@ -92,13 +79,13 @@ def test_reconnects_after_the_server_closes_an_idle_connection(dot_unbound, pki,
     fwd = start_forwarder([f"tls://127.0.0.1:{dot_unbound.tls_port}#dot.test"],
                           upstream={"tls_ca_file": str(pki / "ca.pem")})
     assert ask(fwd.port, "www.test").answer
-    first = fwd.app.pool.upstreams[0]._conn
+    first = fwd.app.router.upstreams[0]._conn
     deadline = time.monotonic() + 5
     while not first.closed and time.monotonic() < deadline:  # Unbound's 300 ms idle timeout
         time.sleep(0.05)
     assert first.closed
     assert ask(fwd.port, "v6.test", "AAAA").answer
-    assert fwd.app.pool.upstreams[0]._conn is not first
+    assert fwd.app.router.upstreams[0]._conn is not first
 
 
 @pytest.mark.parametrize("suffix, ca", [("#other.test", True), ("#dot.test", False), ("", False)])

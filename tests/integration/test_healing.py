@@ -116,7 +116,7 @@ def test_prefetch_refreshes_a_popular_name_before_it_expires(unbound, start_forw
     unbound.set_record("www.test. 300 IN A 192.0.2.60")
     fwd.advance(280)
     msg = ask(fwd.port, "www.test")
-    assert values(msg) == ["192.0.2.1"] and ttls(msg) == {20}  # answered from cache at once
+    assert values(msg) == ["192.0.2.1"] and ttls(msg) in ({20}, {19})  # from cache at once (the clock flows too)
     assert eventually(lambda: values(ask(fwd.port, "www.test")) == ["192.0.2.60"])
     assert fwd.metric("resolver_prefetches_total") == 1
     assert fwd.metric("resolver_cache_misses_total") == 1  # only the first query missed

@@ -12,11 +12,13 @@ import asyncio
 import dnslib
 
 from resolver import wire
+from resolver.clock import SYSTEM_CLOCK, Clock, sleep_until
 from resolver.errors import UpstreamServfail, UpstreamTimeout, UpstreamUnreachable
 
 
 class FakePool:
-    def __init__(self):
+    def __init__(self, clock: Clock = SYSTEM_CLOCK):
+        self.clock = clock  # the pipeline's: deadlines passed to ``exchange`` are on it
         self.records: dict[tuple[str, str], list[tuple[str, int]]] = {}
         self.nx: set[str] = set()
         self.mode = "normal"
@@ -71,13 +73,13 @@ class FakePool:
         name = wire.name_to_text(question[:-4]).rstrip(".")
         qtype = dnslib.QTYPE.get(int.from_bytes(question[-4:-2], "big"))
         self.calls.append((name, qtype))
-        loop = asyncio.get_running_loop()
+        clock = self.clock
         if self.delay_s:
-            await asyncio.sleep(min(self.delay_s, max(0.0, deadline - loop.time())))
-            if loop.time() >= deadline:
+            await sleep_until(clock, min(clock.monotonic() + self.delay_s, deadline))
+            if clock.monotonic() >= deadline:
                 raise UpstreamTimeout("fake: delayed past the deadline")
         if self.mode == "drop":
-            await asyncio.sleep(max(0.0, deadline - loop.time()))
+            await sleep_until(clock, deadline)
             raise UpstreamTimeout("fake: dropped")
         if self.mode == "servfail":
             raise UpstreamServfail("servfail")

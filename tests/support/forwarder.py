@@ -3,7 +3,8 @@
 The App runs on its own uvloop event loop in a background thread, bound to
 127.0.0.1 port 0 (UDP and TCP share the port it gets), with its metrics listener
 on another ephemeral port.  Tests talk to it with dig and dnspython like any
-client would, and move its clock with ``advance()`` instead of sleeping.
+client would, and move its clock with ``advance()`` instead of sleeping (the clock
+flows in real time too: the upstreams on the other end of the sockets are real).
 """
 
 from __future__ import annotations
@@ -62,7 +63,9 @@ def http_request(port: int, path: str, method: str = "GET", headers: dict | None
 
 class RunningForwarder:
     def __init__(self, config: Config, clock: FakeClock | None = None, join: bool = False):
-        self.clock = clock or FakeClock()
+        # Real upstreams take real time: the clock flows, and advance() jumps it ahead
+        # (TTLs expire and due timers fire at once, without sleeping).
+        self.clock = clock or FakeClock(flowing=True)
         self.join = join  # bind next to a running instance (a deliberate handover: App(join=True))
         self.loop = uvloop.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="forwarder", daemon=True)

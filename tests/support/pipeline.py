@@ -35,7 +35,7 @@ def make(stale: dict | None = None, cache: dict | None = None, total_timeout: fl
         upstream=dataclasses.replace(UpstreamOptions(), attempt_timeout=total_timeout, total_timeout=total_timeout),
     )
     clock = FakeClock()
-    pool = FakePool()
+    pool = FakePool(clock)
     pool.answer("www.test", "A", "192.0.2.1", ttl=300)
     pool.answer("short.test", "A", "192.0.2.2", ttl=10)
     stats = Stats()
@@ -63,8 +63,8 @@ def make_local_pipeline():
     config = dataclasses.replace(config, stale=dataclasses.replace(StaleConfig(), client_timeout=0.05),
                                  upstream=dataclasses.replace(UpstreamOptions(), attempt_timeout=0.3,
                                                               total_timeout=0.3))
-    pool = FakePool().answer("lb.test", "A", "198.51.100.7", ttl=20).nxdomain("nosuch.test")
     clock, cache = FakeClock(), Cache(100)
+    pool = FakePool(clock).answer("lb.test", "A", "198.51.100.7", ttl=20).nxdomain("nosuch.test")
     return Pipeline(config, cache, pool, clock, Stats(), LocalAnswers(config)), pool, clock, cache
 
 

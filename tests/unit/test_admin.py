@@ -121,7 +121,8 @@ def test_unknown_paths_and_methods():
 
 
 @pytest.mark.parametrize("head", [
-    b"GET /x HTTP/1.1\r\n\r\n", b"HEAD /metrics HTTP/1.0\r\nHost: a\r\n\r\n",
+    b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n", b"HEAD /metrics HTTP/1.0\r\nHost: a\r\n\r\n",
+    b"GET /x HTTP/1.0\r\n\r\n",  # HTTP/1.0 has no Host requirement
 ])
 def test_parse_head_accepts(head):
     method, target_, headers = parse_head(head)
@@ -133,7 +134,9 @@ def test_parse_head_accepts(head):
     b"GET /a\x1bb HTTP/1.1\r\n\r\n", b"GET /x HTTP/2\r\n\r\n", b"GET /x HTTP/1.1\r\n folded\r\n\r\n",
     b"GET /x HTTP/1.1\r\nBad Name: 1\r\n\r\n", b"POST /x HTTP/1.1\r\nContent-Length: 5\r\n\r\n",
     b"POST /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
-    b"GET /x HTTP/1.1\r\n" + b"A: 1\r\n" * 65 + b"\r\n",
+    b"GET /x HTTP/1.1\r\nHost: a\r\n" + b"A: 1\r\n" * 64 + b"\r\n",
+    b"GET /x HTTP/1.1\r\n\r\n",  # HTTP/1.1 without Host: 400 (RFC 9112 §3.2)
+    b"GET /x HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",  # two Hosts (RFC 9112 §3.2)
 ])
 def test_parse_head_refuses(head):
     with pytest.raises(BadRequest):

@@ -189,7 +189,7 @@ def test_parse_upstream(text, upstream, label):
 
 @pytest.mark.parametrize(
     "text, problem",
-    [("https://192.0.2.53", "unsupported scheme 'https'"), ("https://192.0.2.53:443", "unsupported scheme"),
+    [("quic://192.0.2.53", "unsupported scheme 'quic'"), ("h3://192.0.2.53:443", "unsupported scheme"),
      ("dns.example:53", "not a hostname"), ("192.0.2.53:0", "1 to 65535"), (53, "expected an address")],
 )
 def test_parse_upstream_rejects(text, problem):

@@ -148,3 +148,31 @@ def test_error_lines_are_unchanged(data, line, tmp_path):
     with pytest.raises(ConfigError) as info:
         parse_config(data, resolv_conf=str(resolv))
     assert str(info.value) == line
+
+
+@pytest.mark.parametrize("value, expected", [("auto", "auto"), ("on", "on"), ("off", "off"), (True, "on"),
+                                             (False, "off")])
+def test_udp_accelerator_takes_auto_on_off_and_yaml_booleans(value, expected, tmp_path):
+    """``server.udp_accelerator`` (the native UDP hit loop): YAML 1.1 reads a bare on/off as a
+    boolean, which is taken as the word rather than refused."""
+    from resolver.config import parse_config
+
+    resolv = tmp_path / "resolv.conf"
+    resolv.write_text("nameserver 127.0.0.1\n")
+    assert parse_config({"server": {"udp_accelerator": value}}, resolv_conf=str(resolv)).server.udp_accelerator \
+        == expected
+    assert parse_config({}, resolv_conf=str(resolv)).server.udp_accelerator == "auto"
+
+
+@pytest.mark.parametrize("value, line", [
+    ("native", "server.udp_accelerator: must be one of: auto, on, off, got 'native'"),
+    (1, "server.udp_accelerator: expected a non-empty string, got 1"),
+])
+def test_udp_accelerator_bad_values(value, line, tmp_path):
+    from resolver.config import parse_config
+
+    resolv = tmp_path / "resolv.conf"
+    resolv.write_text("nameserver 127.0.0.1\n")
+    with pytest.raises(ConfigError) as info:
+        parse_config({"server": {"udp_accelerator": value}}, resolv_conf=str(resolv))
+    assert str(info.value) == line

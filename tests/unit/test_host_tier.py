@@ -116,7 +116,7 @@ def test_what_was_written_survives_a_new_process_and_failures_are_not_written(tm
     t2 = tier(tmp_path / "c.lmdb", later)  # (t.stop() above closed it)
     assert t2.entries() == 1
     state, entry = cache_over(t2).lookup(key("a.example.com"), later.monotonic())
-    assert state == FRESH and entry.ttl_left(later.monotonic()) == pytest.approx(30, abs=1e-3)
+    assert state == FRESH and (entry.fresh_until - later.monotonic()) == pytest.approx(30, abs=1e-3)
 
 
 def test_writes_are_batched_one_transaction_per_batch_last_value_wins(tmp_path):
@@ -129,7 +129,7 @@ def test_writes_are_batched_one_transaction_per_batch_last_value_wins(tmp_path):
     t._flush()
     assert (t.stats.batches, t.stats.writes, t.entries()) == (1, 500, 500)
     entry = cache_over(reopen(t, clock)).lookup(key("n0.example.com"), clock.monotonic())[1]
-    assert entry.ttl_left(clock.monotonic()) == pytest.approx(99, abs=1e-3)
+    assert (entry.fresh_until - clock.monotonic()) == pytest.approx(99, abs=1e-3)
 
 
 def test_a_full_write_queue_drops_and_counts_but_serving_goes_on(tmp_path):

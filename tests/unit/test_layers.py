@@ -52,7 +52,8 @@ SANS_IO_MODULES = {"cache/store.py", "cache/snapshot.py", "cache/fleet_record.py
 FORBIDDEN_IN_CORE = {"asyncio", "socket", "time", "uvloop", "selectors", "threading"}
 
 # One home for each of these libraries.
-ONLY_IN = {"prometheus_client": {"ops"}, "yaml": {"config"}, "lmdb": {"cache"}, "redis": {"cache"}}
+ONLY_IN = {"prometheus_client": {"ops"}, "yaml": {"config"}, "lmdb": {"cache"}, "h2": {"upstream"},
+           "redis": {"cache"}}
 # ... and within its package, one module: the I/O tier that needs it.  redis (with its
 # import cost) stays out of everything a process loads when the fleet tier is off.
 ONLY_MODULE = {"lmdb": "cache/host.py", "redis": "cache/fleet.py"}
@@ -148,3 +149,19 @@ def test_the_rules_can_fail():
     internal, _ = imports_of(serve_pipeline)
     assert {"cache", "wire", "policy"} <= internal
     assert "ops" not in ALLOWED["serve"] and "serve" not in ALLOWED["upstream"]
+
+
+def test_the_native_hit_loop_has_one_door():
+    """Only serve/batch.py imports the C extension (serve/_hitloop.c): everything else reaches the
+    native loop through it, so the Python fallback, the selection and the env override stay in one place."""
+    importers = set()
+    for path in modules():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and any(alias.name == "_hitloop" for alias in node.names):
+                importers.add(str(path.relative_to(PACKAGE)))
+            elif isinstance(node, (ast.Import, ast.ImportFrom)):
+                names = [getattr(node, "module", None) or ""] + [alias.name for alias in node.names]
+                if any(n.endswith("_hitloop") or "._hitloop" in n for n in names):
+                    importers.add(str(path.relative_to(PACKAGE)))
+    assert importers == {"serve/batch.py"}
+    assert (PACKAGE / "serve" / "_hitloop.c").exists()

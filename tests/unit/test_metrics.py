@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from resolver.clock import SYSTEM_CLOCK
 from resolver.cache.store import Cache
 from resolver.config import UpstreamAddress, UpstreamOptions
 from resolver.ops import metrics
@@ -25,7 +26,7 @@ def scrape(stats: Stats, cache: Cache, pool: UpstreamPool) -> dict:
 def make():
     stats = Stats()
     cache = Cache(10, stats.tally)
-    pool = UpstreamPool([Upstream(UpstreamAddress("192.0.2.1"))], UpstreamOptions())
+    pool = UpstreamPool([Upstream(UpstreamAddress("192.0.2.1"))], UpstreamOptions(), SYSTEM_CLOCK)
     return stats, cache, pool
 
 
