@@ -15,7 +15,11 @@ Never in the way (what Unbound's cachedb and the CoreDNS redis plugins get wrong
   (``serve/caching.py``), so it never delays an upstream answer; it waits at most
   ``read_budget`` (redis-py's asyncio client, hiredis parser, cut off by an
   ``asyncio.timeout``).  Reads asked for in one turn of the event loop share one
-  MGET: a flood of misses costs a round trip per batch, not per miss.
+  MGET: a flood of misses costs a round trip per batch, not per miss.  The Redis
+  budgets run on the loop's timers, like the listeners' socket housekeeping (see
+  ``clock.py``): they bound real I/O against a real server, which a test's
+  ``advance()`` of the injected clock must not cut short.  The breaker's reset and
+  every cache deadline are on the injected clock.
 * **Written behind.**  ``enqueue`` (from ``Cache.put``) is a deque append; a full
   queue drops the write and counts it.  One writer task sends batches in one
   pipelined round trip (``SET key value PX ms``), bounded by ``write_timeout``.
