@@ -122,10 +122,10 @@ def test_a_skewed_reader_is_off_by_at_most_its_skew(skew):
     reader = FakeClock(start=7.0, wall_start=clock.wall() + skew)
     got = fleet_record.entry_from_value(SECRET, k, value, reader.monotonic(), reader.wall())
     true_left = 50.0  # seconds of TTL left at this instant
-    assert abs(got.ttl_left(reader.monotonic()) - true_left) <= abs(skew) + 1e-6
+    assert abs((got.fresh_until - reader.monotonic()) - true_left) <= abs(skew) + 1e-6
     # A reader whose clock runs ahead never sees more time left than there is.
     if skew >= 0:
-        assert got.ttl_left(reader.monotonic()) <= true_left + 1e-6
+        assert (got.fresh_until - reader.monotonic()) <= true_left + 1e-6
 
 
 def test_past_its_stale_limit_by_the_readers_clock_it_is_nothing():
