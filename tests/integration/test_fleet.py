@@ -250,7 +250,9 @@ def test_fleet_off_asks_nothing(start_forwarder, fake_upstream):
     serve(fake_upstream, ["www.fleet.example"])
     fwd = start_forwarder([fake_upstream.address])
     assert ask(fwd.port, "www.fleet.example").answer
-    assert fwd.metric("resolver_fleet_enabled") == 0 and fwd.metric("resolver_fleet_reads_total") == 0
+    _, text = fwd.http("/metrics")
+    assert "\nresolver_fleet_enabled 0.0\n" in text  # exported, and says off
+    assert fwd.metric("resolver_fleet_reads_total") == 0 and fwd.app.fleet is None
 
 
 def test_an_upstream_that_fails_fast_still_gets_the_fleets_stale_answer(node, fake_upstream, redis_server):
