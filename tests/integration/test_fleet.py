@@ -272,3 +272,29 @@ def test_an_upstream_that_fails_fast_still_gets_the_fleets_stale_answer(node, fa
     reads = c.metric("resolver_fleet_reads_total")
     assert ede_codes(ask(c.port, "www.fleet.example")) == [3]
     assert c.metric("resolver_fleet_reads_total") == reads
+
+
+def test_last_known_good_defends_an_answer_a_node_only_knows_from_the_fleet(
+        start_forwarder, fake_upstream, redis_server, secret_file):
+    """The AWS-style failure (the authority answers empty) reaching a node that never saw the name:
+    the fleet's entry is in its cache before the empty answer arrives, so last-known-good keeps it."""
+    from resolver.config import LastKnownGoodConfig
+
+    name = "dynamodb.us-east-1.amazonaws.com"
+    fake_upstream.answer(name, "A", "192.0.2.10", ttl=60)
+    lkg = LastKnownGoodConfig(zones=("amazonaws.com",), max_age=3600.0, mode="enforce")
+
+    def lkg_node():
+        return start_forwarder([fake_upstream.address], upstream=UPSTREAM,
+                               stale={**STALE, "last_known_good": lkg},
+                               fleet={"url": redis_server.url, "secret_file": secret_file})
+
+    a = lkg_node()
+    warm(a, [name])
+    fake_upstream.mode("empty").delay(0.1)  # NOERROR, no records; a little slower than Redis
+    c = lkg_node()
+    c.advance(61)
+    msg = ask(c.port, name)
+    assert msg.rcode() == dns.rcode.NOERROR and answer_ip(msg) == "192.0.2.10"
+    assert ede_codes(msg) == [3]
+    assert c.metric("resolver_last_known_good_total", mode="enforce") == 1
