@@ -121,7 +121,9 @@ def test_a_fresh_fleet_entry_is_answered_with_source_fleet(node, fake_upstream, 
 def test_a_frozen_redis_costs_hits_nothing_and_a_miss_at_most_the_budget(node, fake_upstream, redis_server):
     cached, misses, later = names("hit", 20), names("miss", 12), names("later", 5)
     serve(fake_upstream, cached + misses + later)
-    fwd = node(redis_server.url, read_budget=0.03, breaker_failures=5)
+    # breaker_reset far beyond the test's run time on a loaded machine (the harness clock flows):
+    # the breaker must not half-open by itself before the test thaws Redis and jumps the clock.
+    fwd = node(redis_server.url, read_budget=0.03, breaker_failures=5, breaker_reset=300.0)
     warm(fwd, cached)
     reads = fwd.metric("resolver_fleet_reads_total")
     redis_server.freeze()
@@ -153,7 +155,7 @@ def test_a_frozen_redis_costs_hits_nothing_and_a_miss_at_most_the_budget(node, f
     assert fwd.metric("resolver_fleet_read_skips_total") == len(later)
     # Thawed: after breaker_reset one miss probes, succeeds, and closes the breaker.
     redis_server.thaw()
-    fwd.advance(10)
+    fwd.advance(300)
     serve(fake_upstream, ["after.fleet.example"])
     assert ask(fwd.port, "after.fleet.example").answer
     assert eventually(lambda: fwd.metric("resolver_fleet_breaker_state", state="closed") == 1)
