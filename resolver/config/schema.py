@@ -214,6 +214,9 @@ class StaleConfig:
     client_timeout: float = setting(1.8, parse=parse.duration, unit="s")
     # failure recheck timer: after a failure, serve stale this long
     recheck: float = setting(30.0, parse=parse.duration, unit="s")
+    # An upstream group whose best smoothed RTT is above this is slow: an expired entry
+    # is answered stale at once and refreshed behind (0: never; always race client_timeout)
+    slow_upstream: float = setting(0.5, parse=parse.duration, unit="s")
     last_known_good: LastKnownGoodConfig = section(LastKnownGoodConfig)
     # per-name overrides, first match wins
     rules: tuple[StaleRule, ...] = setting((), parse=read_stale_rules)

@@ -547,6 +547,18 @@ class UpstreamPool:
                 return False
         return True
 
+    def known_slow(self, threshold: float, qname: bytes | None = None) -> bool:
+        """True when every upstream that is up has a measured smoothed RTT above
+        ``threshold``: whichever is asked, its reply is expected late
+        (``stale.slow_upstream``).  An upstream not yet measured is not slow."""
+        slow = False
+        for h in self.health.values():
+            if h.up:
+                if h.samples == 0 or h.srtt <= threshold:
+                    return False
+                slow = True
+        return slow
+
     async def probe(self, upstream: Upstream, question: bytes, deadline: float) -> bool | None:
         """One background health check of ``upstream``: True if it answered usefully
         (NOERROR/NXDOMAIN: it resolves names again) and is now marked up; None if it

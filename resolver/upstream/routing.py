@@ -88,6 +88,10 @@ class Router:
             return self.pool_for(qname).known_down()
         return all(pool.known_down() for pool in self.pools)
 
+    def known_slow(self, threshold: float, qname: bytes) -> bool:
+        """Is the group serving ``qname`` answering slower than ``threshold`` (UpstreamPool.known_slow)?"""
+        return self.pool_for(qname).known_slow(threshold)
+
     def close(self) -> None:
         for pool in self.pools:
             pool.close()

@@ -247,3 +247,43 @@ def test_stale_rule_answer_ttl_on_both_paths():
     slow, fast = run(scenario(), clock)
     assert answers(slow) == [("192.0.2.30", 10)] and answers(fast) == [("192.0.2.30", 10)]
     assert counts.stale(stats, "recheck") == 1
+
+
+def _slow_upstream_scenario(slow_upstream: float):
+    """An expired entry, an upstream group measured at 1.5 s (above 0.5 s) that answers in 1.5 s."""
+    pipe, pool, clock, stats = make(total_timeout=4.0)
+    config = pipe.config
+    pipe.configure(dataclasses.replace(config, stale=dataclasses.replace(
+        config.stale, client_timeout=1.8, slow_upstream=slow_upstream)))
+
+    async def scenario():
+        await ask_in_loop(pipe, query("www.test"))
+        clock.advance(301)
+        pool.replace("www.test", "A", "192.0.2.7", ttl=300).delay(1.5)
+        pool.slow_rtt = 1.5
+        t = clock.monotonic()
+        first = await ask_in_loop(pipe, query("www.test"))
+        waited = clock.monotonic() - t
+        await settle(pipe)
+        after = await ask_in_loop(pipe, query("www.test"))
+        return first, waited, after
+
+    return run(scenario(), clock), stats
+
+
+def test_a_slow_upstream_group_answers_expired_names_stale_at_once_and_refreshes_behind():
+    """stale.slow_upstream: when the group's smoothed RTT says a refresh takes 1.5 s, a client
+    asking an expired name gets the stale answer now instead of waiting 1.5 s for it; the fetch
+    behind it repairs the cache."""
+    (first, waited, after), stats = _slow_upstream_scenario(0.5)
+    assert answers(first) == [("192.0.2.1", 30)] and ede_codes(first) == [3]
+    assert waited == 0.0  # fake time: not a moment of the 1.5 s
+    assert stats.stale_answers["slow_upstream"] == 1
+    assert answers(after) == [("192.0.2.7", 300)]
+
+
+def test_slow_upstream_off_waits_for_the_slow_refresh():
+    """stale.slow_upstream 0: the RFC 8767 race as before — the 1.5 s answer beats client_timeout (1.8 s)."""
+    (first, waited, _), stats = _slow_upstream_scenario(0.0)
+    assert answers(first) == [("192.0.2.7", 300)] and waited == 1.5
+    assert stats.stale_answers["slow_upstream"] == 0

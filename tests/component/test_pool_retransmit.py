@@ -224,3 +224,15 @@ def test_a_down_upstream_whose_back_off_ended_gets_one_trial_not_every_exchange(
     winners = fake_time.run(scenario(), CLOCK)
     assert winners == ["b"] * 5
     assert dead.sent == 1  # the one trial; before, each of the 5 exchanges sent to it first
+
+
+def test_known_slow_means_every_upstream_that_is_up_answers_slower_than_the_threshold():
+    slow, fast = StubUdp("a", [1.5]), StubUdp("b", [0.01])
+    pool = pool_of([slow, fast], UpstreamOptions(attempt_timeout=2.0, total_timeout=4.0, max_failures=1))
+    assert not pool.known_slow(0.5)  # nothing measured yet: not slow
+    pool._won(slow, 1.5)
+    assert not pool.known_slow(0.5)  # b is up and unmeasured
+    pool._won(fast, 0.01)
+    assert not pool.known_slow(0.5)  # b answers fast
+    pool._failed(fast, "timeout", CLOCK.monotonic())  # b down: only a is asked, and a is slow
+    assert pool.known_slow(0.5) and not pool.known_slow(2.0)

@@ -26,9 +26,13 @@ class FakePool:
         self.calls: list[tuple[str, str]] = []
         self.epoch = 0       # as UpstreamPool: bumped when an upstream recovers
         self.all_down = False
+        self.slow_rtt = 0.0  # the smoothed RTT known_slow compares (UpstreamPool: measured)
 
     def known_down(self, qname: bytes | None = None) -> bool:
         return self.all_down
+
+    def known_slow(self, threshold: float, qname: bytes | None = None) -> bool:
+        return self.slow_rtt > threshold
 
     # -- builder -------------------------------------------------------------
     def answer(self, name: str, rtype: str, value: str, ttl: int = 300) -> "FakePool":

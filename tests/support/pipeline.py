@@ -95,6 +95,9 @@ class NoPool:
     def known_down(self, qname: bytes | None = None) -> bool:
         return False
 
+    def known_slow(self, threshold: float, qname: bytes | None = None) -> bool:
+        return False
+
     async def exchange(self, *args, **kwargs):  # pragma: no cover - failing is the point
         raise AssertionError("the upstream pool must not be used on a cache hit")
 

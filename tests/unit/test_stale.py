@@ -146,6 +146,7 @@ class PlanRow:
     epoch: int = 0                     # the pool epoch now
     now_config: StaleConfig = ON
     down: bool = False                 # every upstream known down
+    slow: bool = False                 # the upstream group's best smoothed RTT is past stale.slow_upstream
     fetching: bool = False             # the key's fetch is in flight
     cap: str | None = None             # stale.OVERLOAD / stale.CLIENT_LIMIT reached
     lkg_text: bytes | None = None      # held by last-known-good (the answer carries an EDE text)
@@ -203,6 +204,16 @@ PLAN_ROWS = [
             age=IN_WINDOW, now_config=FIRST, cap=stale.CLIENT_LIMIT),
     PlanRow("answer-first, upstreams down: the down row wins (hold)",
             P(stale.STALE, "upstreams_down", fetch=True, hold=True), age=IN_WINDOW, now_config=FIRST, down=True),
+    PlanRow("in the window, upstreams slow: stale now, fetch behind",
+            P(stale.STALE, "slow_upstream", fetch=True), age=IN_WINDOW, slow=True),
+    PlanRow("upstreams slow, fetch in flight: stale now, joined", P(stale.STALE, "slow_upstream", fetch=True),
+            age=IN_WINDOW, slow=True, fetching=True),
+    PlanRow("upstreams slow, client at its share: stale, client_limit", P(stale.STALE, "client_limit"),
+            age=IN_WINDOW, slow=True, cap=stale.CLIENT_LIMIT),
+    PlanRow("upstreams slow, recheck timer running: recheck", P(stale.STALE, "recheck"), age=RECHECK,
+            recheck_for=30, slow=True),
+    PlanRow("fresh, upstreams slow: fresh", P(stale.FRESH), age=10, slow=True),
+    PlanRow("past the window, upstreams slow: nothing servable, fetch", FETCH, age=TTL + 3600, slow=True),
 ]
 
 
@@ -223,7 +234,7 @@ def test_plan(row: PlanRow):
     entry = _plan_entry(row, Cache(10), b"k", clock)
     clock.advance(row.age)
     got = stale.plan(entry, clock.monotonic(), row.now_config, row.epoch, upstreams_down=row.down,
-                     fetching=row.fetching, cap=row.cap)
+                     upstreams_slow=row.slow, fetching=row.fetching, cap=row.cap)
     assert got == row.expect
 
 
@@ -232,7 +243,7 @@ def test_plan_table_covers_every_outcome():
     kinds = {(r.expect.answer, r.expect.reason, r.expect.fetch, r.expect.hold, r.expect.wait is not None)
              for r in PLAN_ROWS}
     reasons = {r.expect.reason for r in PLAN_ROWS if r.expect.answer == stale.STALE}
-    assert reasons == {"recheck", "overload", "upstreams_down", "client_limit", "answer_first"}
+    assert reasons == {"recheck", "overload", "upstreams_down", "client_limit", "answer_first", "slow_upstream"}
     assert {k[0] for k in kinds} == {stale.FRESH, stale.STALE, stale.UPSTREAM, stale.NOT_READY}
     assert {r.expect.reason for r in PLAN_ROWS if r.expect.answer == stale.NOT_READY} == set(stale.CAP_REASON)
 
