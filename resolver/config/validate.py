@@ -169,10 +169,12 @@ def _check_fleet_mode(f) -> None:
             return
     if f.mode == "standalone":
         if not f.url.startswith(FLEET_SCHEMES):
-            raise ConfigError("fleet.url", f"must start with redis://, rediss:// or unix://, got {_without_password(f.url)}")
+            raise ConfigError("fleet.url",
+                              f"must start with redis://, rediss:// or unix://, got {_without_password(f.url)}")
         return
     if not f.url.startswith(("redis://", "rediss://")) and (f.url or f.mode == "cluster"):
-        raise ConfigError("fleet.url", f"must start with redis:// or rediss:// in {f.mode} mode, got {_without_password(f.url)}")
+        raise ConfigError("fleet.url",
+                          f"must start with redis:// or rediss:// in {f.mode} mode, got {_without_password(f.url)}")
     parts = urlsplit(f.url)
     if f.mode == "cluster":
         if not parts.hostname:
@@ -185,8 +187,8 @@ def _check_fleet_mode(f) -> None:
     if not f.sentinel_service:
         raise ConfigError("fleet.sentinel_service", "required with fleet.mode: sentinel: the master's name")
     if parts.hostname or parts.port:
-        raise ConfigError("fleet.url", "in sentinel mode the master's address comes from fleet.sentinels: "
-                          f"give only password, database and TLS (rediss://:PASSWORD@/0), got {_without_password(f.url)}")
+        raise ConfigError("fleet.url", "in sentinel mode the master's address comes from fleet.sentinels: give "
+                          f"only password, database and TLS (rediss://:PASSWORD@/0), got {_without_password(f.url)}")
 
 
 def _without_password(url: str) -> str:
