@@ -30,6 +30,12 @@ Never in the way (what Unbound's cachedb and the CoreDNS redis plugins get wrong
   forwarder starts and serves with Redis down, and nothing is loaded: a miss reads
   one key.
 
+The store is one server, a Redis Cluster or a master found through Sentinel
+(``fleet.mode``; ``make_client``).  On a cluster a batch's keys span slots: reads
+are redis-py's ``mget_nonatomic`` (an MGET per slot, one pipeline per master) and
+writes a pipeline of ``SET … PX`` per key, since the write script cannot span slots;
+the budgets, the breaker and the bounded queue are the same in every mode.
+
 Values are authenticated (``fleet_record.py``: HMAC-SHA256 with the shared secret
 over the key, the answer and its wall-clock deadlines): a value that fails — forged,
 or moved from another key — is counted (``rejected``), never served.
