@@ -56,7 +56,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.sentinel import Sentinel
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from .. import wire
 from ..clock import Clock
@@ -77,6 +77,9 @@ for i, key in ipairs(KEYS) do
 end
 return #KEYS
 """
+# What a failed call raises: the cluster client's own errors (no node reachable, a slot not
+# covered) are not RedisErrors.
+FAILURES = (RedisError, RedisClusterException, OSError)
 PROBE_WAIT = 0.01  # seconds the writer waits for a read probing a half-open breaker
 LOG_EVERY = 60.0  # failures and refused values are logged at most this often
 def redacted(url: str) -> str:
@@ -266,7 +269,7 @@ class FleetTier:
             ok = True
         except TimeoutError:
             stats.timeouts += 1
-        except (RedisError, OSError) as e:
+        except FAILURES as e:
             stats.errors += 1
             self._log_throttled("fleet cache tier: read failed (misses go upstream): %s", e)
         finally:
@@ -396,7 +399,7 @@ class FleetTier:
         except TimeoutError:
             stats.timeouts += 1
             self._write_failed(sent, "timed out")
-        except (RedisError, OSError) as e:
+        except FAILURES as e:
             stats.errors += 1
             self._write_failed(sent, e)
         else:

@@ -12,12 +12,14 @@ as tests/integration/test_fleet.py for each mode:
 
 from __future__ import annotations
 
+import time
+
 import dns.rcode
 import pytest
 import redis
 
 from tests.support.client import ask, ede_codes, eventually, ttls
-from tests.support.redis_server import HAVE_REDIS, HOST, RedisClusterNodes, RedisSentinelSet
+from tests.support.redis_server import HAVE_REDIS, HOST, RedisClusterNodes, RedisSentinelSet, free_port
 
 pytestmark = pytest.mark.skipif(not HAVE_REDIS, reason="redis-server is not installed (`make test` installs it)")
 
@@ -105,6 +107,7 @@ def cluster_fleet(cluster, prefix: str) -> dict:
     return {"mode": "cluster", "url": cluster.url, "key_prefix": prefix}
 
 
+@pytest.mark.slow  # the cluster's start (redis-cli --cluster create) takes 2-7 s
 def test_cluster_a_new_node_serves_stale_every_name_written_across_the_masters(
         node, fake_upstream, redis_cluster):
     half_a, half_b = names("ca", 15), names("cb", 15)
@@ -122,6 +125,7 @@ def test_cluster_a_new_node_serves_stale_every_name_written_across_the_masters(
     assert ask(c.port, "never.fleet.example", timeout=5).rcode() == dns.rcode.SERVFAIL
 
 
+@pytest.mark.slow  # the cluster's start (redis-cli --cluster create) takes 2-7 s
 def test_cluster_a_value_moved_to_a_key_on_another_master_is_refused(node, fake_upstream, redis_cluster):
     a = node(**cluster_fleet(redis_cluster, "c2:"))
     warm(a, fake_upstream, names("m", 12))
@@ -187,3 +191,42 @@ def test_sentinel_a_value_moved_to_another_key_is_refused(node, fake_upstream, r
     assert msg.rcode() == dns.rcode.SERVFAIL and answer_ip(msg) is None
     assert c.metric("resolver_fleet_rejected_values_total", reason="mac") == 1
     assert_served_stale(c, ["bank.fleet.example"])
+
+
+def test_cluster_mode_starts_and_serves_with_the_seed_node_down(node, fake_upstream):
+    """No node to learn the slot map from: misses go upstream, the failure is counted (the cluster
+    client's own exceptions are not RedisErrors), the breaker opens, the forwarder is ready."""
+    fwd = node(mode="cluster", url=f"redis://{HOST}:{free_port()}")  # nothing listens there
+    for name in names("down", 6):
+        fake_upstream.answer(name, "A", ip_of(name), ttl=TTL)
+        assert answer_ip(ask(fwd.port, name)) == ip_of(name)
+    assert eventually(lambda: fwd.metric("resolver_fleet_breaker_state", state="open") == 1)
+    assert fwd.metric("resolver_fleet_errors_total") >= 1
+    assert fwd.http("/readyz")[0] == 200
+
+
+@pytest.mark.slow  # the cluster's start (redis-cli --cluster create) takes 2-7 s
+def test_cluster_a_frozen_master_costs_a_miss_at_most_the_budget(node, fake_upstream, redis_cluster):
+    """One master SIGSTOPped: hits never ask; a miss is answered by the upstream, its read cut at
+    the budget; then the breaker stops asking."""
+    cached, misses = names("fz", 10), names("fm", 8)
+    fwd = node(**cluster_fleet(redis_cluster, "c3:"), read_budget=0.03, breaker_failures=3)
+    warm(fwd, fake_upstream, cached)
+    for name in misses:
+        fake_upstream.answer(name, "A", ip_of(name), ttl=TTL)
+    reads = fwd.metric("resolver_fleet_reads_total")
+    frozen = redis_cluster.nodes[1]
+    frozen.freeze()
+    try:
+        for name in cached:
+            assert answer_ip(ask(fwd.port, name)) == ip_of(name)
+        assert fwd.metric("resolver_fleet_reads_total") == reads, "a hit never reaches the fleet"
+        for name in misses:
+            started = time.monotonic()
+            assert answer_ip(ask(fwd.port, name)) == ip_of(name)
+            assert time.monotonic() - started < 0.5  # the upstream's answer, not a wait on the frozen master
+        assert eventually(lambda: fwd.metric("resolver_fleet_breaker_state", state="open") == 1)
+        count = fwd.metric("resolver_fleet_read_duration_seconds_count")
+        assert count >= 1 and fwd.metric("resolver_fleet_read_duration_seconds_bucket", le="0.25") == count
+    finally:
+        frozen.thaw()

@@ -128,7 +128,7 @@ class RedisClusterNodes:
     def start(self) -> "RedisClusterNodes":
         for node in self.nodes:
             node.extra = ["--cluster-enabled", "yes", "--cluster-port", str(free_port()),
-                          "--cluster-config-file", str(node.dir / "nodes.conf"), "--cluster-node-timeout", "2000"]
+                          "--cluster-config-file", str(node.dir / "nodes.conf"), "--cluster-node-timeout", "15000"]
             node.start()
         subprocess.run(["redis-cli", "--cluster", "create", *(f"{HOST}:{n.port}" for n in self.nodes),
                         "--cluster-replicas", "0", "--cluster-yes"],
