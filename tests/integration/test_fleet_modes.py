@@ -230,3 +230,15 @@ def test_cluster_a_frozen_master_costs_a_miss_at_most_the_budget(node, fake_upst
         assert count >= 1 and fwd.metric("resolver_fleet_read_duration_seconds_bucket", le="0.25") == count
     finally:
         frozen.thaw()
+
+
+def test_sentinel_mode_serves_when_the_sentinels_know_no_such_master(node, fake_upstream, redis_sentinel):
+    """A wrong sentinel_service (or every Sentinel unsure of the master): each read fails fast and
+    is counted, the breaker opens, and misses are answered by the upstream as without the tier."""
+    fwd = node(**{**sentinel_fleet(redis_sentinel), "sentinel_service": "no-such-master"})
+    for name in names("nomaster", 6):
+        fake_upstream.answer(name, "A", ip_of(name), ttl=TTL)
+        assert answer_ip(ask(fwd.port, name)) == ip_of(name)
+    assert eventually(lambda: fwd.metric("resolver_fleet_breaker_state", state="open") == 1)
+    assert fwd.metric("resolver_fleet_errors_total") >= 1
+    assert redis_sentinel.master.client().dbsize() == 0
