@@ -12,6 +12,7 @@ as tests/integration/test_fleet.py for each mode:
 
 from __future__ import annotations
 
+import shutil
 import time
 
 import dns.rcode
@@ -21,7 +22,8 @@ import redis
 from tests.support.client import ask, ede_codes, eventually, ttls
 from tests.support.redis_server import HAVE_REDIS, HOST, RedisClusterNodes, RedisSentinelSet, free_port
 
-pytestmark = pytest.mark.skipif(not HAVE_REDIS, reason="redis-server is not installed (`make test` installs it)")
+pytestmark = pytest.mark.skipif(not HAVE_REDIS or not shutil.which("redis-cli"),
+                                reason="redis-server or redis-cli is not installed (`make test` installs them)")
 
 SECRET = "fleet-test-secret-0123456789abcdef"
 TTL = 300
