@@ -244,3 +244,28 @@ def test_sentinel_mode_serves_when_the_sentinels_know_no_such_master(node, fake_
     assert eventually(lambda: fwd.metric("resolver_fleet_breaker_state", state="open") == 1)
     assert fwd.metric("resolver_fleet_errors_total") >= 1
     assert redis_sentinel.master.client().dbsize() == 0
+
+
+@pytest.mark.slow  # the Sentinel needs a few seconds to see the replica before it can fail over
+def test_sentinel_the_tier_follows_a_failover_to_the_new_master(node, fake_upstream, tmp_path):
+    """Names written before a failover (replicated) and after it (to the promoted replica, which
+    redis-py finds through the Sentinel) are all served stale by a node that never saw them."""
+    before, after = names("pre", 6), names("post", 6)
+    with RedisSentinelSet(tmp_path / "failover", replica=True) as sentinel:
+        a = node(**sentinel_fleet(sentinel))
+        warm(a, fake_upstream, before)
+        assert sentinel.failover() == sentinel.replica.port
+        promoted = sentinel.replica.client()
+        assert len(written_keys(promoted, before)) == len(before), "replicated before the failover"
+        warm(a, fake_upstream, after)  # (counts every write: before + after)
+        assert eventually(lambda: a.metric("resolver_fleet_writes_total") >= len(before + after))
+        assert len(written_keys(promoted, after)) == len(after), "written to the new master"
+        fake_upstream.mode("drop")
+        c = node(**sentinel_fleet(sentinel))
+        c.advance(TTL + 60)  # past every TTL: A's clock has flowed for the seconds the failover took
+        assert_served_stale(c, before + after)
+
+
+def written_keys(r, some_names) -> list[bytes]:
+    keys = r.keys("resolver:*")
+    return [k for k in keys if any(label(n) in k for n in some_names)]

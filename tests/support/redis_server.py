@@ -167,21 +167,43 @@ class RedisClusterNodes:
 
 
 class RedisSentinelSet:
-    """One master and one Sentinel watching it as ``service`` (quorum 1), on 127.0.0.1.  The
+    """One master (and, with ``replica=True``, its replica) and one Sentinel watching it as
+    ``service`` (quorum 1), on 127.0.0.1.  The
     Sentinel is the same binary in sentinel mode (``redis-server sentinel.conf --sentinel``;
     Debian's ``redis-sentinel`` package only adds a service unit).
 
         with RedisSentinelSet(tmp_path) as rs:
             rs.sentinels            # ["127.0.0.1:PORT"]
             rs.master.client()      # the master, to look inside
+            rs.failover()           # (replica=True) the replica promoted; its port
     """
 
-    def __init__(self, directory: Path, service: str = "mymaster"):
+    def __init__(self, directory: Path, service: str = "mymaster", replica: bool = False):
         self.dir = Path(directory)
         self.service = service
         self.master = RedisServer(self.dir / "master")
+        self.replica = RedisServer(self.dir / "replica") if replica else None  # for failover()
         self.port = free_port()
         self.proc: subprocess.Popen | None = None
+
+    def sentinel_client(self) -> redis.Redis:
+        return redis.Redis(host=HOST, port=self.port, socket_timeout=2, socket_connect_timeout=2)
+
+    def master_port(self) -> int:
+        return int(self.sentinel_client().execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.service)[1])
+
+    def failover(self, timeout: float = 20.0) -> int:
+        """SENTINEL FAILOVER: the replica becomes the master; its port once the Sentinel says so and
+        the old master has been turned into its replica (the end of a failover, when clients still
+        connected to the old master get READONLY)."""
+        old = self.master_port()
+        self.sentinel_client().execute_command("SENTINEL", "FAILOVER", self.service)
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if self.master_port() != old and self.master.client().info("replication")["role"] == "slave":
+                return self.master_port()
+            time.sleep(0.05)
+        raise RuntimeError("the Sentinel did not fail over")
 
     @property
     def sentinels(self) -> list[str]:
@@ -189,6 +211,9 @@ class RedisSentinelSet:
 
     def start(self) -> "RedisSentinelSet":
         self.master.start()
+        if self.replica is not None:
+            self.replica.extra = ["--replicaof", HOST, str(self.master.port)]
+            self.replica.start()
         sdir = self.dir / "sentinel"
         sdir.mkdir(parents=True, exist_ok=True)
         conf = sdir / "sentinel.conf"  # Sentinel rewrites its config file: it must be ours, writable
@@ -201,8 +226,9 @@ class RedisSentinelSet:
             if self.proc.poll() is not None:
                 break
             try:
-                client = redis.Redis(host=HOST, port=self.port, socket_timeout=2, socket_connect_timeout=2)
-                if client.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.service):
+                client = self.sentinel_client()
+                if client.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.service) and (
+                        self.replica is None or self._replica_known(client)):
                     return self
             except redis.RedisError:
                 pass
@@ -210,10 +236,23 @@ class RedisSentinelSet:
         log = sdir / "sentinel.log"
         raise RuntimeError(f"redis sentinel did not start: {log.read_text()[-2000:] if log.exists() else ''}")
 
+    def _replica_known(self, client: redis.Redis) -> bool:
+        """The Sentinel lists the replica as up and linked (a failover needs one)."""
+        for replica in client.execute_command("SENTINEL", "REPLICAS", self.service):
+            info = dict(zip(replica[::2], replica[1::2])) if isinstance(replica, list) else replica
+            info = {(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
+                    for k, v in info.items()}
+            if info.get("port") == str(self.replica.port) and info.get("master-link-status") == "ok" \
+                    and "disconnected" not in info.get("flags", ""):
+                return True
+        return False
+
     def close(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(5)
+        if self.replica is not None:
+            self.replica.close()
         self.master.close()
 
     def __enter__(self) -> "RedisSentinelSet":
