@@ -175,14 +175,14 @@ class RedisSentinelSet:
         with RedisSentinelSet(tmp_path) as rs:
             rs.sentinels            # ["127.0.0.1:PORT"]
             rs.master.client()      # the master, to look inside
-            rs.failover()           # (replica=True) the replica promoted; its port
+            rs.lose_master()        # (replica=True) the master killed, the replica promoted
     """
 
     def __init__(self, directory: Path, service: str = "mymaster", replica: bool = False):
         self.dir = Path(directory)
         self.service = service
         self.master = RedisServer(self.dir / "master")
-        self.replica = RedisServer(self.dir / "replica") if replica else None  # for failover()
+        self.replica = RedisServer(self.dir / "replica") if replica else None  # for lose_master()
         self.port = free_port()
         self.proc: subprocess.Popen | None = None
 
@@ -192,22 +192,18 @@ class RedisSentinelSet:
     def master_port(self) -> int:
         return int(self.sentinel_client().execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.service)[1])
 
-    def failover(self, timeout: float = 20.0) -> int:
-        """SENTINEL FAILOVER: the replica becomes the master; its port once the Sentinel says so and
-        the old master has been turned into its replica (the end of a failover, when clients still
-        connected to the old master get READONLY)."""
+    def lose_master(self, timeout: float = 20.0) -> int:
+        """The master SIGKILLed: the Sentinel sees it down (1 s) and promotes the replica.  Its port,
+        once the Sentinel reports the new master up (flags ``master`` only: until then — about a
+        second after the address changes — redis-py's ``discover_master`` refuses it)."""
         old = self.master_port()
-        self.sentinel_client().execute_command("SENTINEL", "FAILOVER", self.service)
+        self.master.kill()
         end = time.monotonic() + timeout
         while time.monotonic() < end:
-            if self.master_port() != old and self.master.client().info("replication")["role"] == "slave":
+            if self.master_port() != old and self._master_flags() == {"master"}:
                 return self.master_port()
             time.sleep(0.05)
         raise RuntimeError("the Sentinel did not fail over")
-
-    @property
-    def sentinels(self) -> list[str]:
-        return [f"{HOST}:{self.port}"]
 
     def start(self) -> "RedisSentinelSet":
         self.master.start()
@@ -218,7 +214,10 @@ class RedisSentinelSet:
         sdir.mkdir(parents=True, exist_ok=True)
         conf = sdir / "sentinel.conf"  # Sentinel rewrites its config file: it must be ours, writable
         conf.write_text(f"bind {HOST}\nport {self.port}\ndir {sdir}\nlogfile {sdir / 'sentinel.log'}\n"
-                        f"sentinel monitor {self.service} {HOST} {self.master.port} 1\n")
+                        f"sentinel monitor {self.service} {HOST} {self.master.port} 1\n"
+                        # quick to see a lost master and to fail over (defaults: 30 s and 3 min)
+                        f"sentinel down-after-milliseconds {self.service} 1000\n"
+                        f"sentinel failover-timeout {self.service} 2000\n")
         self.proc = subprocess.Popen(["redis-server", str(conf), "--sentinel"],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         end = time.monotonic() + 10
@@ -235,6 +234,12 @@ class RedisSentinelSet:
             time.sleep(0.05)
         log = sdir / "sentinel.log"
         raise RuntimeError(f"redis sentinel did not start: {log.read_text()[-2000:] if log.exists() else ''}")
+
+    def _master_flags(self) -> set[str]:
+        state = self.sentinel_client().execute_command("SENTINEL", "MASTER", self.service)
+        info = dict(zip(state[::2], state[1::2])) if isinstance(state, list) else state
+        flags = info.get(b"flags", info.get("flags", b""))
+        return set((flags.decode() if isinstance(flags, bytes) else flags).split(","))
 
     def _replica_known(self, client: redis.Redis) -> bool:
         """The Sentinel lists the replica as up and linked (a failover needs one)."""
