@@ -386,8 +386,8 @@ def host_ports(value: object, key: str) -> tuple[tuple[str, int], ...]:
         if not match or not 1 <= int(match.group(3)) <= 65535:
             raise ConfigError(path, f"expected host:port, e.g. 10.0.0.5:26379 or [::1]:26379, got {show(item)}")
         host = match.group(1) or match.group(2)
-        if match.group(1):
-            _ip(host, path)
+        if match.group(1) and _ip(host, path).version != 6:
+            raise ConfigError(path, f"brackets are only for IPv6 addresses, got {show(item)}")
         found.append((host, int(match.group(3))))
     unique(found, key)
     return tuple(found)

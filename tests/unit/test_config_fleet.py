@@ -119,6 +119,7 @@ SENTINEL = {"mode": "sentinel", "sentinels": ["10.0.0.5:26379"], "sentinel_servi
     ({"mode": "sentinel", "sentinels": ["10.0.0.5"]}, "fleet.sentinels[0]", "expected host:port"),
     ({"mode": "sentinel", "sentinels": ["10.0.0.5:0"]}, "fleet.sentinels[0]", "expected host:port"),
     ({"mode": "sentinel", "sentinels": ["[nothex]:26379"]}, "fleet.sentinels[0]", "expected host:port"),
+    ({"mode": "sentinel", "sentinels": ["[10.0.0.5]:26379"]}, "fleet.sentinels[0]", "only for IPv6"),
     ({"mode": "sentinel", "sentinels": ["a:1", "a:1"]}, "fleet.sentinels[1]", "duplicate of fleet.sentinels[0]"),
     ({"mode": "sentinel", "sentinels": [26379]}, "fleet.sentinels[0]", "host:port"),
     ({"url": "redis://h", "sentinels": ["a:1"]}, "fleet.sentinels", "only used with fleet.mode: sentinel"),
