@@ -61,6 +61,9 @@ SYSTEM_DEPS += gcc:gcc
 
 # redis-server as the fleet cache tier's shared store (tests/integration/test_fleet.py, bench/fleet.py).
 SYSTEM_DEPS += redis-server:redis-server
+# redis-cli --cluster create joins the test Redis Cluster (tests/integration/test_fleet_modes.py); the
+# Sentinel there is redis-server itself (--sentinel), so no redis-sentinel package is needed.
+SYSTEM_DEPS += redis-cli:redis-tools
 
 # Debian's unbound and prometheus packages would start their daemons on install
 # (unbound-anchor even queries the root servers); a policy-rc.d that exits 101

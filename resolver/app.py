@@ -233,9 +233,9 @@ class App:
 
     @staticmethod
     def _build_fleet(config: Config, clock: Clock):
-        """The fleet tier, or None when ``fleet.url`` is unset.  redis is imported only then:
-        a process without the tier does not pay for loading it (~80 ms at start)."""
-        if not config.fleet.url:
+        """The fleet tier, or None when it names no store (``fleet.url`` or ``fleet.sentinels``).
+        redis is imported only then: a process without the tier does not pay for loading it (~80 ms at start)."""
+        if not config.fleet.enabled:
             return None
         from .cache.fleet import FleetTier
 

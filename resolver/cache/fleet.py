@@ -30,6 +30,12 @@ Never in the way (what Unbound's cachedb and the CoreDNS redis plugins get wrong
   forwarder starts and serves with Redis down, and nothing is loaded: a miss reads
   one key.
 
+The store is one server, a Redis Cluster or a master found through Sentinel
+(``fleet.mode``; ``make_client``).  On a cluster a batch's keys span slots: reads
+are redis-py's ``mget_nonatomic`` (an MGET per slot, one pipeline per master) and
+writes a pipeline of ``SET … PX`` per key, since the write script cannot span slots;
+the budgets, the breaker and the bounded queue are the same in every mode.
+
 Values are authenticated (``fleet_record.py``: HMAC-SHA256 with the shared secret
 over the key, the answer and its wall-clock deadlines): a value that fails — forged,
 or moved from another key — is counted (``rejected``), never served.
@@ -43,12 +49,14 @@ import asyncio
 import collections
 import logging
 import time
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from .. import wire
 from ..clock import Clock
@@ -69,6 +77,9 @@ for i, key in ipairs(KEYS) do
 end
 return #KEYS
 """
+# What a failed call raises: the cluster client's own errors (no node reachable, a slot not
+# covered) are not RedisErrors.
+FAILURES = (RedisError, RedisClusterException, OSError)
 PROBE_WAIT = 0.01  # seconds the writer waits for a read probing a half-open breaker
 LOG_EVERY = 60.0  # failures and refused values are logged at most this often
 def redacted(url: str) -> str:
@@ -81,26 +92,70 @@ def redacted(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
 
 
-def make_client(config: FleetConfig) -> aioredis.Redis:
-    """The redis-py asyncio client for ``config.url``.  Connects on first use, not here.
+def described(config: FleetConfig) -> str:
+    """Where the tier's store is, for logs: no password."""
+    if config.mode == "sentinel":
+        sentinels = ", ".join(f"{host}:{port}" for host, port in config.sentinels)
+        return f"master {config.sentinel_service!r} of Sentinels {sentinels}"
+    return f"{config.mode} {redacted(config.url)}" if config.mode != "standalone" else redacted(config.url)
 
-    A blocking pool of ``max_connections``: a burst of misses waits (within its read
-    budget) for a connection instead of failing — a read takes a fraction of a
-    millisecond, so a few connections serve tens of thousands of reads a second.
+
+def make_client(config: FleetConfig):
+    """The redis-py asyncio client for ``config`` (``fleet.mode``).  Connects on first use, not here.
+
+    Standalone: a blocking pool of ``max_connections``: a burst of misses waits (within
+    its read budget) for a connection instead of failing — a read takes a fraction of
+    a millisecond, so a few connections serve tens of thousands of reads a second.
     One retry inside redis-py, no back-off: a pooled connection that Redis closed (a
     restart, an idle timeout) fails at once and is replaced within the same budget;
     more could only spend the budget again, and the breaker decides when to ask
     again.  Socket timeouts are a backstop behind the ``asyncio.timeout`` each call
-    runs under.
+    runs under.  Cluster and Sentinel get the same timeouts and retry (their clients
+    have no blocking pool: a node's ``max_connections`` exhausted fails the call,
+    which the caller counts as an error).
     """
     extra = {}
     if config.url.startswith("rediss://") and config.tls_ca_file:
         extra["ssl_ca_certs"] = config.tls_ca_file
+    options = dict(decode_responses=False, socket_connect_timeout=config.write_timeout,
+                   socket_timeout=config.write_timeout, retry=Retry(NoBackoff(), 1), health_check_interval=0,
+                   **extra)
+    if config.mode == "cluster":
+        return make_cluster_client(config, options)
+    if config.mode == "sentinel":
+        return make_sentinel_client(config, options)
     pool = aioredis.BlockingConnectionPool.from_url(
         config.url, max_connections=config.max_connections, timeout=config.write_timeout,
-        decode_responses=False, socket_connect_timeout=config.write_timeout, socket_timeout=config.write_timeout,
-        retry=Retry(NoBackoff(), 1), retry_on_timeout=False, health_check_interval=0, **extra)
+        retry_on_timeout=False, **options)
     return aioredis.Redis.from_pool(pool)
+
+
+def make_cluster_client(config: FleetConfig, options: dict) -> RedisCluster:
+    """A Redis Cluster client seeded by ``config.url``: it learns the slot map (CLUSTER SLOTS)
+    from that node on first use and follows MOVED/ASK itself.
+
+    Its retry (one, no back-off) also bounds its own re-discovery after a node fails, and
+    full coverage is not required: with a master gone, the keys of its slots miss (they
+    go upstream) while the others are still read and written.
+    """
+    return RedisCluster.from_url(config.url, max_connections=config.max_connections,
+                                 require_full_coverage=False, **options)
+
+
+def make_sentinel_client(config: FleetConfig, options: dict) -> aioredis.Redis:
+    """A client of the master the Sentinels call ``config.sentinel_service``: redis-py asks them
+    for its address on connect and again after a failover (a connection to a demoted
+    master is dropped).  ``config.url``, if set, gives only the master's password,
+    username, database and TLS (rediss://)."""
+    if config.url:
+        parts = urlsplit(config.url)
+        db = parts.path.strip("/")
+        options.update(username=unquote(parts.username) if parts.username else None,
+                       password=unquote(parts.password) if parts.password else None,
+                       db=int(db) if db.isdigit() else 0, ssl=parts.scheme == "rediss")
+    sentinel_options = {k: options[k] for k in ("socket_connect_timeout", "socket_timeout", "retry")}
+    sentinel = Sentinel(list(config.sentinels), sentinel_kwargs=sentinel_options, **options)
+    return sentinel.master_for(config.sentinel_service, max_connections=config.max_connections)
 
 
 class FleetTier:
@@ -120,6 +175,7 @@ class FleetTier:
         self._reading: set[asyncio.Task] = set()  # MGET batches in flight
         self._wake: asyncio.Event | None = None
         self._writer: asyncio.Task | None = None
+        self._cluster = False  # a Redis Cluster: per-slot reads and writes (start())
         self._stopping = False
         self._last_logged = -LOG_EVERY
 
@@ -128,11 +184,18 @@ class FleetTier:
         """Make the client and start the writer task; no connection is made here."""
         if self.client is None:
             self.client = make_client(self.config)
-        self._set_many = self.client.register_script(SET_MANY)
+        self._cluster = self.config.mode == "cluster"
+        if self._cluster:
+            # A batch's keys hash to many slots: MGET per slot, sent as one pipeline per node
+            # (redis-py's mget_nonatomic); the multi-key script cannot span slots at all.
+            self._mget = self.client.mget_nonatomic
+        else:
+            self._mget = self.client.mget
+            self._set_many = self.client.register_script(SET_MANY)
         self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
         self._writer = self._loop.create_task(self._write_loop())
-        log.info("fleet cache tier %s (prefix %r, read budget %g ms)", redacted(self.config.url),
+        log.info("fleet cache tier %s (prefix %r, read budget %g ms)", described(self.config),
                  self.config.key_prefix, self.config.read_budget * 1000)
 
     async def stop(self) -> None:
@@ -202,11 +265,11 @@ class FleetTier:
         ok = False
         try:
             async with asyncio.timeout(self.config.read_budget):
-                values = await self.client.mget([self.prefix + key for key, _ in batch])
+                values = await self._mget([self.prefix + key for key, _ in batch])
             ok = True
         except TimeoutError:
             stats.timeouts += 1
-        except (RedisError, OSError) as e:
+        except FAILURES as e:
             stats.errors += 1
             self._log_throttled("fleet cache tier: read failed (misses go upstream): %s", e)
         finally:
@@ -318,17 +381,25 @@ class FleetTier:
         if not sent:
             return
         pipe = self.client.pipeline(transaction=False)
-        if keys:
-            await self._set_many(keys=keys, args=args, client=pipe)  # (queued on the pipeline)
-        if doomed:
-            pipe.delete(*doomed)
+        if self._cluster:
+            # One command per key (a script or a DEL of many keys cannot span slots); the
+            # cluster pipeline sends each node its commands in one round trip, nodes in parallel.
+            for i, key in enumerate(keys):
+                pipe.set(key, args[2 * i], px=args[2 * i + 1])
+            for key in doomed:
+                pipe.delete(key)
+        else:
+            if keys:
+                await self._set_many(keys=keys, args=args, client=pipe)  # (queued on the pipeline)
+            if doomed:
+                pipe.delete(*doomed)
         try:
             async with asyncio.timeout(self.config.write_timeout):
                 await pipe.execute()
         except TimeoutError:
             stats.timeouts += 1
             self._write_failed(sent, "timed out")
-        except (RedisError, OSError) as e:
+        except FAILURES as e:
             stats.errors += 1
             self._write_failed(sent, e)
         else:

@@ -372,6 +372,27 @@ def parse_networks(value: object, key: str, allow_empty: bool = False) -> tuple[
     return tuple(networks)
 
 
+_HOST_PORT = re.compile(r"(?:\[([0-9A-Fa-f:.]+)\]|([A-Za-z0-9._-]+)):(\d{1,5})")
+
+
+def host_ports(value: object, key: str) -> tuple[tuple[str, int], ...]:
+    """Distinct "host:port" services we connect to (fleet.sentinels): a name or an IP, IPv6 in
+    brackets.  A name is fine here, unlike a listen address: in Kubernetes a Sentinel is a
+    Service name, resolved by the client at connect time."""
+    found = []
+    for path, item in strings(value, key):
+        expect(isinstance(item, str), item, path, "host:port, e.g. 10.0.0.5:26379")
+        match = _HOST_PORT.fullmatch(item.strip())
+        if not match or not 1 <= int(match.group(3)) <= 65535:
+            raise ConfigError(path, f"expected host:port, e.g. 10.0.0.5:26379 or [::1]:26379, got {show(item)}")
+        host = match.group(1) or match.group(2)
+        if match.group(1) and _ip(host, path).version != 6:
+            raise ConfigError(path, f"brackets are only for IPv6 addresses, got {show(item)}")
+        found.append((host, int(match.group(3))))
+    unique(found, key)
+    return tuple(found)
+
+
 def networks(value: object, key: str) -> tuple[str, ...]:
     """At least one network: an empty allow-list would refuse everyone, surely by mistake."""
     return parse_networks(value, key)

@@ -377,13 +377,24 @@ class HostsFileConfig:
 # -- the whole ----------------------------------------------------------------------------
 
 
+FLEET_MODES = ("standalone", "cluster", "sentinel")
+
+
 @dataclass(frozen=True, slots=True)
 class FleetConfig:
     """The fleet cache tier (L3, cache/fleet.py): a Redis or Valkey shared by every node, so a
     node that never saw a name can serve it stale in an outage.  Off unless ``url`` is set."""
 
-    # redis://host:6379/0, rediss://host:6380/0 (TLS) or unix:///path; "" = off
+    # how url names the store: one server (standalone), a seed node of a Redis Cluster
+    # (cluster), or the master a set of Sentinels watches (sentinel)
+    mode: str = setting("standalone", parse=parse.choice(*FLEET_MODES))
+    # standalone: redis://host:6379/0, rediss://host:6380/0 (TLS) or unix:///path; "" = off.
+    # cluster: any one node, redis://host:6379 (the others are discovered; database 0 only).
+    # sentinel: optional, only the master's password, database and TLS: rediss://:PASSWORD@/0
     url: str = setting("", parse=parse.text_or_off)
+    # sentinel mode: the Sentinels to ask for the master ("host:26379"); turns the tier on
+    sentinels: tuple[tuple[str, int], ...] = setting((), parse=parse.host_ports)
+    sentinel_service: str = setting("", parse=parse.text_or_off)  # sentinel mode: the master's name
     # the shared key every entry is authenticated with (HMAC-SHA256); required with url
     secret_file: str = setting("", parse=parse.text_or_off)
     key_prefix: str = setting("resolver:", parse=parse.text)  # namespace of our keys in a shared Redis
@@ -398,6 +409,11 @@ class FleetConfig:
     # ... and lets one request through to probe after this long
     breaker_reset: float = setting(10.0, parse=parse.duration, unit="s")
     tls_ca_file: str = setting("", parse=parse.ca_file)  # rediss://: CA bundle; "" = the system store
+
+    @property
+    def enabled(self) -> bool:
+        """On when it names a store: ``url``, or in sentinel mode the Sentinels."""
+        return bool(self.url or (self.mode == "sentinel" and self.sentinels))
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import stat
+from urllib.parse import urlsplit
 
 from resolver.errors import ConfigError
 
@@ -145,15 +146,57 @@ FLEET_SECRET_MIN = 16  # bytes: an HMAC-SHA256 key shorter than this is guessabl
 
 def _check_fleet(c: Config) -> None:
     f = c.fleet
-    if not f.url:
+    _check_fleet_mode(f)
+    if not f.enabled:
         return
-    if not f.url.startswith(FLEET_SCHEMES):
-        raise ConfigError("fleet.url", f"must start with redis://, rediss:// or unix://, got {show(f.url)}")
     if not f.secret_file:
-        raise ConfigError("fleet.secret_file", "required when fleet.url is set: every entry is authenticated")
+        what = "fleet.url" if f.url else "fleet.sentinels"
+        raise ConfigError("fleet.secret_file", f"required when {what} is set: every entry is authenticated")
     read_fleet_secret(f.secret_file)
     if f.tls_ca_file and not os.access(f.tls_ca_file, os.R_OK):
         raise ConfigError("fleet.tls_ca_file", f"cannot read {f.tls_ca_file!r}")
+
+
+def _check_fleet_mode(f) -> None:
+    """What ``fleet.url`` may be, per ``fleet.mode``; the Sentinel keys only in sentinel mode."""
+    if f.mode != "sentinel":
+        if f.sentinels or f.sentinel_service:
+            key = "fleet.sentinels" if f.sentinels else "fleet.sentinel_service"
+            raise ConfigError(key, f"only used with fleet.mode: sentinel (fleet.mode is {f.mode})")
+        if not f.url:
+            if f.mode == "cluster":
+                raise ConfigError("fleet.url", "required with fleet.mode: cluster: a seed node, redis://host:6379")
+            return
+    if f.mode == "standalone":
+        if not f.url.startswith(FLEET_SCHEMES):
+            raise ConfigError("fleet.url",
+                              f"must start with redis://, rediss:// or unix://, got {_without_password(f.url)}")
+        return
+    if not f.url.startswith(("redis://", "rediss://")) and (f.url or f.mode == "cluster"):
+        raise ConfigError("fleet.url",
+                          f"must start with redis:// or rediss:// in {f.mode} mode, got {_without_password(f.url)}")
+    parts = urlsplit(f.url)
+    if f.mode == "cluster":
+        if not parts.hostname:
+            raise ConfigError("fleet.url", f"needs a seed node's host in cluster mode, got {_without_password(f.url)}")
+        if parts.path.strip("/") not in ("", "0"):
+            raise ConfigError("fleet.url", f"a Redis Cluster has database 0 only, got {_without_password(f.url)}")
+        return
+    if not f.sentinels:
+        raise ConfigError("fleet.sentinels", "required with fleet.mode: sentinel: host:26379 of each Sentinel")
+    if not f.sentinel_service:
+        raise ConfigError("fleet.sentinel_service", "required with fleet.mode: sentinel: the master's name")
+    if parts.hostname or parts.port:
+        raise ConfigError("fleet.url", "in sentinel mode the master's address comes from fleet.sentinels: give "
+                          f"only password, database and TLS (rediss://:PASSWORD@/0), got {_without_password(f.url)}")
+
+
+def _without_password(url: str) -> str:
+    """``url`` quoted for an error message, its password (if any) masked: errors reach logs."""
+    parts = urlsplit(url)
+    if parts.password is not None:
+        url = parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@", 1)).geturl()
+    return show(url)
 
 
 def read_fleet_secret(path: str) -> bytes:

@@ -277,7 +277,8 @@ def _tier_families(app, process_hits: int):
 
 def _fleet_families(fleet, f: FleetStats):
     """The fleet tier (README "Fleet"): reads, their latency, the write queue, refused values, the breaker."""
-    yield GaugeMetricFamily("resolver_fleet_enabled", "1 if the fleet cache tier is configured (fleet.url).",
+    yield GaugeMetricFamily("resolver_fleet_enabled",
+                            "1 if the fleet cache tier is configured (fleet.url or fleet.sentinels).",
                             value=int(fleet is not None))
     yield CounterMetricFamily("resolver_fleet_reads", "Reads sent to the fleet tier (misses in both local tiers).",
                               value=f.reads)

@@ -73,3 +73,64 @@ def test_a_short_secret_is_refused(tmp_path, resolv):
 def test_an_unreadable_tls_ca_is_refused(resolv, secret):
     e = error({"url": "rediss://h", "secret_file": secret, "tls_ca_file": "/nonexistent/ca.pem"}, resolv)
     assert e.key == "fleet.tls_ca_file"
+
+
+# -- fleet.mode: a Redis Cluster, or a master found through Sentinel ------------------------
+
+
+def test_standalone_is_the_default_mode(resolv, secret):
+    c = parse({"url": "redis://h:6379/0", "secret_file": secret}, resolv).fleet
+    assert (c.mode, c.sentinels, c.sentinel_service, c.enabled) == ("standalone", (), "", True)
+
+
+def test_cluster_mode_takes_a_seed_node(resolv, secret):
+    c = parse({"mode": "cluster", "url": "redis://10.0.0.5:6379", "secret_file": secret}, resolv).fleet
+    assert (c.mode, c.url, c.enabled) == ("cluster", "redis://10.0.0.5:6379", True)
+
+
+def test_sentinel_mode_is_on_without_a_url(resolv, secret):
+    c = parse({"mode": "sentinel", "sentinels": ["10.0.0.5:26379", "sentinel.redis.svc:26379", "[::1]:26380"],
+               "sentinel_service": "mymaster", "secret_file": secret}, resolv).fleet
+    assert c.sentinels == (("10.0.0.5", 26379), ("sentinel.redis.svc", 26379), ("::1", 26380))
+    assert (c.url, c.sentinel_service, c.enabled) == ("", "mymaster", True)
+
+
+def test_sentinel_mode_url_gives_only_password_database_and_tls(resolv, secret):
+    c = parse({"mode": "sentinel", "sentinels": ["10.0.0.5:26379"], "sentinel_service": "mymaster",
+               "url": "rediss://:pw@/2", "secret_file": secret}, resolv).fleet
+    assert c.url == "rediss://:pw@/2"
+
+
+SENTINEL = {"mode": "sentinel", "sentinels": ["10.0.0.5:26379"], "sentinel_service": "mymaster"}
+
+
+@pytest.mark.parametrize("fleet, key, problem", [
+    ({"mode": "replicated"}, "fleet.mode", "must be one of: standalone, cluster, sentinel"),
+    ({"mode": "cluster"}, "fleet.url", "required with fleet.mode: cluster"),
+    ({"mode": "cluster", "url": "unix:///run/redis.sock"}, "fleet.url", "redis:// or rediss:// in cluster mode"),
+    ({"mode": "cluster", "url": "redis://h:6379/1"}, "fleet.url", "database 0 only"),
+    ({"mode": "cluster", "url": "redis://"}, "fleet.url", "seed node's host"),
+    ({"mode": "cluster", "url": "redis://h:6379"}, "fleet.secret_file", "required when fleet.url is set"),
+    ({"mode": "sentinel"}, "fleet.sentinels", "required with fleet.mode: sentinel"),
+    ({"mode": "sentinel", "sentinels": ["10.0.0.5:26379"]}, "fleet.sentinel_service", "the master's name"),
+    ({**SENTINEL}, "fleet.secret_file", "required when fleet.sentinels is set"),
+    ({**SENTINEL, "url": "redis://10.0.0.9:6379/0"}, "fleet.url", "comes from fleet.sentinels"),
+    ({**SENTINEL, "url": "unix:///run/redis.sock"}, "fleet.url", "redis:// or rediss:// in sentinel mode"),
+    ({"mode": "sentinel", "sentinels": ["10.0.0.5"]}, "fleet.sentinels[0]", "expected host:port"),
+    ({"mode": "sentinel", "sentinels": ["10.0.0.5:0"]}, "fleet.sentinels[0]", "expected host:port"),
+    ({"mode": "sentinel", "sentinels": ["[nothex]:26379"]}, "fleet.sentinels[0]", "expected host:port"),
+    ({"mode": "sentinel", "sentinels": ["[10.0.0.5]:26379"]}, "fleet.sentinels[0]", "only for IPv6"),
+    ({"mode": "sentinel", "sentinels": ["a:1", "a:1"]}, "fleet.sentinels[1]", "duplicate of fleet.sentinels[0]"),
+    ({"mode": "sentinel", "sentinels": [26379]}, "fleet.sentinels[0]", "host:port"),
+    ({"url": "redis://h", "sentinels": ["a:1"]}, "fleet.sentinels", "only used with fleet.mode: sentinel"),
+    ({"url": "redis://h", "sentinel_service": "m"}, "fleet.sentinel_service", "only used with fleet.mode: sentinel"),
+])
+def test_mode_errors_name_the_key(fleet, key, problem, resolv):
+    e = error(fleet, resolv)
+    assert e.key == key and problem in e.problem
+    assert "\n" not in str(e)
+
+
+def test_a_password_in_the_url_is_not_repeated_in_an_error(resolv):
+    e = error({**SENTINEL, "url": "redis://:hunter2@10.0.0.9/0"}, resolv)
+    assert e.key == "fleet.url" and "hunter2" not in str(e)
