@@ -67,8 +67,11 @@ def node(start_forwarder, fake_upstream, tmp_path):
     secret.write_text(SECRET + "\n")
 
     def start(**fleet):
+        # A read budget a loaded CI machine can keep (a cluster read may open a connection
+        # to each master): these tests are about the modes; the 30 ms default's cut-off is
+        # tested where a test sets read_budget itself.
         return start_forwarder([fake_upstream.address], upstream=UPSTREAM, stale=STALE,
-                               fleet={"secret_file": str(secret), **fleet})
+                               fleet={"secret_file": str(secret), "read_budget": 0.5, **fleet})
 
     return start
 
