@@ -287,6 +287,8 @@ def test_empty_section_means_defaults(resolv):
      ("stale", {"answer_ttl": 0}, "stale.answer_ttl", "at least 1, got 0"),
      ("stale", {"client_timeout": -0.5}, "stale.client_timeout", "non-negative"),
      ("stale", {"recheck": "-1s"}, "stale.recheck", "non-negative"),
+     ("stale", {"slow_upstream": "-1s"}, "stale.slow_upstream", "non-negative"),
+     ("stale", {"slow_upstream": "fast"}, "stale.slow_upstream", "duration"),
      ("stale", {"max_age": -1}, "stale.max_age", "non-negative"),
      ("upstream", {"attempt_timeout": 0}, "upstream.attempt_timeout", "greater than 0, got 0.0"),
      ("upstream", {"attempt_timeout": "2s", "total_timeout": "1s"}, "upstream.total_timeout",
