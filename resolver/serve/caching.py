@@ -141,18 +141,28 @@ class CachingStage:
         if p.answer is _STALE:  # answer-first: stale at once; the fetch refreshes the cache behind it
             return self.render_stale(q, entry, limit, p.reason)
         if p.wait is not None:
-            # RFC 8767 §5: the timer runs from the start of the fetch: a client that
-            # joins a fetch which has already outlived client_timeout is answered at once.
-            try:
-                async with timeout_at(self.clock, fetch.started + p.wait):
-                    fresh = await asyncio.shield(fetch.done)
-            except TimeoutError:
-                return self.render_stale(q, entry, limit, "timeout")
-            except UpstreamError as e:
-                return self.render_stale(q, entry, limit, e.reason, getattr(e, "ede_text", b""))
-            return self.render(q, fresh, fresh.body, limit, Source.UPSTREAM)
+            return await self.race_client_timeout(q, entry, limit, fetch.done, fetch.started + p.wait)
+        return await self.await_fetch(q, data, limit, fetch.done)
+
+    async def race_client_timeout(self, q: wire.Query, entry: Entry, limit: int, done: asyncio.Future,
+                                  until: float) -> Answer:
+        """RFC 8767 §5: the fetch's answer if it comes by ``until`` (its start plus
+        client_timeout: a client that joins a fetch which has already outlived it is
+        answered at once), else the stale ``entry``; stale too if the fetch fails."""
         try:
-            fresh = await asyncio.shield(fetch.done)  # bounded by the fetch's own deadline
+            async with timeout_at(self.clock, until):
+                fresh = await asyncio.shield(done)
+        except TimeoutError:
+            return self.render_stale(q, entry, limit, "timeout")
+        except UpstreamError as e:
+            return self.render_stale(q, entry, limit, e.reason, getattr(e, "ede_text", b""))
+        return self.render(q, fresh, fresh.body, limit, Source.UPSTREAM)
+
+    async def await_fetch(self, q: wire.Query, data: bytes, limit: int, done: asyncio.Future) -> Answer:
+        """The fetch's answer, with nothing stale to fall back on: SERVFAIL if it fails,
+        unless last-known-good held the old records."""
+        try:
+            fresh = await asyncio.shield(done)  # bounded by the fetch's own deadline
         except lkg.LastKnownGoodHeld as e:
             return self.render_stale(q, e.entry, limit, e.reason, e.ede_text)
         except UpstreamError as e:
@@ -205,21 +215,8 @@ class CachingStage:
                             self.refresher.hold(entry, now)
                         return self.render_stale(q, entry, limit, p.reason)
                     if p.wait is not None:
-                        try:
-                            async with timeout_at(self.clock, fetch.started + p.wait):
-                                fresh = await asyncio.shield(done)
-                        except TimeoutError:
-                            return self.render_stale(q, entry, limit, "timeout")
-                        except UpstreamError as e:
-                            return self.render_stale(q, entry, limit, e.reason, getattr(e, "ede_text", b""))
-                        return self.render(q, fresh, fresh.body, limit, Source.UPSTREAM)
-        try:
-            fresh = await asyncio.shield(done)  # bounded by the fetch's own deadline
-        except lkg.LastKnownGoodHeld as e:
-            return self.render_stale(q, e.entry, limit, e.reason, e.ede_text)
-        except UpstreamError as e:
-            return self.servfail(data, q, e)
-        return self.render(q, fresh, fresh.body, limit, Source.UPSTREAM)
+                        return await self.race_client_timeout(q, entry, limit, done, fetch.started + p.wait)
+        return await self.await_fetch(q, data, limit, done)
 
     def answer_overloaded(self, q: wire.Query, data: bytes, limit: int, client: str | None) -> Answer:
         """Answer without any upstream work: ``server.max_inflight`` is reached.
