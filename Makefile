@@ -35,7 +35,7 @@ test-native-asan: $(VENV)/.installed-test
 	cc -shared -fPIC -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -std=gnu11 \
 		$$($(VENV)/bin/python -c 'import sysconfig; print("-I" + sysconfig.get_paths()["include"])') \
 		resolver/serve/_hitloop.c -o $(ASAN_DIR)/resolver/serve/_hitloop$$($(VENV)/bin/python -c \
-		'import sysconfig; print(sysconfig.get_config_var("EXT_SUFFIX"))')
+		'import sysconfig; print(sysconfig.get_config_var("EXT_SUFFIX"))') -lm
 	cd $(ASAN_DIR) && ASAN_OPTIONS=detect_leaks=0 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
 		LD_PRELOAD="$$(cc -print-file-name=libasan.so) $$(cc -print-file-name=libubsan.so)" PYTHONPATH=$(ASAN_DIR) \
 		$(CURDIR)/$(VENV)/bin/python -m pytest -q -p no:cacheprovider tests/unit/test_hitloop.py $(ARGS)

@@ -14,6 +14,6 @@ if sys.platform.startswith("linux"):
     ext_modules.append(Extension("resolver.serve._hitloop", ["resolver/serve/_hitloop.c"],
                                  extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter",
                                                      "-Wno-missing-field-initializers"],
-                                 optional=True))
+                                 libraries=["m"], optional=True))
 
 setup(ext_modules=ext_modules)

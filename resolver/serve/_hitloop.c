@@ -7,13 +7,17 @@
  * sendmmsg(2).  Everything else is *declined*: handed back to Python as
  * (bytes, address) for today's datagram_received, unchanged.
  *
- * It answers only what FastPath.answer_fast (fastpath.py) answers with no side
- * effect but the hit counter: a fresh entry whose aged copy is current
- * (now <= aged_until).  Renewing the aged copy (once per second per entry, with
- * the LRU touch and the prefetch check), stale answers under the failure recheck
+ * It answers what FastPath.answer_fast (fastpath.py) answers fresh: a fresh
+ * entry, its aged copy current (now <= aged_until) or renewed by calling
+ * FastPath.renew (once per second per entry: the TTL aging, LRU touch and
+ * prefetch check stay Python's).  Stale answers under the failure recheck
  * timer, clients the ACL memo does not know yet, TC=1, anything odd: declined.
  * So the Python path stays the reference, and tests/unit/test_hitloop.py holds
  * this code to it byte for byte.
+ *
+ * Entries are read at their __slots__ offsets (Layout) and the listener's
+ * reader callback is ready() itself: per wake-up no Python frame runs unless a
+ * batch leaves work for Python (batch.py: BatchTransport._slow).
  *
  * The reply is never copied: it is sent as an iovec of the client's ID and
  * question (RFC 1035 section 7.3: the reply echoes them, 0x20 case preserved)
@@ -22,24 +26,50 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <structmember.h>
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <math.h>
 #include <netinet/in.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
+#include <time.h>
 
 #define BATCH 64          /* datagrams per recvmmsg / sendmmsg */
+#define MAX_BATCHES 16    /* recvmmsg calls per ready() at most */
+#define BUDGET 0.0005     /* seconds of batches per ready() before the loop gets its turn */
 #define DGRAM_MAX 65536   /* a UDP payload is at most 65,507 bytes: never truncated */
+/* Receive buffers are DGRAM_MAX apart plus five cache lines, so the 64 headers the
+ * kernel writes do not all fall into the same cache sets (a 64 KiB stride would). */
+#define SLOT_STRIDE (DGRAM_MAX + 5 * 64)
 #define PIECES 5          /* ID, header, question, body, OPT */
+/* Replies up to this size are copied into one buffer and sent as one iovec: the
+ * kernel's per-iovec work (copy, usercopy checks) costs more than the memcpy. */
+#define INLINE_MAX 1232
 
 typedef struct {
     struct iovec iov[PIECES];
     int niov;
     size_t len;
-    PyObject *refs[3]; /* header, body, OPT: held until sent */
+    PyObject *refs[3]; /* header, body, OPT: held until sent (larger replies only) */
+    unsigned char inline_buf[INLINE_MAX];
 } Reply;
+
+/* Where an object's __slots__ live: the byte offsets of the member descriptors
+ * of cache.store.Entry and stats.Cell, read once per type.  Reading a slot at
+ * its offset skips the attribute machinery (type lookup, descriptor call, a
+ * reference taken and dropped): most of this module's CPU time per hit before. */
+typedef struct {
+    PyTypeObject *type;    /* strong reference; NULL: not resolved yet */
+    int ok;                /* 0: the type does not have the slots we read: decline */
+    Py_ssize_t off[10];
+} Layout;
+
+enum { E_FRESH_UNTIL, E_AGED_UNTIL, E_HDR, E_HDR_OPT, E_AGED, E_TALLY, E_STORED_AT, E_BODY, E_TTL_OFFSETS,
+       E_PREFETCH_AFTER, E_COUNT };
+enum { T_FRESH };
 
 typedef struct {
     PyObject_HEAD
@@ -55,10 +85,67 @@ typedef struct {
     struct sockaddr_storage last_addr;
     socklen_t last_len;
     PyObject *last_host;
+    Layout entry_layout;     /* cache.store.Entry */
+    Layout tally_layout;     /* stats.Cell */
+    /* what ready() serves (attach): the listeners' UDP protocol, the clock, the
+     * Python callables, and the hit path as last seen (fast, its FastPath or None,
+     * its entries dict or None) */
+    PyObject *proto, *now, *hit_path, *slow;
+    PyObject *fast, *hitpath, *entries, *renew;
 } HitLoop;
 
 static PyObject *one;
 static PyObject *s_fresh_until, *s_aged_until, *s_aged, *s_hdr, *s_hdr_opt, *s_tally, *s_fresh;
+static PyObject *s_stored_at, *s_body, *s_ttl_offsets, *s_prefetch_after, *s_move_to_end;
+static PyObject *s_renew, *s_fast, *s_entries, *s_opt_fresh, *s_allowed, *s_stats, *s_queries_udp;
+
+/* The offset of a writable object slot (a __slots__ member), or -1. */
+static Py_ssize_t
+slot_offset(PyTypeObject *type, PyObject *name)
+{
+    PyObject *d = _PyType_Lookup(type, name); /* borrowed; no Python code runs */
+    if (d == NULL || !Py_IS_TYPE(d, &PyMemberDescr_Type))
+        return -1;
+    PyMemberDef *m = ((PyMemberDescrObject *)d)->d_member;
+    if (m->type != T_OBJECT_EX || (m->flags & READONLY))
+        return -1;
+    return m->offset;
+}
+
+/* The layout for ``type`` (resolved on first use, again if the type changes). */
+static Layout *
+layout_for(Layout *l, PyTypeObject *type, PyObject *const *names, int n)
+{
+    if (l->type == type)
+        return l;
+    Py_XSETREF(l->type, (PyTypeObject *)Py_NewRef(type));
+    l->ok = 1;
+    for (int i = 0; i < n; i++)
+        if ((l->off[i] = slot_offset(type, names[i])) < 0)
+            l->ok = 0;
+    return l;
+}
+
+/* 1 and *out set if ``v`` is an exact float or int (the clock's times), else 0. */
+static inline int
+number(PyObject *v, double *out)
+{
+    if (v != NULL && PyFloat_CheckExact(v)) {
+        *out = PyFloat_AS_DOUBLE(v);
+        return 1;
+    }
+    if (v != NULL && PyLong_CheckExact(v)) {
+        *out = PyLong_AsDouble(v);
+        if (*out == -1.0 && PyErr_Occurred()) {
+            PyErr_Clear();
+            return 0;
+        }
+        return 1;
+    }
+    return 0;
+}
+
+#define SLOT(obj, off) (*(PyObject **)((char *)(obj) + (off)))
 
 static void
 reply_release(Reply *r)
@@ -77,36 +164,68 @@ tail_is_plain_opt(const unsigned char *d, Py_ssize_t n)
     return n >= 23 && t[0] == 0 && t[1] == 0 && t[2] == 0x29 && t[6] == 0 && t[9] == 0 && t[10] == 0;
 }
 
+/* Entry.aged_body(now) + the LRU touch of FastPath.renew, for an entry whose
+ * prefetch is not due (the common renewal): 1 done, 0 left to Python (a prefetch
+ * is due, or anything unexpected; nothing changed), -1 error set.  The age is the
+ * time cached rounded up to whole seconds (cache/store.py says why), every TTL
+ * at ttl_offsets lowered by it, floored at 0 (wire.age_body); tests compare the
+ * result with Entry.aged_body on a copy of the entry. */
 static int
-get_double(PyObject *obj, PyObject *name, double *out)
+renew_here(PyObject *entries, PyObject *key, PyObject *entry, Layout *el, double now)
 {
-    PyObject *v = PyObject_GetAttr(obj, name);
-    if (v == NULL)
-        return -1;
-    *out = PyFloat_AsDouble(v);
-    Py_DECREF(v);
-    if (*out == -1.0 && PyErr_Occurred())
-        return -1;
-    return 0;
-}
-
-/* Bytes attribute (new reference) or NULL; *bad set when it is not bytes. */
-static PyObject *
-get_bytes(PyObject *obj, PyObject *name, int *bad)
-{
-    PyObject *v = PyObject_GetAttr(obj, name);
-    if (v != NULL && !PyBytes_CheckExact(v)) {
-        Py_DECREF(v);
-        *bad = 1;
-        return NULL;
+    double stored_at, prefetch_after;
+    if (!number(SLOT(entry, el->off[E_STORED_AT]), &stored_at)
+        || !number(SLOT(entry, el->off[E_PREFETCH_AFTER]), &prefetch_after) || now >= prefetch_after)
+        return 0;
+    PyObject *body = SLOT(entry, el->off[E_BODY]), *offsets = SLOT(entry, el->off[E_TTL_OFFSETS]);
+    if (body == NULL || offsets == NULL || !PyBytes_CheckExact(body) || !PyTuple_CheckExact(offsets))
+        return 0;
+    double age_f = ceil(now - stored_at);
+    if (!(age_f >= 0.0 && age_f < 4294967296.0))
+        return 0;
+    long long age = (long long)age_f;
+    Py_ssize_t n = PyBytes_GET_SIZE(body), count = PyTuple_GET_SIZE(offsets);
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *o = PyTuple_GET_ITEM(offsets, i);
+        if (!PyLong_CheckExact(o))
+            return 0;
+        Py_ssize_t off = PyLong_AsSsize_t(o);
+        if (off < 0 || off > n - 4) {
+            PyErr_Clear();
+            return 0; /* Python's struct.error, in Python's path */
+        }
     }
-    return v;
+    PyObject *aged = count ? PyBytes_FromStringAndSize(PyBytes_AS_STRING(body), n) : Py_NewRef(body);
+    if (aged == NULL)
+        return -1;
+    unsigned char *a = (unsigned char *)PyBytes_AS_STRING(aged);
+    const unsigned char *b = (const unsigned char *)PyBytes_AS_STRING(body);
+    for (Py_ssize_t i = 0; i < count; i++) {
+        Py_ssize_t off = PyLong_AsSsize_t(PyTuple_GET_ITEM(offsets, i));
+        long long ttl = ((long long)b[off] << 24 | b[off + 1] << 16 | b[off + 2] << 8 | b[off + 3]) - age;
+        unsigned long v = ttl > 0 ? (unsigned long)ttl : 0;
+        a[off] = (unsigned char)(v >> 24);
+        a[off + 1] = (unsigned char)(v >> 16);
+        a[off + 2] = (unsigned char)(v >> 8);
+        a[off + 3] = (unsigned char)v;
+    }
+    PyObject *until = PyFloat_FromDouble(stored_at + (double)age);
+    PyObject *moved = until ? PyObject_CallMethodOneArg(entries, s_move_to_end, key) : NULL; /* LRU touch */
+    if (moved == NULL) {
+        Py_DECREF(aged);
+        Py_XDECREF(until);
+        return -1;
+    }
+    Py_DECREF(moved);
+    Py_SETREF(SLOT(entry, el->off[E_AGED]), aged);
+    Py_SETREF(SLOT(entry, el->off[E_AGED_UNTIL]), until);
+    return 1;
 }
 
 /* The hit path for one datagram.  1: answered (r filled, references held),
  * 0: declined, -1: a Python error is set (the caller declines and clears it). */
 static int
-answer_one(HitLoop *self, PyObject *entries, PyObject *opt_plain, PyObject *opt_do,
+answer_one(HitLoop *self, PyObject *entries, PyObject *opt_plain, PyObject *opt_do, PyObject *renew,
            const unsigned char *d, Py_ssize_t n, double now, Reply *r)
 {
     /* Header bytes 2..12 (fastpath._FAST_HEADERS): QR=0, opcode QUERY, AA=TC=0,
@@ -147,76 +266,124 @@ answer_one(HitLoop *self, PyObject *entries, PyObject *opt_plain, PyObject *opt_
         unsigned char c = d[12 + i];
         k[plen + i] = (c >= 'A' && c <= 'Z') ? c + 32 : c;
     }
-    PyObject *entry = PyDict_GetItemWithError(entries, key);
-    Py_DECREF(key);
-    if (entry == NULL)
+    PyObject *entry = PyDict_GetItemWithError(entries, key); /* borrowed */
+    if (entry == NULL) {
+        Py_DECREF(key);
         return PyErr_Occurred() ? -1 : 0;
-    Py_INCREF(entry);
-    int rc = -1, bad = 0;
-    double fresh_until, aged_until;
-    PyObject *hdr = NULL, *body = NULL, *tally = NULL, *count = NULL, *next = NULL;
-    if (get_double(entry, s_fresh_until, &fresh_until) < 0)
-        goto done;
-    if (get_double(entry, s_aged_until, &aged_until) < 0)
-        goto done;
-    /* plan row "fresh", aged copy current; anything else is Python's */
-    if (!(now < fresh_until && now <= aged_until)) {
-        rc = 0;
-        goto done;
     }
-    hdr = get_bytes(entry, edns ? s_hdr_opt : s_hdr, &bad);
-    if (hdr == NULL)
-        goto done;
-    body = get_bytes(entry, s_aged, &bad);
-    if (body == NULL)
-        goto done;
+    Py_INCREF(entry); /* renew() runs Python code, which may drop the dict's reference */
+    int rc = 0, renewed = 0;
+    PyObject *const entry_names[E_COUNT] = {s_fresh_until, s_aged_until, s_hdr,  s_hdr_opt,     s_aged,
+                                            s_tally,       s_stored_at,  s_body, s_ttl_offsets, s_prefetch_after};
+    PyObject *const tally_names[] = {s_fresh};
     PyObject *opt = edns ? (dobit ? opt_do : opt_plain) : NULL;
-    size_t len = 2 + (size_t)PyBytes_GET_SIZE(hdr) + (size_t)qlen + (size_t)PyBytes_GET_SIZE(body)
-                 + (opt ? (size_t)PyBytes_GET_SIZE(opt) : 0);
-    if (len > (size_t)limit) { /* the slow path sends TC=1 (RFC 1035 section 4.2.1) */
-        rc = 0;
+    PyObject *hdr, *body, *tally, *count;
+    size_t hlen, blen, olen = opt ? (size_t)PyBytes_GET_SIZE(opt) : 0, len;
+read:
+    /* Between here and the reply no Python code runs (exact floats, ints and
+     * bytes only), so the borrowed slot values stay valid. */
+    {
+        Layout *el = layout_for(&self->entry_layout, Py_TYPE(entry), entry_names, E_COUNT);
+        if (!el->ok)
+            goto done; /* not the Entry we know: Python decides */
+        double fresh_until, aged_until;
+        if (!number(SLOT(entry, el->off[E_FRESH_UNTIL]), &fresh_until)
+            || !number(SLOT(entry, el->off[E_AGED_UNTIL]), &aged_until))
+            goto done;
+        if (!(now < fresh_until)) /* plan row "fresh" only; stale answers are Python's */
+            goto done;
+        hdr = SLOT(entry, el->off[edns ? E_HDR_OPT : E_HDR]);
+        body = SLOT(entry, el->off[E_AGED]);
+        tally = SLOT(entry, el->off[E_TALLY]);
+        if (hdr == NULL || body == NULL || tally == NULL || !PyBytes_CheckExact(hdr) || !PyBytes_CheckExact(body))
+            goto done;
+        Layout *tl = layout_for(&self->tally_layout, Py_TYPE(tally), tally_names, 1);
+        if (!tl->ok)
+            goto done;
+        count = SLOT(tally, tl->off[T_FRESH]);
+        if (count == NULL || !PyLong_CheckExact(count))
+            goto done;
+        hlen = (size_t)PyBytes_GET_SIZE(hdr);
+        blen = (size_t)PyBytes_GET_SIZE(body); /* aging changes TTLs, never the length */
+        len = 2 + hlen + (size_t)qlen + blen + olen;
+        if (len > (size_t)limit) /* the slow path sends TC=1 (RFC 1035 section 4.2.1) */
+            goto done;
+        if (now > aged_until) {
+            /* The aged copy is a second old: renew it as FastPath.renew does (the
+             * TTLs aged, the LRU touched; here unless a prefetch is due, else by
+             * calling FastPath.renew), then read again. */
+            if (renew == NULL || renew == Py_None || renewed)
+                goto done;
+            int here = renew_here(entries, key, entry, el, now);
+            if (here < 0) {
+                rc = -1;
+                goto done;
+            }
+            if (here) {
+                renewed = 1;
+                goto read;
+            }
+            PyObject *when = PyFloat_FromDouble(now);
+            PyObject *fresh = when ? PyObject_CallFunctionObjArgs(renew, key, entry, when, NULL) : NULL;
+            Py_XDECREF(when);
+            if (fresh == NULL) {
+                rc = -1;
+                goto done;
+            }
+            Py_DECREF(fresh);
+            renewed = 1;
+            goto read;
+        }
+        /* entry.tally.fresh += 1: the per-entry metrics cell (stats.HitTally) */
+        PyObject *next = PyNumber_Add(count, one);
+        if (next == NULL) {
+            rc = -1;
+            goto done;
+        }
+        Py_SETREF(SLOT(tally, tl->off[T_FRESH]), next); /* the old int's dealloc runs no Python code */
+    }
+    if (len <= INLINE_MAX) { /* one buffer, one iovec */
+        unsigned char *p = r->inline_buf;
+        memcpy(p, d, 2);
+        p += 2;
+        memcpy(p, PyBytes_AS_STRING(hdr), hlen);
+        p += hlen;
+        memcpy(p, d + 12, (size_t)qlen);
+        p += qlen;
+        memcpy(p, PyBytes_AS_STRING(body), blen);
+        p += blen;
+        if (opt)
+            memcpy(p, PyBytes_AS_STRING(opt), olen);
+        r->iov[0].iov_base = r->inline_buf;
+        r->iov[0].iov_len = len;
+        r->niov = 1;
+        r->len = len;
+        rc = 1;
         goto done;
     }
-    /* entry.tally.fresh += 1: the per-entry metrics cell (stats.HitTally) */
-    tally = PyObject_GetAttr(entry, s_tally);
-    if (tally == NULL)
-        goto done;
-    count = PyObject_GetAttr(tally, s_fresh);
-    if (count == NULL)
-        goto done;
-    next = PyNumber_Add(count, one);
-    if (next == NULL || PyObject_SetAttr(tally, s_fresh, next) < 0)
-        goto done;
+    /* a larger reply: sent from the pieces, which are held until sent */
     r->iov[0].iov_base = (void *)d;
     r->iov[0].iov_len = 2;
     r->iov[1].iov_base = PyBytes_AS_STRING(hdr);
-    r->iov[1].iov_len = (size_t)PyBytes_GET_SIZE(hdr);
+    r->iov[1].iov_len = hlen;
     r->iov[2].iov_base = (void *)(d + 12);
     r->iov[2].iov_len = (size_t)qlen;
     r->iov[3].iov_base = PyBytes_AS_STRING(body);
-    r->iov[3].iov_len = (size_t)PyBytes_GET_SIZE(body);
+    r->iov[3].iov_len = blen;
     r->niov = 4;
-    r->refs[0] = hdr;
-    r->refs[1] = body;
-    hdr = body = NULL;
+    r->refs[0] = Py_NewRef(hdr);
+    r->refs[1] = Py_NewRef(body);
     if (opt) {
         r->iov[4].iov_base = PyBytes_AS_STRING(opt);
-        r->iov[4].iov_len = (size_t)PyBytes_GET_SIZE(opt);
+        r->iov[4].iov_len = olen;
         r->niov = 5;
-        Py_INCREF(opt);
-        r->refs[2] = opt;
+        r->refs[2] = Py_NewRef(opt);
     }
     r->len = len;
     rc = 1;
 done:
-    if (bad && rc < 0)
-        rc = 0; /* not the layout we know: decline, Python decides */
-    Py_XDECREF(hdr);
-    Py_XDECREF(body);
-    Py_XDECREF(tally);
-    Py_XDECREF(count);
-    Py_XDECREF(next);
     Py_DECREF(entry);
+    Py_DECREF(key);
     return rc;
 }
 
@@ -279,53 +446,33 @@ address_tuple(PyObject *host, const struct sockaddr_storage *ss)
     return Py_BuildValue("(Oi)", host, 0);
 }
 
-/* serve(entries, allowed, now, opt_plain, opt_do) -> (received, hits, declined, unsent, send_errors)
- *
- * One recvmmsg of up to BATCH datagrams.  ``entries`` is the cache dict, or None
- * to answer nothing here (query log on, rate limiting on); ``allowed`` the ACL
- * memo of admitted addresses.  ``declined`` lists (data, addr) for the Python
- * path; ``unsent`` (data, addr) hits the socket had no room for (EAGAIN). */
-static PyObject *
-HitLoop_serve(HitLoop *self, PyObject *const *args, Py_ssize_t nargs)
+/* One batch: a recvmmsg of up to BATCH datagrams, the hits answered and sent
+ * with one sendmmsg.  ``entries`` is the cache dict, or None to answer nothing
+ * here (query log on, rate limiting on); ``allowed`` the ACL memo of admitted
+ * addresses.  Sets *got (datagrams read), *hits, *errors (hits the kernel
+ * refused), *declined (a list of (data, addr) for the Python path, or NULL) and
+ * *unsent (hits the socket had no room for, or NULL).  0, or -1 with an error set. */
+static int
+serve_batch(HitLoop *self, PyObject *entries, PyObject *allowed, double now, PyObject *opt_plain,
+            PyObject *opt_do, PyObject *renew, int *got_out, int *hits_out, int *errors_out, PyObject **declined_out,
+            PyObject **unsent_out)
 {
-    if (nargs != 5) {
-        PyErr_SetString(PyExc_TypeError, "serve(entries, allowed, now, opt_plain, opt_do)");
-        return NULL;
-    }
-    PyObject *entries = args[0], *allowed = args[1], *opt_plain = args[3], *opt_do = args[4];
-    double now = PyFloat_AsDouble(args[2]);
-    if (now == -1.0 && PyErr_Occurred())
-        return NULL;
     int hits_on = entries != Py_None;
-    if (hits_on && check_state(entries, opt_plain, opt_do) < 0)
-        return NULL;
-    if (!PyAnySet_Check(allowed)) {
-        PyErr_SetString(PyExc_TypeError, "allowed must be a set");
-        return NULL;
-    }
-    if (self->fd < 0) {
-        PyErr_SetString(PyExc_ValueError, "closed");
-        return NULL;
-    }
-    for (int i = 0; i < BATCH; i++) {
-        self->in_iov[i].iov_base = self->bufs + (size_t)i * DGRAM_MAX;
-        self->in_iov[i].iov_len = DGRAM_MAX;
-        memset(&self->in[i].msg_hdr, 0, sizeof(struct msghdr));
-        self->in[i].msg_hdr.msg_name = &self->from[i];
+    *got_out = *hits_out = *errors_out = 0;
+    *declined_out = *unsent_out = NULL;
+    for (int i = 0; i < BATCH; i++) /* the rest of the headers was set up by init */
         self->in[i].msg_hdr.msg_namelen = sizeof(struct sockaddr_storage);
-        self->in[i].msg_hdr.msg_iov = &self->in_iov[i];
-        self->in[i].msg_hdr.msg_iovlen = 1;
-    }
     int got = recvmmsg(self->fd, self->in, BATCH, MSG_DONTWAIT, NULL);
     if (got < 0) {
         if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
-            return Py_BuildValue("(iiOOi)", 0, 0, Py_None, Py_None, 0);
-        return PyErr_SetFromErrno(PyExc_OSError);
+            return 0;
+        PyErr_SetFromErrno(PyExc_OSError);
+        return -1;
     }
-    PyObject *declined = NULL, *unsent = NULL, *result = NULL;
-    int nout = 0, errors = 0;
+    PyObject *declined = NULL, *unsent = NULL;
+    int nout = 0, errors = 0, rc = -1;
     for (int i = 0; i < got; i++) {
-        const unsigned char *d = self->bufs + (size_t)i * DGRAM_MAX;
+        const unsigned char *d = self->bufs + (size_t)i * SLOT_STRIDE;
         Py_ssize_t n = (Py_ssize_t)self->in[i].msg_len;
         socklen_t alen = self->in[i].msg_hdr.msg_namelen;
         PyObject *host = host_text(self, &self->from[i], alen);
@@ -340,14 +487,13 @@ HitLoop_serve(HitLoop *self, PyObject *const *args, Py_ssize_t nargs)
             }
             if (admitted) {
                 Reply *r = &self->replies[nout];
-                ok = answer_one(self, entries, opt_plain, opt_do, d, n, now, r);
+                ok = answer_one(self, entries, opt_plain, opt_do, renew, d, n, now, r);
                 if (ok < 0) { /* a layout we did not expect: Python's path decides */
                     PyErr_Clear();
                     ok = 0;
                 }
                 if (ok) {
-                    struct msghdr *m = &self->out[nout].msg_hdr;
-                    memset(m, 0, sizeof *m);
+                    struct msghdr *m = &self->out[nout].msg_hdr; /* zeroed by init */
                     m->msg_name = &self->from[i];
                     m->msg_namelen = alen;
                     m->msg_iov = r->iov;
@@ -417,22 +563,272 @@ HitLoop_serve(HitLoop *self, PyObject *const *args, Py_ssize_t nargs)
         errors++;
         off++;
     }
-    result = Py_BuildValue("(iiOOi)", got, nout, declined ? declined : Py_None, unsent ? unsent : Py_None, errors);
+    *got_out = got;
+    *hits_out = nout;
+    *errors_out = errors;
+    *declined_out = declined;
+    *unsent_out = unsent;
+    declined = unsent = NULL;
+    rc = 0;
 fail:
     for (int i = 0; i < nout; i++)
         reply_release(&self->replies[i]);
     Py_XDECREF(declined);
     Py_XDECREF(unsent);
+    return rc;
+}
+
+static int
+check_allowed(PyObject *allowed)
+{
+    if (!PyAnySet_Check(allowed)) {
+        PyErr_SetString(PyExc_TypeError, "allowed must be a set");
+        return -1;
+    }
+    return 0;
+}
+
+/* serve(entries, allowed, now, opt_plain, opt_do) -> (received, hits, declined, unsent, send_errors)
+ *
+ * One batch (serve_batch), for tests; the listener uses ready().  ``declined`` and
+ * ``unsent`` are lists of (data, addr) or None; ``renew`` is FastPath.renew. */
+static PyObject *
+HitLoop_serve(HitLoop *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 6) {
+        PyErr_SetString(PyExc_TypeError, "serve(entries, allowed, now, opt_plain, opt_do, renew)");
+        return NULL;
+    }
+    PyObject *entries = args[0], *allowed = args[1], *opt_plain = args[3], *opt_do = args[4];
+    double now = PyFloat_AsDouble(args[2]);
+    if (now == -1.0 && PyErr_Occurred())
+        return NULL;
+    if (entries != Py_None && check_state(entries, opt_plain, opt_do) < 0)
+        return NULL;
+    if (check_allowed(allowed) < 0)
+        return NULL;
+    if (self->fd < 0) {
+        PyErr_SetString(PyExc_ValueError, "closed");
+        return NULL;
+    }
+    int got, hits, errors;
+    PyObject *declined, *unsent;
+    PyObject *renew = args[5];
+    if (serve_batch(self, entries, allowed, now, opt_plain, opt_do, renew, &got, &hits, &errors, &declined,
+                    &unsent) < 0)
+        return NULL;
+    PyObject *result = Py_BuildValue("(iiOOi)", got, hits, declined ? declined : Py_None,
+                                     unsent ? unsent : Py_None, errors);
+    Py_XDECREF(declined);
+    Py_XDECREF(unsent);
     return result;
 }
 
-/* answer(data, entries, now, opt_plain, opt_do) -> bytes | None: the hit path
- * for one datagram, no socket (tests hold it to FastPath.answer_fast). */
+/* The raised exception, cleared (PyErr_GetRaisedException before Python 3.12). */
+static PyObject *
+take_exception(void)
+{
+#if PY_VERSION_HEX >= 0x030C0000
+    return PyErr_GetRaisedException();
+#else
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    PyErr_NormalizeException(&type, &value, &tb);
+    if (tb != NULL && value != NULL)
+        PyException_SetTraceback(value, tb);
+    Py_XDECREF(type);
+    Py_XDECREF(tb);
+    return value;
+#endif
+}
+
+static double
+monotonic_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* ``obj.name += n`` */
+static int
+add_to_attr(PyObject *obj, PyObject *name, long n)
+{
+    PyObject *v = PyObject_GetAttr(obj, name);
+    if (v == NULL)
+        return -1;
+    PyObject *inc = PyLong_FromLong(n);
+    PyObject *sum = inc ? PyNumber_Add(v, inc) : NULL;
+    Py_DECREF(v);
+    Py_XDECREF(inc);
+    if (sum == NULL)
+        return -1;
+    int rc = PyObject_SetAttr(obj, name, sum);
+    Py_DECREF(sum);
+    return rc;
+}
+
+/* The hit path's state as the protocol has it now: a reload may re-point
+ * ``protocol.fast`` (Listeners.reconfigure) or reconfigure the FastPath in place
+ * (its OPT records), so both are read on every call; ``hit_path(fast)`` (Python)
+ * says whether ``fast`` is a FastPath whose hits may be answered here. */
+static int
+current_state(HitLoop *self, PyObject **entries, PyObject **opt_plain, PyObject **opt_do)
+{
+    PyObject *fast = PyObject_GetAttr(self->proto, s_fast);
+    if (fast == NULL)
+        return -1;
+    if (fast != self->fast) {
+        PyObject *hit_path = Py_NewRef(self->hit_path);
+        PyObject *hitpath = PyObject_CallOneArg(hit_path, fast);
+        Py_DECREF(hit_path);
+        if (hitpath == NULL) {
+            Py_DECREF(fast);
+            return -1;
+        }
+        PyObject *ents = Py_NewRef(Py_None), *renew = Py_NewRef(Py_None);
+        if (hitpath != Py_None) {
+            Py_SETREF(ents, PyObject_GetAttr(hitpath, s_entries));
+            Py_SETREF(renew, ents ? PyObject_GetAttr(hitpath, s_renew) : NULL);
+            if (renew == NULL) {
+                Py_XDECREF(ents);
+                Py_DECREF(fast);
+                Py_DECREF(hitpath);
+                return -1;
+            }
+        }
+        Py_XSETREF(self->fast, fast);
+        Py_XSETREF(self->hitpath, hitpath);
+        Py_XSETREF(self->entries, ents);
+        Py_XSETREF(self->renew, renew);
+    } else {
+        Py_DECREF(fast);
+    }
+    *entries = self->entries;
+    *opt_plain = *opt_do = NULL;
+    if (self->hitpath == Py_None)
+        return 0;
+    PyObject *opts = PyObject_GetAttr(self->hitpath, s_opt_fresh);
+    if (opts == NULL)
+        return -1;
+    if (!PyTuple_CheckExact(opts) || PyTuple_GET_SIZE(opts) != 2) {
+        Py_DECREF(opts);
+        PyErr_SetString(PyExc_TypeError, "FastPath.opt_fresh: a tuple of 2 bytes");
+        return -1;
+    }
+    *opt_plain = Py_NewRef(PyTuple_GET_ITEM(opts, 0));
+    *opt_do = Py_NewRef(PyTuple_GET_ITEM(opts, 1));
+    Py_DECREF(opts);
+    if (check_state(*entries, *opt_plain, *opt_do) < 0) {
+        Py_CLEAR(*opt_plain);
+        Py_CLEAR(*opt_do);
+        return -1;
+    }
+    return 0;
+}
+
+/* ready(): the socket's add_reader callback.  Up to MAX_BATCHES batches while
+ * they come full, stopping after BUDGET seconds so that timers and TCP wait at
+ * most about a millisecond; what is left is read on the loop's next turn (the
+ * reader is level-triggered).  Hits are added to protocol.stats.queries_udp;
+ * whatever Python must see — declined datagrams, unsent replies, send errors, a
+ * receive error — goes to ``slow(declined, unsent, send_errors, error)``, which
+ * may close the transport (then this stops). */
+static PyObject *
+HitLoop_ready(HitLoop *self, PyObject *Py_UNUSED(ignored))
+{
+    if (self->proto == NULL || self->fd < 0)
+        Py_RETURN_NONE; /* closed: a stale callback */
+    PyObject *entries, *opt_plain, *opt_do, *allowed = NULL, *stats = NULL, *nowobj = NULL;
+    if (current_state(self, &entries, &opt_plain, &opt_do) < 0)
+        return NULL;
+    PyObject *result = NULL;
+    Py_INCREF(entries);
+    if ((allowed = PyObject_GetAttr(self->proto, s_allowed)) == NULL || check_allowed(allowed) < 0)
+        goto done;
+    if ((stats = PyObject_GetAttr(self->proto, s_stats)) == NULL)
+        goto done;
+    if ((nowobj = PyObject_CallNoArgs(self->now)) == NULL) /* a Python clock in tests: held by the clock */
+        goto done;
+    double now = PyFloat_AsDouble(nowobj);
+    if (now == -1.0 && PyErr_Occurred())
+        goto done;
+    double deadline = 0.0;
+    for (int batch = 0; batch < MAX_BATCHES && self->fd >= 0; batch++) {
+        int got, hits, errors;
+        PyObject *declined, *unsent;
+        PyObject *exc = NULL;
+        if (serve_batch(self, entries, allowed, now, opt_plain, opt_do, self->renew, &got, &hits, &errors, &declined,
+                        &unsent) < 0) {
+            if (!PyErr_ExceptionMatches(PyExc_OSError))
+                goto done;
+            exc = take_exception();
+            got = 0;
+        }
+        if (hits && add_to_attr(stats, s_queries_udp, hits) < 0) {
+            Py_XDECREF(declined);
+            Py_XDECREF(unsent);
+            Py_XDECREF(exc);
+            goto done;
+        }
+        if (declined || unsent || errors || exc) {
+            PyObject *slow = Py_NewRef(self->slow); /* it may close the transport, which clears self->slow */
+            PyObject *r = PyObject_CallFunction(slow, "OOiO", declined ? declined : Py_None,
+                                                unsent ? unsent : Py_None, errors, exc ? exc : Py_None);
+            Py_DECREF(slow);
+            Py_XDECREF(declined);
+            Py_XDECREF(unsent);
+            Py_XDECREF(exc);
+            if (r == NULL)
+                goto done;
+            Py_DECREF(r);
+            if (exc)
+                break;
+        }
+        if (got < BATCH) /* the receive buffer is empty: the common case below saturation */
+            break;
+        if (!batch) /* the clock is read only when batches come full */
+            deadline = monotonic_now() + BUDGET;
+        else if (monotonic_now() >= deadline)
+            break; /* more is queued: the loop's other callbacks first, then we are called again */
+    }
+    result = Py_NewRef(Py_None);
+done:
+    Py_DECREF(entries);
+    Py_XDECREF(opt_plain);
+    Py_XDECREF(opt_do);
+    Py_XDECREF(allowed);
+    Py_XDECREF(stats);
+    Py_XDECREF(nowobj);
+    return result;
+}
+
+/* attach(protocol, now, hit_path, slow): what ready() serves (see batch.py). */
+static PyObject *
+HitLoop_attach(HitLoop *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4 || !PyCallable_Check(args[1]) || !PyCallable_Check(args[2]) || !PyCallable_Check(args[3])) {
+        PyErr_SetString(PyExc_TypeError, "attach(protocol, now, hit_path, slow): the last three callable");
+        return NULL;
+    }
+    Py_XSETREF(self->proto, Py_NewRef(args[0]));
+    Py_XSETREF(self->now, Py_NewRef(args[1]));
+    Py_XSETREF(self->hit_path, Py_NewRef(args[2]));
+    Py_XSETREF(self->slow, Py_NewRef(args[3]));
+    Py_CLEAR(self->fast); /* read again on the next call */
+    Py_CLEAR(self->hitpath);
+    Py_CLEAR(self->entries);
+    Py_CLEAR(self->renew);
+    Py_RETURN_NONE;
+}
+
+/* answer(data, entries, now, opt_plain, opt_do, renew) -> bytes | None: the hit
+ * path for one datagram, no socket (tests hold it to FastPath.answer_fast). */
 static PyObject *
 HitLoop_answer(HitLoop *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 5 || !PyBytes_Check(args[0])) {
-        PyErr_SetString(PyExc_TypeError, "answer(data: bytes, entries, now, opt_plain, opt_do)");
+    if (nargs != 6 || !PyBytes_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "answer(data: bytes, entries, now, opt_plain, opt_do, renew)");
         return NULL;
     }
     if (check_state(args[1], args[3], args[4]) < 0)
@@ -442,7 +838,7 @@ HitLoop_answer(HitLoop *self, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     Reply r;
     memset(&r, 0, sizeof r);
-    int ok = answer_one(self, args[1], args[3], args[4], (const unsigned char *)PyBytes_AS_STRING(args[0]),
+    int ok = answer_one(self, args[1], args[3], args[4], args[5], (const unsigned char *)PyBytes_AS_STRING(args[0]),
                         PyBytes_GET_SIZE(args[0]), now, &r);
     if (ok < 0) {
         PyErr_Clear();
@@ -462,10 +858,39 @@ HitLoop_answer(HitLoop *self, PyObject *const *args, Py_ssize_t nargs)
     return out;
 }
 
+static int
+HitLoop_clear_refs(HitLoop *self)
+{
+    Py_CLEAR(self->proto);
+    Py_CLEAR(self->now);
+    Py_CLEAR(self->hit_path);
+    Py_CLEAR(self->slow);
+    Py_CLEAR(self->fast);
+    Py_CLEAR(self->hitpath);
+    Py_CLEAR(self->entries);
+    Py_CLEAR(self->renew);
+    return 0;
+}
+
+static int
+HitLoop_traverse(HitLoop *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->proto);
+    Py_VISIT(self->now);
+    Py_VISIT(self->hit_path);
+    Py_VISIT(self->slow);
+    Py_VISIT(self->fast);
+    Py_VISIT(self->hitpath);
+    Py_VISIT(self->entries);
+    Py_VISIT(self->renew);
+    return 0;
+}
+
 static PyObject *
 HitLoop_close(HitLoop *self, PyObject *Py_UNUSED(ignored))
 {
     self->fd = -1; /* the socket belongs to the transport, which closes it */
+    HitLoop_clear_refs(self);
     Py_RETURN_NONE;
 }
 
@@ -491,11 +916,20 @@ HitLoop_init(HitLoop *self, PyObject *args, PyObject *kwds)
     }
     self->fd = fd;
     if (self->bufs == NULL && fd >= 0) {
-        self->bufs = PyMem_RawMalloc((size_t)BATCH * DGRAM_MAX);
+        self->bufs = PyMem_RawMalloc((size_t)BATCH * SLOT_STRIDE);
         if (self->bufs == NULL) {
             PyErr_NoMemory();
             return -1;
         }
+    }
+    for (int i = 0; i < BATCH && self->bufs != NULL; i++) {
+        self->in_iov[i].iov_base = self->bufs + (size_t)i * SLOT_STRIDE;
+        self->in_iov[i].iov_len = DGRAM_MAX;
+        memset(&self->in[i], 0, sizeof self->in[i]);
+        self->in[i].msg_hdr.msg_name = &self->from[i];
+        self->in[i].msg_hdr.msg_iov = &self->in_iov[i];
+        self->in[i].msg_hdr.msg_iovlen = 1;
+        memset(&self->out[i], 0, sizeof self->out[i]);
     }
     return 0;
 }
@@ -503,19 +937,27 @@ HitLoop_init(HitLoop *self, PyObject *args, PyObject *kwds)
 static void
 HitLoop_dealloc(HitLoop *self)
 {
+    PyObject_GC_UnTrack(self);
+    HitLoop_clear_refs(self);
     for (int i = 0; i < 4; i++)
         Py_CLEAR(self->prefixes[i]);
     Py_CLEAR(self->last_host);
+    Py_CLEAR(self->entry_layout.type);
+    Py_CLEAR(self->tally_layout.type);
     PyMem_RawFree(self->bufs);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
 static PyMethodDef HitLoop_methods[] = {
     {"serve", (PyCFunction)(void (*)(void))HitLoop_serve, METH_FASTCALL,
-     "serve(entries, allowed, now, opt_plain, opt_do) -> (received, hits, declined, unsent, send_errors)"},
+     "serve(entries, allowed, now, opt_plain, opt_do, renew) -> (received, hits, declined, unsent, send_errors)"},
     {"answer", (PyCFunction)(void (*)(void))HitLoop_answer, METH_FASTCALL,
-     "answer(data, entries, now, opt_plain, opt_do) -> bytes | None"},
-    {"close", (PyCFunction)HitLoop_close, METH_NOARGS, "Forget the socket (the transport closes it)."},
+     "answer(data, entries, now, opt_plain, opt_do, renew) -> bytes | None"},
+    {"attach", (PyCFunction)(void (*)(void))HitLoop_attach, METH_FASTCALL,
+     "attach(protocol, now, hit_path, slow): what ready() serves"},
+    {"ready", (PyCFunction)HitLoop_ready, METH_NOARGS, "The listener socket's add_reader callback."},
+    {"close", (PyCFunction)HitLoop_close, METH_NOARGS,
+     "Forget the socket (the transport closes it) and what attach() gave."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -523,7 +965,9 @@ static PyTypeObject HitLoopType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "resolver.serve._hitloop.HitLoop",
     .tp_basicsize = sizeof(HitLoop),
-    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_traverse = (traverseproc)HitLoop_traverse,
+    .tp_clear = (inquiry)HitLoop_clear_refs,
     .tp_doc = "HitLoop(fd, prefixes): batched UDP cache hits on one socket (see batch.py).",
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)HitLoop_init,
@@ -548,7 +992,21 @@ PyInit__hitloop(void)
     s_hdr_opt = PyUnicode_InternFromString("hdr_opt");
     s_tally = PyUnicode_InternFromString("tally");
     s_fresh = PyUnicode_InternFromString("fresh");
-    if (!one || !s_fresh_until || !s_aged_until || !s_aged || !s_hdr || !s_hdr_opt || !s_tally || !s_fresh)
+    s_fast = PyUnicode_InternFromString("fast");
+    s_renew = PyUnicode_InternFromString("renew");
+    s_stored_at = PyUnicode_InternFromString("stored_at");
+    s_body = PyUnicode_InternFromString("body");
+    s_ttl_offsets = PyUnicode_InternFromString("ttl_offsets");
+    s_prefetch_after = PyUnicode_InternFromString("prefetch_after");
+    s_move_to_end = PyUnicode_InternFromString("move_to_end");
+    s_entries = PyUnicode_InternFromString("entries");
+    s_opt_fresh = PyUnicode_InternFromString("opt_fresh");
+    s_allowed = PyUnicode_InternFromString("allowed");
+    s_stats = PyUnicode_InternFromString("stats");
+    s_queries_udp = PyUnicode_InternFromString("queries_udp");
+    if (!one || !s_fresh_until || !s_aged_until || !s_aged || !s_hdr || !s_hdr_opt || !s_tally || !s_fresh || !s_fast
+        || !s_entries || !s_opt_fresh || !s_allowed || !s_stats || !s_queries_udp || !s_renew
+        || !s_stored_at || !s_body || !s_ttl_offsets || !s_prefetch_after || !s_move_to_end)
         return NULL;
     PyObject *m = PyModule_Create(&module);
     if (m == NULL)
@@ -560,5 +1018,7 @@ PyInit__hitloop(void)
         return NULL;
     }
     PyModule_AddIntConstant(m, "BATCH", BATCH);
+    PyModule_AddIntConstant(m, "MAX_BATCHES", MAX_BATCHES);
+    PyModule_AddObject(m, "BUDGET", PyFloat_FromDouble(BUDGET));
     return m;
 }

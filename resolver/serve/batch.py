@@ -14,10 +14,14 @@ reading, and an fd may have only one reader): the listeners' bookkeeping
 (``get_extra_info("socket")`` for the handover's steering and draining,
 ``sendto``, ``close``) works on it as on uvloop's.
 
-The GIL is held for a batch; one callback runs at most ``MAX_BATCHES`` batches and
-stops after ``BUDGET`` seconds, so timers and TCP wait at most about a millisecond
-(64 hits take ~0.1 ms; a batch of misses, each starting a task, more).  What is
-left in the receive buffer is read on the loop's next turn (level-triggered).
+The reader callback is the native ``HitLoop.ready`` itself; it calls back into
+Python only for what a batch leaves (``_slow``: declined datagrams, unsent
+replies, errors) and, after a reload, to learn the new hit path (``_hit_path``).
+The GIL is held for a batch; one callback runs at most ``_hitloop.MAX_BATCHES``
+batches and stops after ``_hitloop.BUDGET`` seconds, so timers and TCP wait at
+most about a millisecond (64 hits take ~0.1 ms; a batch of misses, each starting
+a task, more).  What is left in the receive buffer is read on the loop's next
+turn (level-triggered).
 
 Selection (``server.udp_accelerator``): ``auto`` uses the native loop if it can be
 imported on Linux, ``on`` requires it, ``off`` never uses it.  The environment
@@ -33,7 +37,6 @@ import logging
 import os
 import socket
 import sys
-import time
 from collections import deque
 from typing import Callable
 
@@ -53,8 +56,6 @@ log = logging.getLogger("resolver.server")
 NATIVE, PYTHON = "native", "python"
 IMPLEMENTATIONS = (NATIVE, PYTHON)  # label values of resolver_udp_hit_loop_info
 ENV_OVERRIDE = "RESOLVER_UDP_ACCELERATOR"
-MAX_BATCHES = 16  # recvmmsg calls per readiness callback at most
-BUDGET = 0.0005  # seconds of batches per callback before the loop gets its turn
 _MAX_BACKLOG = 1024  # replies waiting for send-buffer room; past it the oldest are dropped (counted)
 _KEY_PREFIXES = tuple(wire.key_prefix(flags) for flags in range(4))
 _BATCH = _hitloop.BATCH if _hitloop is not None else 0
@@ -100,59 +101,47 @@ class BatchTransport(asyncio.DatagramTransport):
         self._hits = hits
         self._native = _hitloop.HitLoop(sock.fileno(), _KEY_PREFIXES)
         self._backlog: deque[tuple[bytes, tuple]] = deque()
-        self._fast = self._hitpath = None  # the protocol's hit path as last seen, and its FastPath
         self._closing = False
         self.send_errors = 0  # hits the kernel refused to send (e.g. a firewall's EPERM)
         self.backlog_dropped = 0  # replies dropped with the send buffer full for long
+        self._native.attach(protocol, now, self._hit_path, self._slow)
         protocol.connection_made(self)
-        loop.add_reader(sock.fileno(), self._ready)
+        loop.add_reader(sock.fileno(), self._native.ready)
 
     # ------------------------------------------------------------ the loop
-    def _ready(self) -> None:
+    # ``_hitloop.HitLoop.ready`` is the reader callback itself (no Python frame per
+    # wake-up: at 5,000 q/s every wake-up is one datagram).  It calls back into
+    # Python only through these two methods.
+
+    def _hit_path(self, fast) -> FastPath | None:
+        """The FastPath behind the protocol's ``fast``, if its hits may be answered natively:
+        not with the query log on (``no_fast_path``) nor with rate limiting (``hits`` False)."""
+        hitpath = getattr(fast, "__self__", None) if self._hits else None
+        return hitpath if isinstance(hitpath, FastPath) else None
+
+    def _slow(self, declined, unsent, errors: int, exc: OSError | None) -> None:
+        """What a batch left for Python: datagrams the native code declined (to
+        ``datagram_received``, bytes and address unchanged), hits the send buffer had no room
+        for, the count of hits the kernel refused, a receive error."""
         proto = self._protocol
-        fast = proto.fast
-        if fast is not self._fast:  # first call, or a reload re-pointed the hit path (Listeners.reconfigure)
-            self._fast = fast
-            hitpath = getattr(fast, "__self__", None) if self._hits else None
-            self._hitpath = hitpath if isinstance(hitpath, FastPath) else None
-        hitpath = self._hitpath
-        if hitpath is not None:
-            entries = hitpath.entries
-            opt_plain, opt_do = hitpath.opt_fresh
-        else:  # query log on (no_fast_path) or rate limiting: every datagram to Python
-            entries, opt_plain, opt_do = None, b"", b""
-        serve = self._native.serve
-        allowed = proto.allowed
-        stats = proto.stats
-        now = self._now
-        deadline = 0.0
-        for batch in range(MAX_BATCHES):
-            try:
-                got, hits, declined, unsent, errors = serve(entries, allowed, now(), opt_plain, opt_do)
-            except OSError as exc:
-                proto.error_received(exc)
-                return
-            stats.queries_udp += hits
-            if errors:
-                self.send_errors += errors
-            if unsent:
-                for reply, addr in unsent:
-                    self.sendto(reply, addr)
-            if declined:
-                for data, addr in declined:
-                    try:
-                        proto.datagram_received(data, addr)
-                    except Exception:  # the listener must not die on a bug (listeners.py)
-                        stats.internal_errors += 1
-                        log.exception("internal error answering a UDP query from %s", addr[0])
-                    if self._closing:
-                        return
-            if got < _BATCH:  # the receive buffer is empty: the common case below saturation
-                return
-            if not batch:  # (the clock is read only when batches are full)
-                deadline = time.perf_counter() + BUDGET
-            elif time.perf_counter() >= deadline:
-                return  # more is queued: the loop's other callbacks first, then we are called again
+        if exc is not None:
+            proto.error_received(exc)
+            return
+        if errors:
+            self.send_errors += errors
+        if unsent:
+            for reply, addr in unsent:
+                self.sendto(reply, addr)
+        if declined:
+            stats = proto.stats
+            for data, addr in declined:
+                try:
+                    proto.datagram_received(data, addr)
+                except Exception:  # the listener must not die on a bug (listeners.py)
+                    stats.internal_errors += 1
+                    log.exception("internal error answering a UDP query from %s", addr[0])
+                if self._closing:
+                    return
 
     # ------------------------------------------------------- the transport
     def sendto(self, data: bytes, addr=None) -> None:
@@ -200,6 +189,7 @@ class BatchTransport(asyncio.DatagramTransport):
 
     def set_protocol(self, protocol) -> None:
         self._protocol = protocol
+        self._native.attach(protocol, self._now, self._hit_path, self._slow)
 
     def is_closing(self) -> bool:
         return self._closing

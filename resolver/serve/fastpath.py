@@ -114,13 +114,7 @@ class FastPath:
         now = self._now()
         # plan row "fresh" (policy.stale.plan): answer from cache.
         if now < entry.fresh_until:
-            if now <= entry.aged_until:
-                body = entry.aged
-            else:
-                body = entry.aged_body(now)
-                self._touch(key)  # LRU, at one-second granularity
-                if now >= entry.prefetch_after:  # checked once per second per entry: ~free
-                    self._prefetch(key)
+            body = entry.aged if now <= entry.aged_until else self.renew(key, entry, now)
             if mode < 2:
                 reply = b"".join((data[:2], entry.hdr, question, body))
             else:
@@ -149,6 +143,16 @@ class FastPath:
             entry.tally.stale += 1  # stale answer, reason "recheck" (stats.HitTally)
             return reply
         return None
+
+    def renew(self, key: bytes, entry, now: float) -> bytes:
+        """Renew a fresh entry's aged copy (at most once a second per entry): the TTLs
+        aged to ``now``, the LRU touch and the prefetch check ride on it.  The native hit
+        loop (serve/_hitloop.c) calls this too, so the renewal has one implementation."""
+        body = entry.aged_body(now)
+        self._touch(key)  # LRU, at one-second granularity
+        if now >= entry.prefetch_after:  # checked once per second per entry: ~free
+            self._prefetch(key)
+        return body
 
     def _opt_at(self, data: bytes, e: int) -> tuple[int, int] | None:
         """(client UDP limit, DO) if ``data[e:]`` is exactly one EDNS0 OPT record, else None.

@@ -15,6 +15,7 @@ CD, DO, EDNS sizes, options, ages), then mutations of valid queries.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import socket
 import struct
@@ -78,16 +79,19 @@ class Twin:
     def __init__(self, pipeline, clock):
         self.pipeline, self.clock = pipeline, clock
         self.loop = _native()
-        self.answered = self.declined = 0
+        self.answered = self.declined = self.renewed = 0
 
     def native(self, data: bytes) -> bytes | None:
         fast = self.pipeline.fast
-        return self.loop.answer(data, fast.entries, self.clock.monotonic(), *fast.opt_fresh)
+        return self.loop.answer(data, fast.entries, self.clock.monotonic(), *fast.opt_fresh, fast.renew)
 
     def ask(self, data: bytes) -> bytes | None:
         p = self.pipeline
         before, state = cells(p), entry_state(p)
+        copies, order, now = {k: copy.copy(e) for k, e in p.cache.entries.items()}, list(p.cache.entries), \
+            self.clock.monotonic()
         n = self.native(data)
+        self.check_renewal(copies, order, now)
         after_native = cells(p)
         if n is None:
             self.declined += 1
@@ -110,6 +114,21 @@ class Twin:
         elif not fresh_hit:
             assert again is None, "native answered what Python does not answer fresh"
         return py
+
+
+    def check_renewal(self, copies: dict, order: list, now: float) -> None:
+        """An entry the native code renewed holds what ``Entry.aged_body`` computes on a copy
+        of it as it was (the TTLs aged, ``aged_until``), and only it moved to the LRU's end."""
+        entries = self.pipeline.cache.entries
+        renewed = [k for k, e in entries.items() if (e.aged_until, e.aged) != (copies[k].aged_until, copies[k].aged)]
+        assert len(renewed) <= 1
+        if renewed:
+            [key], old = renewed, copies[renewed[0]]
+            assert (entries[key].aged, entries[key].aged_until) == (old.aged_body(now), old.aged_until)
+            assert list(entries) == [k for k in order if k != key] + [key]
+            self.renewed += 1
+        else:
+            assert list(entries) == order
 
 
 def _delta(a: dict, b: dict) -> dict:
@@ -185,6 +204,7 @@ def test_native_matches_python_hit_path(twin, case, data, age):
     twin.ask(data)  # the second time the aged copy is current
     if case in ("plain", "0x20 case", "EDNS DO CD", "NXDOMAIN DO") and age < 200:
         assert twin.answered >= 1, "the common queries must be answered natively"
+        assert twin.renewed == (age > 0), "a copy older than its second is renewed natively, once"
 
 
 def test_native_keeps_client_id_and_question_case(twin):
@@ -196,15 +216,51 @@ def test_native_keeps_client_id_and_question_case(twin):
     assert reply[12:q.qend] == q.question  # 0x20 case echoed (draft-vixie-dnsext-dns0x20)
 
 
-def test_native_declines_until_python_renews_the_aged_copy(twin):
+def test_native_renews_the_aged_copy_through_python_as_the_python_hit_does():
+    """Past ``aged_until`` (once a second per entry) both paths renew through
+    ``FastPath.renew``: the same TTLs, the same LRU touch, the same prefetch check.
+    Two identical pipelines, one asked natively, one in Python, end in the same state."""
+    twins = []
+    for _ in range(2):
+        pipeline, _, clock = make_pipeline()
+        _populate(pipeline)
+        prefetched = []
+        pipeline.fast._prefetch = prefetched.append
+        twins.append((Twin(pipeline, clock), prefetched))
+    data, other = Q(), Q("nx.example.com")
+    key = wire.parse_query(data).key
+    for twin, _ in twins:
+        twin.clock.advance(1.5)
+        twin.pipeline.cache.entries[key].prefetch_after = twin.clock.monotonic()  # due: the renewal checks it
+        assert list(twin.pipeline.cache.entries)[-1] != key
+    (native, native_prefetched), (python, python_prefetched) = twins
+    assert native.native(data) == python.pipeline.answer_fast(data, False) is not None
+    assert entry_state(native.pipeline) == entry_state(python.pipeline)
+    assert list(native.pipeline.cache.entries)[-1] == key  # touched (LRU)
+    assert native_prefetched == python_prefetched == [key]
+    assert cells(native.pipeline) == cells(python.pipeline)
+    ttl = struct.unpack(">I", native.native(data)[-10:-6])[0]
+    assert ttl == 200 - 2  # 1.5 s rounds up to 2 (RFC 1035 section 3.2.1: never more time than is left)
+    # an entry whose copy is current is not renewed again: nothing moves, nothing is prefetched
+    native.native(other)
+    assert native.native(data) is not None and list(native.pipeline.cache.entries)[-1] != key
+    assert native_prefetched == [key]
+
+
+def test_a_renewal_that_raises_is_declined_and_left_to_python(twin):
+    """A renewal with a prefetch due is Python's (FastPath.renew); if it raises, the datagram
+    is declined and Python's path meets the error in its own handler."""
     data = Q()
-    assert twin.native(data) is not None  # stored now: the copy holds until now
     twin.clock.advance(1.5)
+    twin.pipeline.cache.entries[wire.parse_query(data).key].prefetch_after = twin.clock.monotonic()
+
+    def broken(key, entry, now):
+        raise RuntimeError("bug in renew")
+    fast = twin.pipeline.fast
     before = entry_state(twin.pipeline)
-    assert twin.native(data) is None  # past aged_until: the renewal (and LRU touch) is Python's
+    assert twin.loop.answer(data, fast.entries, twin.clock.monotonic(), *fast.opt_fresh, broken) is None
     assert entry_state(twin.pipeline) == before
-    py = twin.pipeline.answer_fast(data, False)
-    assert twin.native(data) == py
+    assert twin.native(data) == twin.pipeline.answer_fast(data, False)
 
 
 def test_native_declines_stale_recheck_answers(twin):
@@ -346,7 +402,8 @@ def test_fuzz_serve_over_a_socket(datagrams):
         fast = pipeline.fast
         hits, declined = 0, []
         while hits + len(declined) < len(datagrams):
-            got, h, dec, unsent, errors = loop.serve(fast.entries, {"127.0.0.1"}, clock.monotonic(), *fast.opt_fresh)
+            got, h, dec, unsent, errors = loop.serve(fast.entries, {"127.0.0.1"}, clock.monotonic(), *fast.opt_fresh,
+                                                        fast.renew)
             assert got and unsent is None and errors == 0
             hits += h
             declined += dec or []
@@ -371,12 +428,13 @@ def test_serve_declines_every_datagram_from_an_address_the_acl_memo_does_not_kno
             client.sendto(Q(), server.getsockname())
         loop = _native(server.fileno())
         fast = twin.pipeline.fast
-        got, hits, declined, _, _ = loop.serve(fast.entries, set(), twin.clock.monotonic(), *fast.opt_fresh)
+        got, hits, declined, _, _ = loop.serve(fast.entries, set(), twin.clock.monotonic(), *fast.opt_fresh,
+                                                 fast.renew)
         assert (got, hits, len(declined)) == (3, 0, 3)
         # and with hits off (query log, rate limiting): everything declined even from a known address
         for _ in range(2):
             client.sendto(Q(), server.getsockname())
-        got, hits, declined, _, _ = loop.serve(None, {"127.0.0.1"}, twin.clock.monotonic(), b"", b"")
+        got, hits, declined, _, _ = loop.serve(None, {"127.0.0.1"}, twin.clock.monotonic(), b"", b"", None)
         assert (got, hits, len(declined)) == (2, 0, 2)
     finally:
         server.close()
