@@ -88,13 +88,15 @@ typedef struct {
     Layout entry_layout;     /* cache.store.Entry */
     Layout tally_layout;     /* stats.Cell */
     /* what ready() serves (attach): the listeners' UDP protocol, the clock, the
-     * Python callables, and the hit path as last seen (fast, its FastPath or None,
-     * its entries dict or None) */
+     * Python callables */
     PyObject *proto, *now, *hit_path, *slow;
-    PyObject *fast, *hitpath, *entries, *renew;
+    int now_is_monotonic;
+    /* the hit path's state, read by attach() and refresh() (load_state) */
+    PyObject *entries, *renew, *opt_plain, *opt_do, *allowed, *stats;
 } HitLoop;
 
 static PyObject *one;
+static PyObject *time_monotonic; /* time.monotonic: ready() reads CLOCK_MONOTONIC itself for it */
 static PyObject *s_fresh_until, *s_aged_until, *s_aged, *s_hdr, *s_hdr_opt, *s_tally, *s_fresh;
 static PyObject *s_stored_at, *s_body, *s_ttl_offsets, *s_prefetch_after, *s_move_to_end;
 static PyObject *s_renew, *s_fast, *s_entries, *s_opt_fresh, *s_allowed, *s_stats, *s_queries_udp;
@@ -668,63 +670,66 @@ add_to_attr(PyObject *obj, PyObject *name, long n)
     return rc;
 }
 
-/* The hit path's state as the protocol has it now: a reload may re-point
- * ``protocol.fast`` (Listeners.reconfigure) or reconfigure the FastPath in place
- * (its OPT records), so both are read on every call; ``hit_path(fast)`` (Python)
- * says whether ``fast`` is a FastPath whose hits may be answered here. */
+static int HitLoop_clear_refs(HitLoop *self);
+
+/* Read what ready() serves from the protocol, as it is now: its hit path
+ * (``protocol.fast``; ``hit_path(fast)`` in Python says whether it is a FastPath
+ * whose hits may be answered here), that FastPath's entries, renew and fresh OPT
+ * records, the ACL memo and the stats.  Called by attach() and refresh(): the
+ * listeners call refresh() after a reload re-points or reconfigures the hit path
+ * (Listeners.reconfigure, which runs after Pipeline.configure), so a wake-up
+ * reads no attribute at all.  The ACL memo is a set changed in place. */
 static int
-current_state(HitLoop *self, PyObject **entries, PyObject **opt_plain, PyObject **opt_do)
+load_state(HitLoop *self)
 {
-    PyObject *fast = PyObject_GetAttr(self->proto, s_fast);
-    if (fast == NULL)
-        return -1;
-    if (fast != self->fast) {
-        PyObject *hit_path = Py_NewRef(self->hit_path);
-        PyObject *hitpath = PyObject_CallOneArg(hit_path, fast);
-        Py_DECREF(hit_path);
-        if (hitpath == NULL) {
-            Py_DECREF(fast);
-            return -1;
-        }
-        PyObject *ents = Py_NewRef(Py_None), *renew = Py_NewRef(Py_None);
-        if (hitpath != Py_None) {
-            Py_SETREF(ents, PyObject_GetAttr(hitpath, s_entries));
-            Py_SETREF(renew, ents ? PyObject_GetAttr(hitpath, s_renew) : NULL);
-            if (renew == NULL) {
-                Py_XDECREF(ents);
-                Py_DECREF(fast);
-                Py_DECREF(hitpath);
-                return -1;
-            }
-        }
-        Py_XSETREF(self->fast, fast);
-        Py_XSETREF(self->hitpath, hitpath);
-        Py_XSETREF(self->entries, ents);
-        Py_XSETREF(self->renew, renew);
+    PyObject *fast = NULL, *hit_path = NULL, *hitpath = NULL, *entries = NULL, *renew = NULL, *opts = NULL;
+    PyObject *allowed = NULL, *stats = NULL;
+    int rc = -1;
+    if ((fast = PyObject_GetAttr(self->proto, s_fast)) == NULL)
+        goto done;
+    hit_path = Py_NewRef(self->hit_path);
+    if ((hitpath = PyObject_CallOneArg(hit_path, fast)) == NULL)
+        goto done;
+    if ((allowed = PyObject_GetAttr(self->proto, s_allowed)) == NULL || check_allowed(allowed) < 0)
+        goto done;
+    if ((stats = PyObject_GetAttr(self->proto, s_stats)) == NULL)
+        goto done;
+    if (hitpath == Py_None) {
+        entries = Py_NewRef(Py_None);
+        renew = Py_NewRef(Py_None);
+        opts = PyTuple_Pack(2, Py_None, Py_None);
     } else {
-        Py_DECREF(fast);
+        if ((entries = PyObject_GetAttr(hitpath, s_entries)) == NULL
+            || (renew = PyObject_GetAttr(hitpath, s_renew)) == NULL
+            || (opts = PyObject_GetAttr(hitpath, s_opt_fresh)) == NULL)
+            goto done;
+        if (!PyTuple_CheckExact(opts) || PyTuple_GET_SIZE(opts) != 2) {
+            PyErr_SetString(PyExc_TypeError, "FastPath.opt_fresh: a tuple of 2 bytes");
+            goto done;
+        }
+        if (check_state(entries, PyTuple_GET_ITEM(opts, 0), PyTuple_GET_ITEM(opts, 1)) < 0)
+            goto done;
     }
-    *entries = self->entries;
-    *opt_plain = *opt_do = NULL;
-    if (self->hitpath == Py_None)
-        return 0;
-    PyObject *opts = PyObject_GetAttr(self->hitpath, s_opt_fresh);
     if (opts == NULL)
-        return -1;
-    if (!PyTuple_CheckExact(opts) || PyTuple_GET_SIZE(opts) != 2) {
-        Py_DECREF(opts);
-        PyErr_SetString(PyExc_TypeError, "FastPath.opt_fresh: a tuple of 2 bytes");
-        return -1;
-    }
-    *opt_plain = Py_NewRef(PyTuple_GET_ITEM(opts, 0));
-    *opt_do = Py_NewRef(PyTuple_GET_ITEM(opts, 1));
-    Py_DECREF(opts);
-    if (check_state(*entries, *opt_plain, *opt_do) < 0) {
-        Py_CLEAR(*opt_plain);
-        Py_CLEAR(*opt_do);
-        return -1;
-    }
-    return 0;
+        goto done;
+    Py_XSETREF(self->entries, entries);
+    Py_XSETREF(self->renew, renew);
+    Py_XSETREF(self->opt_plain, Py_NewRef(PyTuple_GET_ITEM(opts, 0)));
+    Py_XSETREF(self->opt_do, Py_NewRef(PyTuple_GET_ITEM(opts, 1)));
+    Py_XSETREF(self->allowed, allowed);
+    Py_XSETREF(self->stats, stats);
+    entries = renew = allowed = stats = NULL;
+    rc = 0;
+done:
+    Py_XDECREF(fast);
+    Py_XDECREF(hit_path);
+    Py_XDECREF(hitpath);
+    Py_XDECREF(entries);
+    Py_XDECREF(renew);
+    Py_XDECREF(opts);
+    Py_XDECREF(allowed);
+    Py_XDECREF(stats);
+    return rc;
 }
 
 /* ready(): the socket's add_reader callback.  Up to MAX_BATCHES batches while
@@ -739,26 +744,28 @@ HitLoop_ready(HitLoop *self, PyObject *Py_UNUSED(ignored))
 {
     if (self->proto == NULL || self->fd < 0)
         Py_RETURN_NONE; /* closed: a stale callback */
-    PyObject *entries, *opt_plain, *opt_do, *allowed = NULL, *stats = NULL, *nowobj = NULL;
-    if (current_state(self, &entries, &opt_plain, &opt_do) < 0)
-        return NULL;
-    PyObject *result = NULL;
-    Py_INCREF(entries);
-    if ((allowed = PyObject_GetAttr(self->proto, s_allowed)) == NULL || check_allowed(allowed) < 0)
-        goto done;
-    if ((stats = PyObject_GetAttr(self->proto, s_stats)) == NULL)
-        goto done;
-    if ((nowobj = PyObject_CallNoArgs(self->now)) == NULL) /* a Python clock in tests: held by the clock */
-        goto done;
-    double now = PyFloat_AsDouble(nowobj);
-    if (now == -1.0 && PyErr_Occurred())
-        goto done;
+    /* our own references: slow() may close the transport, which clears the loop's */
+    PyObject *entries = Py_NewRef(self->entries), *renew = Py_NewRef(self->renew);
+    PyObject *opt_plain = Py_NewRef(self->opt_plain), *opt_do = Py_NewRef(self->opt_do);
+    PyObject *allowed = Py_NewRef(self->allowed), *stats = Py_NewRef(self->stats), *result = NULL;
+    double now;
+    if (self->now_is_monotonic) { /* time.monotonic (the system clock): CLOCK_MONOTONIC, no call */
+        now = monotonic_now();
+    } else {
+        PyObject *nowobj = PyObject_CallNoArgs(self->now); /* a test's clock */
+        if (nowobj == NULL)
+            goto done;
+        now = PyFloat_AsDouble(nowobj);
+        Py_DECREF(nowobj);
+        if (now == -1.0 && PyErr_Occurred())
+            goto done;
+    }
     double deadline = 0.0;
     for (int batch = 0; batch < MAX_BATCHES && self->fd >= 0; batch++) {
         int got, hits, errors;
         PyObject *declined, *unsent;
         PyObject *exc = NULL;
-        if (serve_batch(self, entries, allowed, now, opt_plain, opt_do, self->renew, &got, &hits, &errors, &declined,
+        if (serve_batch(self, entries, allowed, now, opt_plain, opt_do, renew, &got, &hits, &errors, &declined,
                         &unsent) < 0) {
             if (!PyErr_ExceptionMatches(PyExc_OSError))
                 goto done;
@@ -772,7 +779,7 @@ HitLoop_ready(HitLoop *self, PyObject *Py_UNUSED(ignored))
             goto done;
         }
         if (declined || unsent || errors || exc) {
-            PyObject *slow = Py_NewRef(self->slow); /* it may close the transport, which clears self->slow */
+            PyObject *slow = Py_NewRef(self->slow);
             PyObject *r = PyObject_CallFunction(slow, "OOiO", declined ? declined : Py_None,
                                                 unsent ? unsent : Py_None, errors, exc ? exc : Py_None);
             Py_DECREF(slow);
@@ -795,11 +802,11 @@ HitLoop_ready(HitLoop *self, PyObject *Py_UNUSED(ignored))
     result = Py_NewRef(Py_None);
 done:
     Py_DECREF(entries);
-    Py_XDECREF(opt_plain);
-    Py_XDECREF(opt_do);
-    Py_XDECREF(allowed);
-    Py_XDECREF(stats);
-    Py_XDECREF(nowobj);
+    Py_DECREF(renew);
+    Py_DECREF(opt_plain);
+    Py_DECREF(opt_do);
+    Py_DECREF(allowed);
+    Py_DECREF(stats);
     return result;
 }
 
@@ -815,10 +822,24 @@ HitLoop_attach(HitLoop *self, PyObject *const *args, Py_ssize_t nargs)
     Py_XSETREF(self->now, Py_NewRef(args[1]));
     Py_XSETREF(self->hit_path, Py_NewRef(args[2]));
     Py_XSETREF(self->slow, Py_NewRef(args[3]));
-    Py_CLEAR(self->fast); /* read again on the next call */
-    Py_CLEAR(self->hitpath);
-    Py_CLEAR(self->entries);
-    Py_CLEAR(self->renew);
+    self->now_is_monotonic = args[1] == time_monotonic;
+    if (load_state(self) < 0) {
+        HitLoop_clear_refs(self);
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+/* refresh(): read the protocol's hit path again (after a reload). */
+static PyObject *
+HitLoop_refresh(HitLoop *self, PyObject *Py_UNUSED(ignored))
+{
+    if (self->proto == NULL) {
+        PyErr_SetString(PyExc_ValueError, "not attached");
+        return NULL;
+    }
+    if (load_state(self) < 0)
+        return NULL;
     Py_RETURN_NONE;
 }
 
@@ -865,10 +886,12 @@ HitLoop_clear_refs(HitLoop *self)
     Py_CLEAR(self->now);
     Py_CLEAR(self->hit_path);
     Py_CLEAR(self->slow);
-    Py_CLEAR(self->fast);
-    Py_CLEAR(self->hitpath);
     Py_CLEAR(self->entries);
     Py_CLEAR(self->renew);
+    Py_CLEAR(self->opt_plain);
+    Py_CLEAR(self->opt_do);
+    Py_CLEAR(self->allowed);
+    Py_CLEAR(self->stats);
     return 0;
 }
 
@@ -879,10 +902,12 @@ HitLoop_traverse(HitLoop *self, visitproc visit, void *arg)
     Py_VISIT(self->now);
     Py_VISIT(self->hit_path);
     Py_VISIT(self->slow);
-    Py_VISIT(self->fast);
-    Py_VISIT(self->hitpath);
     Py_VISIT(self->entries);
     Py_VISIT(self->renew);
+    Py_VISIT(self->opt_plain);
+    Py_VISIT(self->opt_do);
+    Py_VISIT(self->allowed);
+    Py_VISIT(self->stats);
     return 0;
 }
 
@@ -956,6 +981,7 @@ static PyMethodDef HitLoop_methods[] = {
     {"attach", (PyCFunction)(void (*)(void))HitLoop_attach, METH_FASTCALL,
      "attach(protocol, now, hit_path, slow): what ready() serves"},
     {"ready", (PyCFunction)HitLoop_ready, METH_NOARGS, "The listener socket's add_reader callback."},
+    {"refresh", (PyCFunction)HitLoop_refresh, METH_NOARGS, "Read the protocol's hit path again (after a reload)."},
     {"close", (PyCFunction)HitLoop_close, METH_NOARGS,
      "Forget the socket (the transport closes it) and what attach() gave."},
     {NULL, NULL, 0, NULL},
@@ -992,6 +1018,13 @@ PyInit__hitloop(void)
     s_hdr_opt = PyUnicode_InternFromString("hdr_opt");
     s_tally = PyUnicode_InternFromString("tally");
     s_fresh = PyUnicode_InternFromString("fresh");
+    PyObject *time_module = PyImport_ImportModule("time");
+    if (time_module == NULL)
+        return NULL;
+    time_monotonic = PyObject_GetAttrString(time_module, "monotonic");
+    Py_DECREF(time_module);
+    if (time_monotonic == NULL)
+        return NULL;
     s_fast = PyUnicode_InternFromString("fast");
     s_renew = PyUnicode_InternFromString("renew");
     s_stored_at = PyUnicode_InternFromString("stored_at");

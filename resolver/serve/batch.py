@@ -86,9 +86,10 @@ class BatchTransport(asyncio.DatagramTransport):
     """A UDP listener socket read in batches; hits answered natively, the rest by ``protocol``.
 
     ``protocol`` is the listeners' UDP protocol: its ``fast`` (the hit path, or the
-    query log's stand-in), ``allowed`` (the ACL memo) and ``stats`` are read per
-    callback, so a reload that re-points them reaches this loop too.  ``hits``
-    False (rate limiting on) makes the native code decline everything.
+    query log's stand-in), ``allowed`` (the ACL memo, a set changed in place) and
+    ``stats`` are read when attached and again on ``refresh()``, which the
+    listeners call after a reload.  ``hits`` False (rate limiting on) makes the
+    native code decline everything.
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket, protocol,
@@ -112,6 +113,12 @@ class BatchTransport(asyncio.DatagramTransport):
     # ``_hitloop.HitLoop.ready`` is the reader callback itself (no Python frame per
     # wake-up: at 5,000 q/s every wake-up is one datagram).  It calls back into
     # Python only through these two methods.
+
+    def refresh(self) -> None:
+        """Have the native loop read the protocol's hit path again: Listeners.reconfigure
+        calls this after a reload re-pointed ``protocol.fast`` or reconfigured the FastPath."""
+        if not self._closing:
+            self._native.refresh()
 
     def _hit_path(self, fast) -> FastPath | None:
         """The FastPath behind the protocol's ``fast``, if its hits may be answered natively:

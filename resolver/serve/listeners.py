@@ -155,14 +155,17 @@ class Listeners:
 
     def reconfigure(self, config: ServerConfig) -> None:
         """Apply reloaded server settings, and re-point the UDP protocols at the
-        pipeline's current hit path (``logging.queries`` swaps it): each protocol
-        keeps the method in an attribute so a datagram costs no extra lookup."""
+        pipeline's current hit path (``logging.queries`` swaps it; Pipeline.configure,
+        which runs first, may also have changed the FastPath's OPT records): each
+        protocol keeps the method in an attribute so a datagram costs no extra lookup."""
         self.config = config
         fast = self.pipeline.answer_fast
         for transport in self.udp_transports:
             protocol = transport.get_protocol()
             if isinstance(protocol, _UdpProtocol):
                 protocol.fast = fast
+            if isinstance(transport, batch.BatchTransport):  # the native loop reads it once, not per wake-up
+                transport.refresh()
 
     def unsteer(self) -> None:
         """Drop a predecessor's steering program from our groups (see handover.unsteer)."""

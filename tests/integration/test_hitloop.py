@@ -156,6 +156,31 @@ def test_reload_query_log_and_edns_size_reach_the_native_loop(fake_upstream, sta
     assert eventually(lambda: fwd.app.stats.tally.fresh_hits() == hits + 1)
 
 
+def test_the_native_loop_serves_the_reloaded_hit_path_from_the_next_datagram(fake_upstream, start_forwarder):
+    """The native loop reads the hit path when attached and on Listeners.reconfigure, not
+    per wake-up: after a reload the very next hits carry the new EDNS size, and with the
+    query log switched on every hit goes to the logged slow path.  (A reload clears the
+    ACL memo, so one query first admits the address again: the ones after it are native.)"""
+    fake_upstream.answer("www.test", "A", "192.0.2.1")
+    fwd = start_forwarder([fake_upstream.address])
+    assert _udp(fwd, _query("www.test")).answer
+    config = fwd.app.config
+
+    async def reload(new):
+        fwd.app.reload(new)
+
+    bigger = dataclasses.replace(config, upstream=dataclasses.replace(config.upstream, edns_buffer_size=1400))
+    fwd.call(reload(bigger))
+    _udp(fwd, _query("www.test", use_edns=0))
+    assert [_udp(fwd, _query("www.test", use_edns=0)).payload for _ in range(3)] == [1400] * 3
+    fwd.call(reload(dataclasses.replace(bigger, logging=dataclasses.replace(config.logging, queries=True))))
+    _udp(fwd, _query("www.test"))
+    fresh, slow = fwd.app.stats.tally.fresh_hits(), fwd.app.stats.cache_hits
+    for _ in range(3):
+        assert _udp(fwd, _query("www.test")).answer
+    assert (fwd.app.stats.tally.fresh_hits(), fwd.app.stats.cache_hits) == (fresh, slow + 3)
+
+
 def test_accelerator_cannot_change_on_reload(fake_upstream, start_forwarder):
     fwd = start_forwarder([fake_upstream.address])
     config = fwd.app.config
