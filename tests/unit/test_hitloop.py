@@ -439,3 +439,83 @@ def test_serve_declines_every_datagram_from_an_address_the_acl_memo_does_not_kno
     finally:
         server.close()
         client.close()
+
+
+# ---------------------------------------------------------------- ready(): the reader callback itself
+class _Protocol:
+    """What ``HitLoop.attach`` reads from the listeners' UDP protocol."""
+
+    def __init__(self, pipeline):
+        self.fast = pipeline.answer_fast
+        self.allowed = {"127.0.0.1"}
+        self.stats = pipeline.stats
+
+
+def _hit_path(fast):
+    return getattr(fast, "__self__", None)
+
+
+@pytest.fixture
+def sockets():
+    server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    server.bind(("127.0.0.1", 0))
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+    client.bind(("127.0.0.1", 0))
+    client.settimeout(2)
+    yield server, client
+    server.close()
+    client.close()
+
+
+def test_ready_answers_hits_counts_them_and_hands_the_rest_to_slow_once_per_batch(twin, sockets):
+    server, client = sockets
+    sent = [Q(), Q("other.example.com"), Q("WwW.example.com", edns=1232, do=True), b"junk"]
+    for data in sent:
+        client.sendto(data, server.getsockname())
+    loop, proto, calls = _native(server.fileno()), _Protocol(twin.pipeline), []
+    loop.attach(proto, twin.clock.monotonic, _hit_path, lambda *args: calls.append(args))
+    before = proto.stats.queries_udp
+    assert loop.ready() is None
+    assert proto.stats.queries_udp == before + 2
+    assert calls == [([(sent[1], client.getsockname()), (sent[3], client.getsockname())], None, 0, None)]
+    assert [client.recv(65535) for _ in range(2)] == [twin.pipeline.answer_fast(sent[i], False) for i in (0, 2)]
+    assert loop.ready() is None and len(calls) == 1  # nothing queued: nothing read, nothing handed over
+
+
+def test_ready_stops_when_slow_closes_the_loop_and_raises_what_slow_raises(twin, sockets):
+    server, client = sockets
+    for _ in range(3 * 64):  # three batches' worth, all declined (misses)
+        client.sendto(Q("other.example.com"), server.getsockname())
+    loop, proto = _native(server.fileno()), _Protocol(twin.pipeline)
+    batches = []
+
+    def closing(declined, unsent, errors, exc):
+        batches.append(len(declined))
+        loop.close()  # the transport closes from inside the callback: ready() must stop, not crash
+
+    loop.attach(proto, twin.clock.monotonic, _hit_path, closing)
+    assert loop.ready() is None and batches == [64]
+    assert loop.ready() is None and batches == [64]  # closed: a stale callback does nothing
+
+    loop = _native(server.fileno())
+
+    def broken(*args):
+        raise RuntimeError("bug in the slow path")
+    loop.attach(proto, twin.clock.monotonic, _hit_path, broken)
+    with pytest.raises(RuntimeError, match="bug in the slow path"):  # uvloop logs it; the reader stays
+        loop.ready()
+
+
+def test_refresh_reads_the_protocols_hit_path_again(twin, sockets):
+    server, client = sockets
+    loop, proto, calls = _native(server.fileno()), _Protocol(twin.pipeline), []
+    loop.attach(proto, twin.clock.monotonic, _hit_path, lambda *args: calls.append(args))
+    proto.fast = lambda data, tcp: None  # the query log's stand-in: not a FastPath
+    client.sendto(Q(), server.getsockname())
+    loop.ready()
+    assert calls == [] and client.recv(65535)  # still the old hit path until refresh()
+    loop.refresh()
+    client.sendto(Q(), server.getsockname())
+    loop.ready()
+    assert [[data for data, _ in declined] for declined, *_ in calls] == [[Q()]]
