@@ -17,7 +17,7 @@ from collections import Counter
 
 # Fixed label sets, so a hostile client cannot create unbounded series.
 STALE_REASONS = ("timeout", "servfail", "refused", "rcode", "unreachable", "bad_response", "recheck", "error",
-                 "upstreams_down", "answer_first", "slow_upstream", "last_known_good", "client_limit", "overload")
+                 "upstreams_down", "answer_first", "slow_upstream", "lossy_upstream", "last_known_good", "client_limit", "overload")
 # Caps that, when reached, answer from what we have instead of starting upstream work
 # (serve/limits.py), and how such a query was answered.
 LIMITS = ("max_inflight", "max_inflight_per_client")

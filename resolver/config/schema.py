@@ -217,6 +217,10 @@ class StaleConfig:
     # An upstream group whose best smoothed RTT is above this is slow: an expired entry
     # is answered stale at once and refreshed behind (0: never; always race client_timeout)
     slow_upstream: float = setting(0.5, parse=parse.duration, unit="s")
+    # An upstream group that loses (or answers past their RTO) at least this share of
+    # its recent sends is lossy: an expired entry is answered stale at once and
+    # refreshed behind (0: never)
+    lossy_upstream: float = setting(0.2, parse=parse.ratio, unit="fraction of sends")
     last_known_good: LastKnownGoodConfig = section(LastKnownGoodConfig)
     # per-name overrides, first match wins
     rules: tuple[StaleRule, ...] = setting((), parse=read_stale_rules)

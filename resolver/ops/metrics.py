@@ -157,6 +157,10 @@ class ResolverCollector:
         err = CounterMetricFamily("resolver_upstream_errors", "Failed upstream exchanges, by upstream and reason.",
                                   labels=["upstream", "reason"])
         up = GaugeMetricFamily("resolver_upstream_up", "1 if the upstream is considered healthy.", labels=["upstream"])
+        loss = GaugeMetricFamily("resolver_upstream_lost_ratio",
+                                 "Share of the upstream's recent sends that passed their RTO unanswered (lost or "
+                                 "late; an average over ~32 sends, what stale.lossy_upstream compares).",
+                                 labels=["upstream"])
         mism = CounterMetricFamily("resolver_upstream_mismatched_replies",
                                    "Upstream replies ignored for a wrong ID or question (spoofing or late replies).",
                                    labels=["upstream"])
@@ -186,12 +190,14 @@ class ResolverCollector:
                 buckets, total = _buckets(pool.latency[u.label])
                 latency.add_metric([u.label], buckets, total)
             up.add_metric([u.label], 1 if pool.health[u.label].up else 0)
+            loss.add_metric([u.label], pool.health[u.label].loss)
             mism.add_metric([u.label], u.mismatched)
         for (label, reason), count in sorted(pool.errors.items()):
             err.add_metric([label, reason], count)
         yield req
         yield err
         yield up
+        yield loss
         yield mism
         yield latency
         yield scrubbed

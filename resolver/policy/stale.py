@@ -23,7 +23,10 @@ recheck timer); a test runs it against every row of ``plan``'s table.
  7  ``client_timeout`` 0 (answer-first)             stale now, "answer_first"; fetch behind it
  8  the upstream group is slow (best smoothed RTT   stale now, "slow_upstream"; fetch behind it
     above ``slow_upstream``)
- 9  otherwise                                       fetch; stale after ``client_timeout``
+ 9  the upstream group loses datagrams (at least    stale now, "lossy_upstream"; fetch behind it
+    ``lossy_upstream`` of its recent sends passed
+    their RTO)
+10  otherwise                                       fetch; stale after ``client_timeout``
                                                     ("timeout") or on failure (its reason)
 ==  =============================================  =========================================
 
@@ -77,6 +80,7 @@ _RESOLVE = Plan(UPSTREAM, fetch=True)
 _NOT_READY = {cap: Plan(NOT_READY, cap) for cap in CAP_REASON}
 _CAPPED = {cap: Plan(STALE, reason) for cap, reason in CAP_REASON.items()}
 _SLOW = Plan(STALE, "slow_upstream", fetch=True)
+_LOSSY = Plan(STALE, "lossy_upstream", fetch=True)
 _DOWN = {True: Plan(STALE, "upstreams_down", fetch=True, hold=True),
          False: Plan(STALE, "upstreams_down", hold=True)}
 _ANSWER_FIRST = Plan(STALE, "answer_first", fetch=True)
@@ -103,14 +107,17 @@ def decide(entry: Entry | None, now: float, stale: StaleConfig, epoch: int | Non
 
 
 def plan(entry: Entry | None, now: float, stale: StaleConfig, epoch: int | None = None, *,
-         upstreams_down: bool = False, upstreams_slow: bool = False, fetching: bool = False,
-         cap: str | None = None) -> Plan:
+         upstreams_down: bool = False, upstreams_slow: bool = False, upstreams_lossy: bool = False,
+         fetching: bool = False, cap: str | None = None) -> Plan:
     """What to answer for a query whose cached entry is ``entry`` (or None), and why.
 
     ``upstreams_down``: every upstream for the name is known down (the prober
     watches for its return); only read for an entry that is past its TTL.
     ``upstreams_slow``: the name's upstream group answers, but slower than
     ``stale.slow_upstream`` (its best smoothed RTT); only read past the TTL.
+    ``upstreams_lossy``: the name's upstream group answers, but at least
+    ``stale.lossy_upstream`` of its recent sends passed their RTO (lost or late);
+    only read past the TTL.
     ``fetching``: this key's fetch is already in flight (joining it is free).
     ``cap``: OVERLOAD or CLIENT_LIMIT if that cap is reached, else None.
     """
@@ -146,6 +153,11 @@ def plan(entry: Entry | None, now: float, stale: StaleConfig, epoch: int | None 
         # the fetch behind it repairs the cache, and a group that speeds up again
         # brings its smoothed RTT down and the race back.
         return _SLOW
+    if upstreams_lossy:
+        # A lost datagram costs the waiting client an RTO (a quarter second or more
+        # once backed off), and at this loss rate that is the refresh's common fate:
+        # answer stale now and let the fetch behind it, retransmitting, repair the cache.
+        return _LOSSY
     # RFC 8767 §5: wait at most client_timeout (from the start of the fetch), then
     # answer stale while the fetch goes on and repairs the cache if it succeeds.
     return Plan(UPSTREAM, fetch=True, wait=stale.client_timeout)

@@ -50,6 +50,20 @@ def observe(health, rtt: float, rto_min: float = 0.05, rto_max: float = 4.0) -> 
     health.rto = min(rto_max, max(rto_min, health.srtt + 4 * health.rttvar))
 
 
+LOSS_GAIN = 1 / 32       # weight of one send in the loss estimate (an EWMA over ~32 sends)
+LOSS_MIN_SENDS = 32      # sends seen before the estimate is believed
+
+
+def observe_send(health, lost: bool) -> None:
+    """Fold one send into ``health.loss``, the share of recent sends that passed their
+    RTO unanswered (an exponentially weighted average over sends): 0 for the send that
+    won an exchange in time, 1 for one that passed its RTO, answered late or never.
+    Read by ``UpstreamPool.known_lossy`` (``stale.lossy_upstream``)."""
+    health.loss += LOSS_GAIN * ((1.0 if lost else 0.0) - health.loss)
+    if health.sends < LOSS_MIN_SENDS:
+        health.sends += 1
+
+
 def rto(health, initial: float, rto_min: float, rto_max: float) -> float:
     """How long the next send to this upstream may go unanswered before another
     goes out: the measured RTO, or ``initial`` (``attempt_timeout``, RFC 6298 §2.1's

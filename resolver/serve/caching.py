@@ -79,25 +79,28 @@ class CachingStage:
         self.stale = config.stale
         self.edns_size = config.upstream.edns_buffer_size
 
-    def upstream_state(self, qname: bytes) -> tuple[bool, bool]:
-        """(known down, known slow) for the upstream group serving ``qname``: the two
-        facts about upstreams that ``policy/stale.plan`` reads for an expired entry."""
+    def upstream_state(self, qname: bytes) -> tuple[bool, bool, bool]:
+        """(known down, known slow, known lossy) for the upstream group serving ``qname``:
+        the facts about upstreams that ``policy/stale.plan`` reads for an expired entry."""
         if self.pool.known_down(qname):
-            return True, False
-        threshold = self.stale.slow_upstream
-        return False, threshold > 0 and self.pool.known_slow(threshold, qname)
+            return True, False, False
+        slow, lossy = self.stale.slow_upstream, self.stale.lossy_upstream
+        if slow > 0 and self.pool.known_slow(slow, qname):
+            return False, True, False
+        return False, False, lossy > 0 and self.pool.known_lossy(lossy, qname)
 
     async def answer(self, q: wire.Query, data: bytes, limit: int, client: str | None) -> Answer:
         """Answer ``q`` from the cache, the stale data or the key's one upstream fetch."""
         now = self.clock.monotonic()
         _, entry = self.cache.lookup(q.key, now)
         fetching = q.key in self.refresher.inflight
-        # ``upstreams_down`` and ``upstreams_slow`` only matter past the TTL: not asked
+        # ``upstreams_down``, ``_slow`` and ``_lossy`` only matter past the TTL: not asked
         # for a miss or a fresh entry.
-        down = slow = False
+        down = slow = lossy = False
         if entry is not None and now >= entry.fresh_until:
-            down, slow = self.upstream_state(q.qname.lower())
+            down, slow, lossy = self.upstream_state(q.qname.lower())
         p = stale_policy.plan(entry, now, self.stale, self.pool.epoch, upstreams_down=down, upstreams_slow=slow,
+                              upstreams_lossy=lossy,
                               fetching=fetching)
         charged = None
         if p.fetch and not fetching and client is not None:
@@ -107,7 +110,8 @@ class CachingStage:
                 charged = client
             else:
                 p = stale_policy.plan(entry, now, self.stale, self.pool.epoch, upstreams_down=down,
-                                      upstreams_slow=slow, fetching=fetching, cap=_CLIENT_LIMIT)
+                                      upstreams_slow=slow, upstreams_lossy=lossy, fetching=fetching,
+                                      cap=_CLIENT_LIMIT)
         if p.answer is _FRESH:
             self.stats.cache_hits += 1
             self.cache.touch(q.key)
@@ -207,9 +211,9 @@ class CachingStage:
                         error = None if done.cancelled() else done.exception()
                         return self.render_stale(q, entry, limit, getattr(error, "reason", "error"))
                 else:
-                    down, slow = self.upstream_state(q.qname.lower())
+                    down, slow, lossy = self.upstream_state(q.qname.lower())
                     p = stale_policy.plan(entry, now, self.stale, self.pool.epoch, upstreams_down=down,
-                                          upstreams_slow=slow, fetching=True)
+                                          upstreams_slow=slow, upstreams_lossy=lossy, fetching=True)
                     if p.answer is _STALE:
                         if p.hold:
                             self.refresher.hold(entry, now)

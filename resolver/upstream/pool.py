@@ -88,7 +88,8 @@ class _Send:
 class Health:
     """Consecutive-failure tracking for one upstream (times on the pool's clock)."""
 
-    __slots__ = ("failures", "down_until", "backoff", "up", "srtt", "rttvar", "samples", "recovered_at", "rto")
+    __slots__ = ("failures", "down_until", "backoff", "up", "srtt", "rttvar", "samples", "recovered_at", "rto",
+                 "loss", "sends")
 
     def __init__(self):
         self.failures = 0
@@ -100,6 +101,8 @@ class Health:
         self.samples = 0
         self.rto = 0.0       # retransmission timeout for the next send; 0 = none measured yet
         self.recovered_at = float("-inf")  # clock time it last came back up
+        self.loss = 0.0      # share of recent sends that passed their RTO (upstream_policy.observe_send)
+        self.sends = 0       # sends folded into ``loss``, counted up to LOSS_MIN_SENDS
 
 
 class UpstreamPool:
@@ -175,6 +178,7 @@ class UpstreamPool:
         a lost datagram, not a slowdown: no back-off, the next send goes out on the
         current RTO."""
         h = self.health[label]
+        upstream_policy.observe_send(h, lost=True)  # lost or late: either way the client waited an RTO
         if h.rto and h.rto < rto:
             return
         h.rto = max(h.rto, min(self.options.attempt_timeout_max, rto * 2))
@@ -249,10 +253,15 @@ class UpstreamPool:
             reply = await self._over_tcp(upstream, reply, question, cd, do, deadline)
         return upstream.scrub(reply, question), upstream
 
-    def _won(self, upstream: Upstream, rtt: float) -> None:
-        """Account a usable reply: an RTT sample (resets the RTO) and a success."""
+    def _won(self, upstream: Upstream, rtt: float, late: bool = False) -> None:
+        """Account a usable reply: an RTT sample (resets the RTO) and a success; a send
+        answered before its RTO also counts as not lost (``late``: it had passed it,
+        and ``_back_off`` counted it lost then)."""
         o = self.options
-        upstream_policy.observe(self.health[upstream.label], rtt, o.attempt_timeout_min, o.attempt_timeout_max)
+        h = self.health[upstream.label]
+        upstream_policy.observe(h, rtt, o.attempt_timeout_min, o.attempt_timeout_max)
+        if not late:
+            upstream_policy.observe_send(h, lost=False)
         self._succeeded(upstream)
 
     async def _over_tcp(self, upstream: Upstream, reply: bytes, question: bytes, cd: bool, do: bool,
@@ -481,7 +490,7 @@ class UpstreamPool:
         if winner is not None:
             send, reply, rtt = winner
             upstream = send.upstream
-            self._won(upstream, rtt)
+            self._won(upstream, rtt, send.late)
             if not getattr(upstream, "udp", False):  # a stream: already complete and scrubbed
                 return reply, upstream
             if reply[2] & 0x02:  # TC=1
@@ -526,6 +535,7 @@ class UpstreamPool:
                 self._comeback.set_result(None)  # exchanges sent into the outage send again
             self._comeback = None
             h.recovered_at = self.clock.monotonic()
+            h.loss, h.sends = 0.0, 0  # what it lost was the outage (down/up): measure it afresh
         h.failures = 0
         h.backoff = 0.0
         h.down_until = 0.0
@@ -558,6 +568,19 @@ class UpstreamPool:
                     return False
                 slow = True
         return slow
+
+    def known_lossy(self, threshold: float, qname: bytes | None = None) -> bool:
+        """True when every upstream that is up loses (or answers past its RTO) at least
+        ``threshold`` of its recent sends: a refresh then often waits an RTO or more
+        (``stale.lossy_upstream``).  An upstream with fewer than LOSS_MIN_SENDS sends
+        seen is not lossy.  The estimate moves only with our own sends' fate."""
+        lossy = False
+        for h in self.health.values():
+            if h.up:
+                if h.sends < upstream_policy.LOSS_MIN_SENDS or h.loss < threshold:
+                    return False
+                lossy = True
+        return lossy
 
     async def probe(self, upstream: Upstream, question: bytes, deadline: float) -> bool | None:
         """One background health check of ``upstream``: True if it answered usefully

@@ -92,6 +92,10 @@ class Router:
         """Is the group serving ``qname`` answering slower than ``threshold`` (UpstreamPool.known_slow)?"""
         return self.pool_for(qname).known_slow(threshold)
 
+    def known_lossy(self, threshold: float, qname: bytes) -> bool:
+        """Does the group serving ``qname`` lose ``threshold`` of its sends (UpstreamPool.known_lossy)?"""
+        return self.pool_for(qname).known_lossy(threshold)
+
     def close(self) -> None:
         for pool in self.pools:
             pool.close()

@@ -249,18 +249,19 @@ def test_stale_rule_answer_ttl_on_both_paths():
     assert counts.stale(stats, "recheck") == 1
 
 
-def _slow_upstream_scenario(slow_upstream: float):
-    """An expired entry, an upstream group measured at 1.5 s (above 0.5 s) that answers in 1.5 s."""
+def _degraded_upstream_scenario(delay: float, degrade, **stale_settings):
+    """An expired entry, an upstream group that ``degrade(pool)`` makes measured slow or lossy,
+    and a refresh answered ``delay`` seconds after it goes out."""
     pipe, pool, clock, stats = make(total_timeout=4.0)
     config = pipe.config
     pipe.configure(dataclasses.replace(config, stale=dataclasses.replace(
-        config.stale, client_timeout=1.8, slow_upstream=slow_upstream)))
+        config.stale, client_timeout=1.8, **stale_settings)))
 
     async def scenario():
         await ask_in_loop(pipe, query("www.test"))
         clock.advance(301)
-        pool.replace("www.test", "A", "192.0.2.7", ttl=300).delay(1.5)
-        pool.slow_rtt = 1.5
+        pool.replace("www.test", "A", "192.0.2.7", ttl=300).delay(delay)
+        degrade(pool)
         t = clock.monotonic()
         first = await ask_in_loop(pipe, query("www.test"))
         waited = clock.monotonic() - t
@@ -269,6 +270,11 @@ def _slow_upstream_scenario(slow_upstream: float):
         return first, waited, after
 
     return run(scenario(), clock), stats
+
+
+def _slow_upstream_scenario(slow_upstream: float):
+    """Measured at 1.5 s (above 0.5 s), answering in 1.5 s."""
+    return _degraded_upstream_scenario(1.5, lambda pool: setattr(pool, "slow_rtt", 1.5), slow_upstream=slow_upstream)
 
 
 def test_a_slow_upstream_group_answers_expired_names_stale_at_once_and_refreshes_behind():
@@ -287,3 +293,26 @@ def test_slow_upstream_off_waits_for_the_slow_refresh():
     (first, waited, _), stats = _slow_upstream_scenario(0.0)
     assert answers(first) == [("192.0.2.7", 300)] and waited == 1.5
     assert stats.stale_answers["slow_upstream"] == 0
+
+
+def _lossy_upstream_scenario(lossy_upstream: float):
+    """Half the group's recent sends lost; this refresh's first datagram too, its retransmission
+    answered after the 0.25 s RTO."""
+    return _degraded_upstream_scenario(0.25, lambda pool: setattr(pool, "loss", 0.5), lossy_upstream=lossy_upstream)
+
+
+def test_a_lossy_upstream_group_answers_expired_names_stale_at_once_and_refreshes_behind():
+    """stale.lossy_upstream: when the group loses half its sends, a refresh usually waits an
+    RTO; a client asking an expired name gets the stale answer now, the fetch behind it
+    (retransmitting) repairs the cache."""
+    (first, waited, after), stats = _lossy_upstream_scenario(0.2)
+    assert answers(first) == [("192.0.2.1", 30)] and ede_codes(first) == [3]
+    assert waited == 0.0
+    assert stats.stale_answers["lossy_upstream"] == 1
+    assert answers(after) == [("192.0.2.7", 300)]
+
+
+def test_lossy_upstream_off_waits_for_the_retransmitted_refresh():
+    (first, waited, _), stats = _lossy_upstream_scenario(0.0)
+    assert answers(first) == [("192.0.2.7", 300)] and waited == 0.25
+    assert stats.stale_answers["lossy_upstream"] == 0

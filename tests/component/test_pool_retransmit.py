@@ -236,3 +236,32 @@ def test_known_slow_means_every_upstream_that_is_up_answers_slower_than_the_thre
     assert not pool.known_slow(0.5)  # b answers fast
     pool._failed(fast, "timeout", CLOCK.monotonic())  # b down: only a is asked, and a is slow
     assert pool.known_slow(0.5) and not pool.known_slow(2.0)
+
+
+def test_known_lossy_after_a_share_of_sends_passed_their_rto():
+    """Every exchange's first send is lost and its retransmission answered: half the sends
+    passed their RTO.  The estimate is believed after LOSS_MIN_SENDS sends, moves only with
+    our sends' fate, and an upstream that comes back from down is measured afresh."""
+    from resolver.policy import upstream_order
+    up = StubUdp("a", [None, 0.01] * 60)
+    pool = pool_of([up], OPTIONS)
+    for _ in range(4):
+        run(pool)
+    assert up.sent == 8 and not pool.known_lossy(0.2)  # too few sends to judge
+    for _ in range(36):
+        run(pool)
+    h = pool.health["a"]
+    assert h.sends == upstream_order.LOSS_MIN_SENDS and 0.4 < h.loss < 0.5
+    assert pool.known_lossy(0.2) and not pool.known_lossy(0.5)
+    pool._failed(up, "timeout", CLOCK.monotonic())  # down (max_failures 1) ...
+    pool.mark_up(up)  # ... and back: its losses were the outage
+    assert (h.loss, h.sends) == (0.0, 0) and not pool.known_lossy(0.2)
+
+
+def test_sends_answered_within_their_rto_are_not_lost():
+    up = StubUdp("a", [0.01])
+    pool = pool_of([up], OPTIONS)
+    for _ in range(40):
+        run(pool)
+    h = pool.health["a"]
+    assert h.loss == 0.0 and h.sends == 32 and not pool.known_lossy(0.01)

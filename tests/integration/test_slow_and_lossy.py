@@ -100,3 +100,38 @@ def test_retransmissions_stop_at_the_deadline(fake_upstream, start_forwarder):
     assert time.monotonic() - started >= 1.9
     # Initial RTO 1 s, doubled: sends at 0 and 1 s (the next would be at 3 s).
     assert len(fake_upstream.calls_for("gone.test")) == 2
+
+
+def test_a_lossy_upstream_gets_expired_names_answered_stale_at_once(fake_upstream, start_forwarder):
+    """Half the datagrams lost: never-cached names still resolve through retransmissions
+    (and teach the pool the loss rate, on /metrics); then an expired name is answered stale at
+    once (stale.lossy_upstream, EDE 3) instead of its client waiting out an RTO, and the
+    refresh behind it lands once the loss ends."""
+    cached = [f"c{i}.test" for i in range(5)]
+    learn = [f"n{i}.test" for i in range(24)]
+    for name in cached:
+        fake_upstream.answer(name, "A", "192.0.2.40", ttl=60)
+    for name in learn:
+        fake_upstream.answer(name, "A", "192.0.2.41", ttl=60)
+    fwd = start_forwarder([fake_upstream.address])
+    for name in cached:
+        assert values(ask(fwd.port, name)) == ["192.0.2.40"]
+    label = f"udp://{fake_upstream.address}"
+    assert fwd.metric("resolver_upstream_lost_ratio", upstream=label) == 0
+    fake_upstream.loss(0.5, seed=11)
+    for name in learn:
+        ask(fwd.port, name, timeout=STUB_TIMEOUT)
+    assert fwd.metric("resolver_upstream_lost_ratio", upstream=label) >= 0.2
+    fwd.advance(61)
+    fake_upstream.clear()
+    for name in cached:
+        fake_upstream.answer(name, "A", "192.0.2.99", ttl=60)
+    fake_upstream.loss(0.5, seed=11)
+    replies = [ask(fwd.port, name, timeout=STUB_TIMEOUT) for name in cached]
+    assert [values(m) for m in replies] == [["192.0.2.40"]] * len(cached)
+    assert [ede_codes(m) for m in replies] == [[3]] * len(cached)
+    assert fwd.metric("resolver_stale_answers_total", reason="lossy_upstream") == len(cached)
+    assert fwd.metric("resolver_upstream_up", upstream=label) == 1  # lossy, answering: not down
+    fake_upstream.loss(0.0)
+    assert eventually(lambda: all(values(ask(fwd.port, n, timeout=STUB_TIMEOUT)) == ["192.0.2.99"] for n in cached),
+                      timeout=10.0)

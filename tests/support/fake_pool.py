@@ -27,12 +27,16 @@ class FakePool:
         self.epoch = 0       # as UpstreamPool: bumped when an upstream recovers
         self.all_down = False
         self.slow_rtt = 0.0  # the smoothed RTT known_slow compares (UpstreamPool: measured)
+        self.loss = 0.0  # the share of sends lost known_lossy compares (UpstreamPool: measured)
 
     def known_down(self, qname: bytes | None = None) -> bool:
         return self.all_down
 
     def known_slow(self, threshold: float, qname: bytes | None = None) -> bool:
         return self.slow_rtt > threshold
+
+    def known_lossy(self, threshold: float, qname: bytes | None = None) -> bool:
+        return self.loss >= threshold
 
     # -- builder -------------------------------------------------------------
     def answer(self, name: str, rtype: str, value: str, ttl: int = 300) -> "FakePool":

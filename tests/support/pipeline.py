@@ -98,6 +98,9 @@ class NoPool:
     def known_slow(self, threshold: float, qname: bytes | None = None) -> bool:
         return False
 
+    def known_lossy(self, threshold: float, qname: bytes | None = None) -> bool:
+        return False
+
     async def exchange(self, *args, **kwargs):  # pragma: no cover - failing is the point
         raise AssertionError("the upstream pool must not be used on a cache hit")
 

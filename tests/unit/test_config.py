@@ -289,6 +289,8 @@ def test_empty_section_means_defaults(resolv):
      ("stale", {"recheck": "-1s"}, "stale.recheck", "non-negative"),
      ("stale", {"slow_upstream": "-1s"}, "stale.slow_upstream", "non-negative"),
      ("stale", {"slow_upstream": "fast"}, "stale.slow_upstream", "duration"),
+     ("stale", {"lossy_upstream": 1.5}, "stale.lossy_upstream", "a number from 0 to 1"),
+     ("stale", {"lossy_upstream": "lots"}, "stale.lossy_upstream", "a number from 0 to 1"),
      ("stale", {"max_age": -1}, "stale.max_age", "non-negative"),
      ("upstream", {"attempt_timeout": 0}, "upstream.attempt_timeout", "greater than 0, got 0.0"),
      ("upstream", {"attempt_timeout": "2s", "total_timeout": "1s"}, "upstream.total_timeout",

@@ -147,6 +147,7 @@ class PlanRow:
     now_config: StaleConfig = ON
     down: bool = False                 # every upstream known down
     slow: bool = False                 # the upstream group's best smoothed RTT is past stale.slow_upstream
+    lossy: bool = False                # the upstream group loses stale.lossy_upstream of its sends
     fetching: bool = False             # the key's fetch is in flight
     cap: str | None = None             # stale.OVERLOAD / stale.CLIENT_LIMIT reached
     lkg_text: bytes | None = None      # held by last-known-good (the answer carries an EDE text)
@@ -214,6 +215,20 @@ PLAN_ROWS = [
             recheck_for=30, slow=True),
     PlanRow("fresh, upstreams slow: fresh", P(stale.FRESH), age=10, slow=True),
     PlanRow("past the window, upstreams slow: nothing servable, fetch", FETCH, age=TTL + 3600, slow=True),
+    PlanRow("in the window, upstreams lossy: stale now, fetch behind",
+            P(stale.STALE, "lossy_upstream", fetch=True), age=IN_WINDOW, lossy=True),
+    PlanRow("upstreams lossy, fetch in flight: stale now, joined", P(stale.STALE, "lossy_upstream", fetch=True),
+            age=IN_WINDOW, lossy=True, fetching=True),
+    PlanRow("upstreams lossy, client at its share: stale, client_limit", P(stale.STALE, "client_limit"),
+            age=IN_WINDOW, lossy=True, cap=stale.CLIENT_LIMIT),
+    PlanRow("upstreams lossy and slow: the slow row wins", P(stale.STALE, "slow_upstream", fetch=True),
+            age=IN_WINDOW, lossy=True, slow=True),
+    PlanRow("upstreams lossy, answer-first: answer_first", P(stale.STALE, "answer_first", fetch=True),
+            age=IN_WINDOW, now_config=FIRST, lossy=True),
+    PlanRow("upstreams lossy, recheck timer running: recheck", P(stale.STALE, "recheck"), age=RECHECK,
+            recheck_for=30, lossy=True),
+    PlanRow("fresh, upstreams lossy: fresh", P(stale.FRESH), age=10, lossy=True),
+    PlanRow("past the window, upstreams lossy: nothing servable, fetch", FETCH, age=TTL + 3600, lossy=True),
 ]
 
 
@@ -234,7 +249,7 @@ def test_plan(row: PlanRow):
     entry = _plan_entry(row, Cache(10), b"k", clock)
     clock.advance(row.age)
     got = stale.plan(entry, clock.monotonic(), row.now_config, row.epoch, upstreams_down=row.down,
-                     upstreams_slow=row.slow, fetching=row.fetching, cap=row.cap)
+                     upstreams_slow=row.slow, upstreams_lossy=row.lossy, fetching=row.fetching, cap=row.cap)
     assert got == row.expect
 
 
@@ -243,7 +258,8 @@ def test_plan_table_covers_every_outcome():
     kinds = {(r.expect.answer, r.expect.reason, r.expect.fetch, r.expect.hold, r.expect.wait is not None)
              for r in PLAN_ROWS}
     reasons = {r.expect.reason for r in PLAN_ROWS if r.expect.answer == stale.STALE}
-    assert reasons == {"recheck", "overload", "upstreams_down", "client_limit", "answer_first", "slow_upstream"}
+    assert reasons == {"recheck", "overload", "upstreams_down", "client_limit", "answer_first", "slow_upstream",
+                       "lossy_upstream"}
     assert {k[0] for k in kinds} == {stale.FRESH, stale.STALE, stale.UPSTREAM, stale.NOT_READY}
     assert {r.expect.reason for r in PLAN_ROWS if r.expect.answer == stale.NOT_READY} == set(stale.CAP_REASON)
 
