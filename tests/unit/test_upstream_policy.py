@@ -91,6 +91,17 @@ def test_rto_is_srtt_plus_four_rttvar_clamped():
     assert slow.rto == 4.0
 
 
+def test_steady_samples_keep_the_rto_a_granularity_above_the_srtt():
+    """RFC 6298's G: an upstream that always takes 1.5 s has its RTTVAR decay towards 0, but its
+    RTO stays SRTT + 10 ms, so a few ms of timer or scheduling jitter does not make every send
+    late (a spurious retransmission each time)."""
+    h = Health()
+    for _ in range(60):
+        policy.observe(h, 1.5, 0.05, 4.0)
+    assert h.rttvar < 1e-6
+    assert h.rto == pytest.approx(1.5 + policy.RTO_GRANULARITY)
+
+
 def test_a_new_sample_replaces_a_backed_off_rto():
     h = Health()
     policy.observe(h, 0.01, 0.05, 4.0)
