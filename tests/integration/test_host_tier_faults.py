@@ -144,6 +144,11 @@ def small_tmpfs(tmp_path):
 
 
 def test_a_full_disk_is_counted_and_logged_and_serving_goes_on(fake_upstream, start_forwarder, small_tmpfs, caplog):
+    """1,500 names into a 192 KiB disk: it fills up.  The tier counts it (full_total) and makes
+    room by evicting; whatever still cannot be written is counted (write errors, dropped writes)
+    and logged at most once a minute.  Which of the two happens depends on how the writes fall
+    into batches (timing), so the test takes either — before, it required a write error and
+    failed whenever eviction made room every time (the disk full, 881 entries kept, 0 errors)."""
     count = 1500
     for i in range(count):
         fake_upstream.answer(f"n{i}.test", "A", f"192.0.2.{i % 250 + 1}", ttl=300)
@@ -151,15 +156,19 @@ def test_a_full_disk_is_counted_and_logged_and_serving_goes_on(fake_upstream, st
         fwd = start_forwarder([fake_upstream.address], cache=host(small_tmpfs / "cache.lmdb"))
         for i in range(count):
             assert ask(fwd.port, f"n{i}.test").rcode() == dns.rcode.NOERROR
-        assert eventually(lambda: fwd.metric("resolver_host_cache_write_errors_total") >= 1, timeout=30)  # a loaded machine
+        assert eventually(lambda: fwd.metric("resolver_host_cache_full_total") >= 1, timeout=30)  # a loaded machine
+        assert eventually(lambda: fwd.metric("resolver_host_cache_evictions_total")
+                          + fwd.metric("resolver_host_cache_write_errors_total") >= 1, timeout=30)
         fake_upstream.mode("drop")
         fwd.advance(400)  # everything expired; the upstream down: all from memory, stale
         for i in range(0, count, 50):
             reply = ask(fwd.port, f"n{i}.test")
             assert reply.rcode() == dns.rcode.NOERROR and ede(reply) == [3]
-    assert fwd.metric("resolver_host_cache_dropped_writes_total") >= 1
     assert fwd.metric("resolver_host_cache_entries") > 0  # what fitted is kept, not wiped
-    assert 1 <= len(hostcache_warnings(caplog)) <= 2  # logged at most once a minute
+    warnings = len(hostcache_warnings(caplog))
+    assert warnings <= 2  # logged at most once a minute
+    if fwd.metric("resolver_host_cache_write_errors_total"):
+        assert warnings >= 1  # a failed write is logged (write failed, or entries not written)
 
 
 def test_a_reload_cannot_move_the_host_tier(fake_upstream, start_forwarder, tmp_path):
