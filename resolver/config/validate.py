@@ -199,30 +199,30 @@ def _without_password(url: str) -> str:
     return show(url)
 
 
-def read_fleet_secret(path: str) -> bytes:
-    """The fleet's shared HMAC key from ``path`` (surrounding whitespace stripped); ConfigError if unusable."""
-    key = "fleet.secret_file"
+def _read_key_file(path: str, key: str, minimum: int, what: str) -> bytes:
+    """A shared key from ``path``, surrounding whitespace stripped, ``minimum`` to 4096 long;
+    ConfigError naming ``key`` if it cannot be read or its length is out of bounds (``what``
+    ends the message "must hold ...")."""
     try:
         with open(path, "rb") as f:
-            secret = f.read(4097).strip()
+            data = f.read(4097).strip()
     except OSError as e:
         raise ConfigError(key, f"cannot read {path!r}: {e.strerror}") from None
-    if not FLEET_SECRET_MIN <= len(secret) <= 4096:
-        raise ConfigError(key, f"{path!r} must hold a secret of {FLEET_SECRET_MIN} to 4096 bytes "
-                               "(e.g. `openssl rand -hex 32`)")
-    return secret
+    if not minimum <= len(data) <= 4096:
+        raise ConfigError(key, f"{path!r} must hold {what}")
+    return data
+
+
+def read_fleet_secret(path: str) -> bytes:
+    """The fleet's shared HMAC key from ``path`` (surrounding whitespace stripped); ConfigError if unusable."""
+    return _read_key_file(path, "fleet.secret_file", FLEET_SECRET_MIN,
+                          f"a secret of {FLEET_SECRET_MIN} to 4096 bytes (e.g. `openssl rand -hex 32`)")
 
 
 def read_token(path: str) -> bytes:
     """The admin bearer token from ``path`` (surrounding whitespace stripped); ConfigError if unusable."""
     key = "admin.token_file"
-    try:
-        with open(path, "rb") as f:
-            token = f.read(4097).strip()
-    except OSError as e:
-        raise ConfigError(key, f"cannot read {path!r}: {e.strerror}") from None
-    if len(token) < 16 or len(token) > 4096:
-        raise ConfigError(key, f"{path!r} must hold a token of 16 to 4096 characters")
+    token = _read_key_file(path, key, 16, "a token of 16 to 4096 characters")
     if any(b < 0x21 or b > 0x7e for b in token):
         raise ConfigError(key, f"{path!r}: the token must be printable ASCII without spaces")
     return token
